@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 
@@ -25,3 +26,11 @@ def cli_main(fn):
             raise SystemExit(130) from None
 
     return wrapper
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (not the usage block) and exit 2."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,81 @@
+"""Full training state for --resume, as safetensors + JSON (no pickle).
+
+Everything that decides the next step is saved: G, D, EMA weights, both Adam states, the step,
+the current epoch's data order and every RNG state. Resuming on CPU with the same seed ends
+bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from training import rundir
+from training.errors import UserError
+
+
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict) -> dict:
+    """Adam state tensors go into `tensors`; the rest (param groups) is returned as JSON."""
+    sd = opt.state_dict()
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            tensors[f"{prefix}.state.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return {"param_groups": sd["param_groups"], "state_ids": sorted(sd["state"])}
+
+
+def _unflatten_optimizer(prefix: str, meta: dict, tensors: dict) -> dict:
+    state = {}
+    for idx in meta["state_ids"]:
+        head = f"{prefix}.state.{idx}."
+        state[idx] = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save(run_dir: Path, step: int, epoch: int, position: int, order: torch.Tensor, modules: dict,
+         optimizers: dict, data_rng: torch.Generator, keep: int = 2) -> Path:
+    """Write checkpoints/step-N.{safetensors,json}; keep the newest `keep` checkpoints."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in modules.items():
+        for k, v in m.state_dict().items():
+            tensors[f"{name}.{k}"] = v
+    opt_meta = {name: _flatten_optimizer(name, o, tensors) for name, o in optimizers.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.data"] = data_rng.get_state()
+    tensors["data.order"] = order
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    folder = Path(run_dir) / rundir.CHECKPOINTS
+    stem = folder / f"step-{step:08d}"
+    rundir.save_weights(stem, tensors, {"step": step, "epoch": epoch, "position": position,
+                                        "modules": sorted(modules), "optimizers": opt_meta})
+    for old in sorted(folder.glob("step-*.json"))[:-keep]:
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+    return stem
+
+
+def latest(run_dir: Path) -> Path:
+    folder = Path(run_dir) / rundir.CHECKPOINTS
+    stems = sorted(folder.glob("step-*.json"))
+    if not stems:
+        raise UserError(f"{run_dir} has no checkpoints to resume from (looked in {folder})")
+    return stems[-1].with_suffix("")
+
+
+def load(stem: Path, modules: dict, optimizers: dict, data_rng: torch.Generator) -> dict:
+    """Restore modules, optimizers and RNGs in place; returns {step, epoch, position, order}."""
+    meta, tensors = rundir.load_weights(stem, f"checkpoint {stem}")
+    try:
+        for name, m in modules.items():
+            head = f"{name}."
+            m.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+        for name, o in optimizers.items():
+            o.load_state_dict(_unflatten_optimizer(name, meta["optimizers"][name], tensors))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"checkpoint {stem} does not match this run's networks ({str(e).splitlines()[0]})") from None
+    torch.set_rng_state(tensors["rng.torch"])
+    data_rng.set_state(tensors["rng.data"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return {"step": meta["step"], "epoch": meta["epoch"], "position": meta["position"], "order": tensors["data.order"]}

@@ -1,0 +1,153 @@
+"""`python -m training.run`: train the article's DCGAN and write a run dir.
+
+Examples:
+  python -m training.run                                  # bundled MNIST digits, 20 epochs, runs/<time>
+  python -m training.run --steps 3000 --out runs/mnist    # bounded by steps
+  python -m training.run --data ./faces --image-size 64   # a folder of PNG/JPEG images
+  python -m training.run --config my.yaml --seed 3        # a JSON/YAML config; flags override it
+  python -m training.run --resume runs/mnist --steps 6000 # continue a run (same weights as never stopping)
+  python -m training.run --dry-run                        # one real iteration end to end (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from training import rundir
+from training.config import TrainConfig, read_config_file
+from training.data import DATA_FORMATS
+from training.errors import OneLineErrorParser, UserError, cli_main
+from training.fileio import read_json
+from training.models import GENERATOR_ARCHS
+from training.objectives import LOSSES
+
+# settings that may change when resuming: they do not alter the trajectory of training
+RESUMABLE = {"steps", "epochs", "log_every", "checkpoint_every", "sample_every"}
+
+HELP = {
+    "data": "'mnist' (the 5,000 bundled digits, no download) or a path: a folder of PNG/JPEG images "
+            "(recursive), an MNIST IDX images file or folder, or a CIFAR-10 python batches folder",
+    "data_format": "how to read --data; auto tells by the path",
+    "image_size": "output side in pixels: 32, 64 or 128 (a power of two)",
+    "channels": "1 (grayscale) or 3 (RGB); 0 = from the data",
+    "arch": "generator: 'upsample' (the article: Upsample + Conv3x3) or 'convtranspose' (the paper)",
+    "nz": "latent vector size",
+    "ngf": "generator width (channels of its last stage)",
+    "ndf": "discriminator width (channels of its first block)",
+    "dropout": "discriminator dropout probability",
+    "loss": "training objective",
+    "batch_size": "images per step",
+    "lr": "Adam learning rate (both networks)",
+    "beta1": "Adam beta1",
+    "beta2": "Adam beta2",
+    "steps": "generator updates to train for; 0 = use --epochs",
+    "epochs": "passes over the data (when --steps is 0)",
+    "ema": "keep an exponential moving average of G's weights; generator.safetensors holds it",
+    "ema_decay": "EMA decay per step",
+    "seed": "seeds weights, data order, latents and dropout: same seed, same run",
+    "log_every": "steps between metrics.jsonl lines",
+    "checkpoint_every": "steps between checkpoints (one is also written at the end and on Ctrl-C/SIGTERM)",
+    "sample_every": "steps between sample grids in samples/; 0 = one per epoch",
+    "device": "auto (CUDA when present), cpu or cuda",
+    "amp": "bfloat16 autocast on CUDA (CPU always runs float32)",
+}
+CHOICES = {"data_format": DATA_FORMATS, "arch": GENERATOR_ARCHS, "loss": LOSSES, "device": ("auto", "cpu", "cuda")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="python -m training.run",
+        description="Train the article's DCGAN (Radford et al. 2015) and write a run dir: config.json, "
+                    "generator.json + generator.safetensors, checkpoints/, samples/*.png, metrics.jsonl, loss.png.",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="JSON or YAML file of settings (names as the flags); flags override it")
+    p.add_argument("--out", metavar="DIR", help="run dir to create (default: runs/<date>-<time>); must not hold a run")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="one real iteration end to end, then exit (a smoke test)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_ = f"{HELP[f.name]} (default: {default})"
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(f.name), help=help_,
+                           metavar=None if f.name in CHOICES else f.name.upper())
+    return p
+
+
+def parse(argv) -> tuple[argparse.Namespace, dict]:
+    """Returns (namespace, the TrainConfig settings given explicitly as flags)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    fields = TrainConfig.fields()
+    explicit = {k: v for k, v in vars(ns).items() if k in fields}
+    return ns, explicit
+
+
+def new_run_dir(out: str | None) -> Path:
+    run_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if (run_dir / rundir.CONFIG).exists():
+        raise UserError(f"{run_dir} already holds a run; pick another --out, or continue it with --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@cli_main
+def main(argv=None) -> int:
+    ns, explicit = parse(argv)
+    from training.data import load_dataset  # torch imports after --help has been served
+    from training.loop import Trainer
+
+    if ns.resume:
+        run_dir = Path(ns.resume)
+        if not (run_dir / rundir.CONFIG).is_file():
+            raise UserError(f"{run_dir} is not a run dir (no {rundir.CONFIG}); pass the folder that training.run printed")
+        saved = read_json(run_dir / rundir.CONFIG, "run config")
+        changed = {k for k, v in explicit.items() if saved.get(k) != v} - RESUMABLE
+        if changed or ns.config:
+            raise UserError(f"--resume keeps the run's settings; only {sorted(RESUMABLE)} may change (got {sorted(changed) or '--config'})")
+        settings = {k: v for k, v in saved.items() if k in TrainConfig.fields()}
+        cfg = TrainConfig.from_dict({**settings, **explicit}, str(run_dir / rundir.CONFIG)).validate()
+        command = saved.get("command", [])
+    else:
+        from_file = read_config_file(ns.config) if ns.config else {}
+        cfg = TrainConfig.from_dict({**from_file, **explicit}, ns.config or "flags")
+        if ns.dry_run:
+            cfg.steps = 1
+        cfg.validate()
+        command = []
+    command = command + [shlex.join(["python", "-m", "training.run", *(sys.argv[1:] if argv is None else argv)])]
+
+    channels = cfg.channels or (1 if cfg.data == "mnist" or cfg.data_format in ("mnist", "idx") else 3)
+    data = load_dataset(cfg.data, cfg.data_format, cfg.image_size, channels)
+    if not ns.resume:
+        run_dir = new_run_dir(ns.out)
+    trainer = Trainer(cfg, data, run_dir)
+    if ns.resume:
+        trainer.resume()
+    trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data)})
+    print(f"run dir: {run_dir}  ({len(data)} images, {trainer.total_steps} steps of {cfg.batch_size}, "
+          f"device {trainer.device}, resuming at step {trainer.step})", flush=True)
+    signum = trainer.fit(progress=not ns.quiet)
+    if signum:
+        print(f"stopped by signal {signum} at step {trainer.step}; checkpoint written. "
+              f"Continue with: python -m training.run --resume {run_dir}", file=sys.stderr)
+        return 128 + signum
+    print(f"done: {trainer.step} steps. generator: {run_dir / (rundir.GENERATOR + '.safetensors')}  "
+          f"samples: {run_dir / rundir.SAMPLES}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
