@@ -18,6 +18,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 FORMAT = "dcgan-artifact/1"
 MANIFEST = "manifest.json"
 ONNX = "generator.onnx"
@@ -27,6 +29,18 @@ EXPORTED_PROGRAM = "generator.pt2"
 INPUT_NAME = "z"
 OUTPUT_NAME = "images"
 MODEL_NAME = "dcgan-generator"  # name in the BentoML model store
+# How a seed becomes latents, recorded in the manifest so any client can reproduce a batch.
+LATENTS = "numpy.random.default_rng(seed).standard_normal((n, nz), dtype=float32)"
+
+
+def latents_for_seed(seed: int, n: int, nz: int) -> np.ndarray:
+    """The latent batch for `seed` (see LATENTS): (n, nz) float32, N(0, 1), a function of the seed alone."""
+    return np.random.default_rng(seed).standard_normal((n, nz), dtype=np.float32)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Model output in [-1, 1] -> 8-bit pixels: round((x + 1) * 127.5), clipped to [0, 255]."""
+    return np.clip(np.rint((images.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class ArtifactError(Exception):
