@@ -1,0 +1,86 @@
+"""ONNX Runtime session for the generator: CUDA when it really loads, else CPU with deliberate threads."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from bentoml.exceptions import BentoMLException
+
+from export.artifact import ONNX, ONNX_FP16, latents_for_seed
+
+logger = logging.getLogger("bentoml.dcgan")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    session: ort.InferenceSession
+    provider: str  # the provider the session actually runs on
+    model_file: str  # generator.onnx, or generator.fp16.onnx on CUDA
+    threads: int | None  # intra-op threads on CPU; None on CUDA
+    input_name: str
+    output_name: str
+
+
+def _cuda_driver_present() -> bool:
+    """onnxruntime-gpu lists CUDA as available on any machine; without a driver, trying it only logs errors."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads  # one conv at a time uses every core we were given
+    opts.inter_op_num_threads = 1  # the graph is a chain: no parallel branches to run
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads spin by default; that burns the cores the entry service encodes PNGs on.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def open_runtime(model_dir: Path, manifest: dict, cpu_threads: int) -> Runtime:
+    files = manifest["files"]
+    if CUDA in ort.get_available_providers() and _cuda_driver_present():
+        name = ONNX_FP16 if ONNX_FP16 in files else ONNX
+        session = ort.InferenceSession(str(model_dir / name), providers=[CUDA, CPU])
+        if session.get_providers()[0] == CUDA:
+            return _checked(Runtime(session, CUDA, name, None, *_io_names(session)), manifest)
+        logger.warning("a CUDA driver is present but ONNX Runtime could not load its CUDA provider; serving on CPU")
+    session = ort.InferenceSession(str(model_dir / ONNX), _cpu_options(cpu_threads), providers=[CPU])
+    return _checked(Runtime(session, CPU, ONNX, cpu_threads, *_io_names(session)), manifest)
+
+
+def _io_names(session: ort.InferenceSession) -> tuple[str, str]:
+    return session.get_inputs()[0].name, session.get_outputs()[0].name
+
+
+def _checked(rt: Runtime, manifest: dict) -> Runtime:
+    """The ONNX file must be what the manifest says it is: names, latent size."""
+    m = manifest["model"]
+    (inp,) = rt.session.get_inputs()
+    if (rt.input_name, rt.output_name) != (m["input"], m["output"]) or inp.shape[1] != m["nz"]:
+        raise BentoMLException(
+            f"{rt.model_file} takes {rt.input_name}{inp.shape} -> {rt.output_name}, but the manifest says "
+            f"{m['input']}[batch, {m['nz']}] -> {m['output']}; re-export the artifact"
+        )
+    return rt
+
+
+def warm_up(rt: Runtime, manifest: dict) -> None:
+    """One real inference before the service reports ready: loads kernels, allocates arenas, checks output shape."""
+    m = manifest["model"]
+    z = latents_for_seed(0, 1, m["nz"])  # (1, nz)
+    (images,) = rt.session.run([rt.output_name], {rt.input_name: z})  # (1, C, H, W)
+    want = (1, m["channels"], m["image_size"], m["image_size"])
+    if images.shape != want or not np.isfinite(images).all():
+        raise BentoMLException(f"warm-up inference of {rt.model_file} returned shape {images.shape}, expected {want} and finite values")

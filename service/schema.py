@@ -1,0 +1,106 @@
+"""The HTTP contract: request and response models, and the 4xx error body every bad request gets.
+
+The request model is strict on purpose: `true`, `1.0` and `"1"` are not integers here, and an
+unknown field (a typo such as "count") is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import bentoml
+from pydantic import ConfigDict, Field, ValidationError
+from starlette.responses import JSONResponse
+
+from service.settings import MAX_SEED, SETTINGS
+
+EXAMPLE_BODY = '{"seed": 42, "n": 4}'
+
+
+class SampleRequest(bentoml.IODescriptor):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    seed: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=MAX_SEED,
+            description="Integer in [0, 2**63-1]. The images are a function of the seed alone: "
+            "latents = numpy.random.default_rng(seed).standard_normal((n, nz), dtype=float32).",
+            examples=[42],
+        ),
+    ]
+    n: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=SETTINGS.max_n,
+            description=f"How many images, 1..{SETTINGS.max_n} (DCGAN_MAX_N). Image i is the same for every n > i.",
+            examples=[4],
+        ),
+    ] = 1
+
+
+class SampleResponse(bentoml.IODescriptor):
+    seed: int
+    n: int
+    model: str = Field(description="BentoML model tag that made the images, name:version")
+    width: int
+    height: int
+    channels: int = Field(description="1 = grayscale PNGs, 3 = RGB PNGs")
+    images: list[
+        Annotated[
+            str,
+            Field(
+                description="one PNG file, base64-encoded (standard alphabet, padded)",
+                json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/png"},
+            ),
+        ]
+    ] = Field(description="n base64-encoded PNG images, in latent order")
+
+
+def error_response(status: int, message: str, errors: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
+    """Every error the service itself returns: {"error": one line, "errors": [{"field", "rule"}]}."""
+    return JSONResponse({"error": message, "errors": errors or []}, status_code=status, headers=headers)
+
+
+def _rule(e: dict) -> str:
+    """The rule a pydantic error broke, in the API's words (pydantic's own message otherwise)."""
+    kind, ctx = e["type"], e.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "int_type":
+        return "must be an integer (a JSON number without fraction or exponent; not a boolean or a string)"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}"
+    if kind == "extra_forbidden":
+        return f"is not a field of this request (fields: {', '.join(SampleRequest.model_fields)})"
+    if kind == "model_type":
+        return f"must be a JSON object such as {EXAMPLE_BODY}"
+    if kind == "json_invalid":
+        return f"is not valid JSON ({e['msg'].removeprefix('Invalid JSON: ')}); send a JSON object such as {EXAMPLE_BODY}"
+    return e["msg"]
+
+
+def validation_error_response(exc: ValidationError) -> JSONResponse:
+    """400 for a body that is not JSON, 422 for JSON that breaks a rule; both name each field and its rule."""
+    details = exc.errors(include_url=False, include_input=False)
+    errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "rule": _rule(e)} for e in details]
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    status = 400 if any(e["type"] == "json_invalid" for e in details) else 422
+    return error_response(status, f"{first['field']} {first['rule']}{more}", errors)
+
+
+def request_from_json(body: bytes) -> SampleRequest:
+    """Parse and validate a POST body; raises pydantic.ValidationError."""
+    return SampleRequest.model_validate_json(body or b"{}")
+
+
+def request_from_query(params: dict[str, str]) -> SampleRequest:
+    """Parse and validate GET query parameters (strings); digits become integers, anything else fails the int rule."""
+    values = {k: int(v) if re.fullmatch(r"[0-9]+", v) else v for k, v in params.items()}
+    return SampleRequest.model_validate(values)

@@ -1,0 +1,183 @@
+"""Shared fixtures: a real `bentoml serve service:svc` on a free loopback port, started once per session.
+
+    service_url       base URL of the session's server, e.g. "http://127.0.0.1:41234" (use this one)
+    service_server    the same server as a ServiceServer (url, process, log path, artifact dir)
+    start_service     context manager for an extra server with other settings (env overrides)
+    service_artifact  the model artifact the servers are given
+    serve_to_exit     run a server that is expected to refuse to start; returns (exit code, output)
+
+Each server gets its own empty BENTOML_HOME, so it takes the fresh-clone path: the service registers
+the artifact in DCGAN_DEFAULT_ARTIFACT into the store itself, then serves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 180  # two worker processes import bentoml + onnxruntime on a shared 2-core box
+STOP_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class ServiceServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    artifact_dir: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env(bentoml_home: Path, artifact_dir: Path, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a service subprocess: isolated store, no usage tracking, our artifact as the default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DCGAN_")}
+    env.update(
+        BENTOML_HOME=str(bentoml_home),
+        BENTOML_DO_NOT_TRACK="True",
+        DCGAN_DEFAULT_ARTIFACT=str(artifact_dir),
+    )
+    env.update(overrides or {})
+    return env
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (bentoml serve + its workers), SIGKILL what is left after a grace period."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # workers that outlived the arbiter
+    process.wait()
+
+
+@contextlib.contextmanager
+def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) -> Iterator[ServiceServer]:
+    """Start `bentoml serve service:svc`, wait for /readyz, yield, then stop it; fail fast with its log if it dies."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = workdir / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            _serve_argv(port),
+            cwd=REPO,
+            env=service_env(workdir / "bentoml", artifact_dir, env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so _stop reaches the workers too
+        )
+    server = ServiceServer(url, process, log_path, artifact_dir)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {process.returncode} before it was ready; its log:\n{server.log()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"bentoml serve not ready after {READY_TIMEOUT_S} s; its log:\n{server.log()}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _serve_argv(port: int) -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", "service:svc", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _tiny_artifact(workdir: Path) -> Path:
+    """A real artifact from the real exporter: an untrained ngf=8 generator (fast on CPU; values do not matter here)."""
+    run_dir, artifact_dir = workdir / "run", workdir / "artifact"
+    code = (
+        "import json, sys, torch\n"
+        "from pathlib import Path\n"
+        "from training.models import GeneratorConfig, build_generator, init_weights\n"
+        "from training.rundir import save_generator\n"
+        "run = Path(sys.argv[1]); cfg = GeneratorConfig(ngf=8)\n"
+        "g = build_generator(cfg); init_weights(g, torch.Generator().manual_seed(0))\n"
+        "save_generator(run, cfg, g)\n"
+        "(run / 'config.json').write_text(json.dumps({'note': 'untrained generator for service tests'}))\n"
+    )
+    for argv in (["-c", code, str(run_dir)], ["-m", "export", str(run_dir), "--out", str(artifact_dir), "--no-register"]):
+        done = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"making the test artifact failed: {argv[:2]}\n{done.stdout}\n{done.stderr}")
+    return artifact_dir
+
+
+@pytest.fixture(scope="session")
+def service_artifact(tmp_path_factory) -> Path:
+    return _tiny_artifact(tmp_path_factory.mktemp("service-artifact"))
+
+
+@pytest.fixture(scope="session")
+def service_server(service_artifact, tmp_path_factory) -> Iterator[ServiceServer]:
+    with serve(tmp_path_factory.mktemp("service"), service_artifact) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def service_url(service_server) -> str:
+    return service_server.url
+
+
+@pytest.fixture(scope="session")
+def start_service(service_artifact, tmp_path_factory):
+    """`with start_service({"DCGAN_MAX_INFLIGHT": "1"}) as server:` an extra server with other settings."""
+
+    def start(env: dict[str, str] | None = None):
+        return serve(tmp_path_factory.mktemp("service-extra"), service_artifact, env)
+
+    return start
+
+
+@pytest.fixture
+def serve_to_exit(service_artifact, tmp_path):
+    """`serve_to_exit(env, artifact_dir=..., bentoml_home=...)` -> (exit code, output) of a server that should not start."""
+
+    def run(env: dict[str, str] | None = None, artifact_dir: Path | None = None, bentoml_home: Path | None = None):
+        home = bentoml_home or tmp_path / "bentoml"
+        process = subprocess.Popen(
+            _serve_argv(_free_port()),
+            cwd=REPO,
+            env=service_env(home, artifact_dir or service_artifact, env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            output, _ = process.communicate(timeout=READY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _stop(process)
+            pytest.fail(f"bentoml serve did not exit within {READY_TIMEOUT_S} s")
+        return process.returncode, output
+
+    return run

@@ -1,0 +1,273 @@
+"""The HTTP API of `bentoml serve service:svc`, against one real server (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import math
+import re
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from export.artifact import latents_for_seed, to_uint8
+
+TIMEOUT = 60
+
+
+def post(url: str, path: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=TIMEOUT, **kwargs)
+
+
+def raw_images(url: str, seed: int, n: int) -> np.ndarray:
+    """(n, H, W, C) uint8 from POST /sample/raw, shaped by its X-Shape header."""
+    r = post(url, "/sample/raw", {"seed": seed, "n": n})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    shape = tuple(int(d) for d in r.headers["x-shape"].split(","))
+    return np.frombuffer(r.content, dtype=np.uint8).reshape(shape)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, C) uint8."""
+    image = np.asarray(Image.open(io.BytesIO(data)))
+    return image[:, :, None] if image.ndim == 2 else image
+
+
+def max_level_diff(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+@pytest.fixture(scope="module")
+def manifest(service_artifact) -> dict:
+    return json.loads((service_artifact / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(service_artifact, manifest):
+    """What the service must return, computed here with ONNX Runtime from the artifact file and the documented contract."""
+    session = ort.InferenceSession(str(service_artifact / "generator.onnx"), providers=["CPUExecutionProvider"])
+
+    def images(seed: int, n: int) -> np.ndarray:  # (n, H, W, C) uint8
+        (out,) = session.run(None, {"z": latents_for_seed(seed, n, manifest["model"]["nz"])})
+        return to_uint8(out).transpose(0, 2, 3, 1)
+
+    return images
+
+
+def test_sample_returns_n_pngs_of_the_model(service_url, manifest):
+    r = post(service_url, "/sample", {"seed": 42, "n": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    m = manifest["model"]
+    assert (body["seed"], body["n"], body["width"], body["height"], body["channels"]) == (42, 3, m["image_size"], m["image_size"], m["channels"])
+    assert re.fullmatch(r"dcgan-generator:\w+", body["model"])
+    assert len(body["images"]) == 3
+    for encoded in body["images"]:
+        image = Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)))
+        assert (image.format, image.size, image.mode) == ("PNG", (m["image_size"], m["image_size"]), "L" if m["channels"] == 1 else "RGB")
+
+
+def test_n_defaults_to_one(service_url):
+    r = post(service_url, "/sample", {"seed": 7})
+    assert r.status_code == 200, r.text
+    assert r.json()["n"] == 1 and len(r.json()["images"]) == 1
+
+
+def test_pixels_are_the_documented_function_of_the_seed(service_url, reference):
+    """seed -> default_rng latents -> generator.onnx -> round((x+1)*127.5), computed independently here."""
+    for seed, n in ((0, 1), (42, 5), (2**63 - 1, 2)):
+        assert max_level_diff(raw_images(service_url, seed, n), reference(seed, n)) <= 1
+
+
+def test_same_request_gives_identical_bytes(service_url):
+    first = post(service_url, "/sample", {"seed": 123, "n": 4})
+    second = post(service_url, "/sample", {"seed": 123, "n": 4})
+    assert first.status_code == second.status_code == 200
+    assert first.json()["images"] == second.json()["images"]
+
+
+def test_different_seeds_give_different_images(service_url):
+    assert not np.array_equal(raw_images(service_url, 1, 2), raw_images(service_url, 2, 2))
+
+
+def test_image_i_is_the_same_for_every_n_above_i(service_url):
+    assert np.array_equal(latents_for_seed(9, 3, 100), latents_for_seed(9, 8, 100)[:3])  # the contract itself
+    short, long = raw_images(service_url, 9, 3), raw_images(service_url, 9, 8)
+    assert max_level_diff(short, long[:3]) <= 1
+
+
+def test_json_grid_and_raw_forms_hold_the_same_pixels(service_url):
+    seed, n = 5, 5
+    raw = raw_images(service_url, seed, n)
+    body = post(service_url, "/sample", {"seed": seed, "n": n}).json()
+    pngs = np.stack([decode_png(base64.b64decode(s)) for s in body["images"]])
+    assert max_level_diff(pngs, raw) <= 1
+
+    r = post(service_url, "/sample/grid", {"seed": seed, "n": n})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    grid = decode_png(r.content)
+    _, h, w, _ = raw.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    assert grid.shape[:2] == (rows * (h + 2) + 2, cols * (w + 2) + 2)
+    for i in range(n):
+        y, x = 2 + (i // cols) * (h + 2), 2 + (i % cols) * (w + 2)
+        assert max_level_diff(grid[y : y + h, x : x + w], raw[i]) <= 1
+
+
+def test_grid_opens_from_a_browser_address_bar(service_url):
+    r = httpx.get(f"{service_url}/sample/grid", params={"seed": 5, "n": 4}, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content == post(service_url, "/sample/grid", {"seed": 5, "n": 4}).content
+
+
+def test_raw_form_is_uint8_nhwc_with_its_shape_in_headers(service_url, manifest):
+    r = post(service_url, "/sample/raw", {"seed": 3, "n": 2})
+    m = manifest["model"]
+    assert r.headers["x-shape"] == f"2,{m['image_size']},{m['image_size']},{m['channels']}"
+    assert len(r.content) == 2 * m["image_size"] ** 2 * m["channels"]
+    assert (r.headers["x-seed"], r.headers["x-n"]) == ("3", "2")
+
+
+# (body, expected status, the field the error names)
+BAD_BODIES = [
+    ({}, 422, "seed"),
+    ({"n": 2}, 422, "seed"),
+    ({"seed": None}, 422, "seed"),
+    ({"seed": "1"}, 422, "seed"),
+    ({"seed": 1.0}, 422, "seed"),
+    ({"seed": 1.5}, 422, "seed"),
+    ({"seed": True}, 422, "seed"),
+    ({"seed": [1]}, 422, "seed"),
+    ({"seed": -1}, 422, "seed"),
+    ({"seed": 2**63}, 422, "seed"),
+    ({"seed": 10**30}, 422, "seed"),
+    ({"seed": 1, "n": 0}, 422, "n"),
+    ({"seed": 1, "n": -3}, 422, "n"),
+    ({"seed": 1, "n": 65}, 422, "n"),
+    ({"seed": 1, "n": 2.0}, 422, "n"),
+    ({"seed": 1, "n": False}, 422, "n"),
+    ({"seed": 1, "count": 4}, 422, "count"),
+    ([1, 2], 422, "body"),
+    ("seed", 422, "body"),
+]
+
+
+@pytest.mark.parametrize("path", ["/sample", "/sample/grid", "/sample/raw"])
+@pytest.mark.parametrize(("body", "status", "field"), BAD_BODIES, ids=[json.dumps(b) for b, _, _ in BAD_BODIES])
+def test_invalid_fields_get_a_4xx_naming_the_field(service_url, path, body, status, field):
+    r = post(service_url, path, body)
+    assert r.status_code == status, r.text
+    error = r.json()
+    assert error["error"].startswith(f"{field} ")
+    assert field in {e["field"] for e in error["errors"]}
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "says"),
+    [
+        (b"not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+        (b'{"seed": 1', {"Content-Type": "application/json"}, 400, "not valid JSON"),
+        (b"", {"Content-Type": "application/json"}, 422, "seed is required"),
+        (b'{"seed": 1}', {"Content-Type": "text/plain"}, 415, "application/json"),
+        (b"seed=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+        (b'--x\r\nContent-Disposition: form-data; name="seed"\r\n\r\n1\r\n--x--\r\n', {"Content-Type": "multipart/form-data; boundary=x"}, 415, "application/json"),
+        (b'{"seed": 1}', {"Content-Type": "application/vnd.bentoml+pickle"}, 415, "application/json"),
+        (b'{"seed": 1, "n": 1}' + b" " * 5000, {"Content-Type": "application/json"}, 413, "at most"),
+    ],
+    ids=["not-json", "truncated-json", "empty", "text-plain", "form", "multipart", "pickle", "oversized"],
+)
+def test_malformed_bodies_get_a_4xx_json_error(service_url, content, headers, status, says):
+    r = httpx.post(f"{service_url}/sample", content=content, headers=headers, timeout=TIMEOUT)
+    assert r.status_code == status, r.text
+    assert says in r.json()["error"]
+
+
+def test_oversized_chunked_body_is_refused(service_url):
+    def chunks():  # no Content-Length: the guard has to count while reading
+        yield b'{"seed": 1, "n": 1'
+        for _ in range(100):
+            yield b" " * 100
+        yield b"}"
+
+    r = httpx.post(f"{service_url}/sample", content=chunks(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+    assert r.status_code == 413, r.text
+
+
+def test_missing_content_type_is_read_as_json(service_url):
+    r = httpx.post(f"{service_url}/sample", content=b'{"seed": 1}', timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/sample"), ("PUT", "/sample"), ("DELETE", "/sample/raw"), ("PUT", "/sample/grid")])
+def test_wrong_method_gets_405_json(service_url, method, path):
+    r = httpx.request(method, f"{service_url}{path}", timeout=TIMEOUT)
+    assert r.status_code == 405
+    assert "POST" in r.headers["allow"] and method in r.json()["error"]
+
+
+@pytest.mark.parametrize("query", [{}, {"seed": "x"}, {"seed": "-1"}, {"seed": "1", "n": "0"}, {"seed": "1", "n": "1.5"}, {"seed": "1", "m": "2"}])
+def test_grid_query_is_validated(service_url, query):
+    r = httpx.get(f"{service_url}/sample/grid", params=query, timeout=TIMEOUT)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"]
+
+
+def test_health_endpoints(service_url):
+    assert httpx.get(f"{service_url}/livez", timeout=TIMEOUT).status_code == 200
+    assert httpx.get(f"{service_url}/readyz", timeout=TIMEOUT).status_code == 200
+
+
+def test_metrics_have_the_adaptive_batch_size_histogram(service_url):
+    post(service_url, "/sample", {"seed": 1})
+    metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
+    assert re.search(r'^bentoml_service_adaptive_batch_size_bucket\{.*method_name="generate".*\} [1-9]', metrics, re.M)
+    assert re.search(r'^bentoml_service_request_total\{.*endpoint="/sample".*http_response_code="200"', metrics, re.M)
+
+
+def test_info_reports_manifest_provider_and_batching(service_url, manifest):
+    info = httpx.get(f"{service_url}/info", timeout=TIMEOUT).json()
+    assert info["manifest"] == manifest
+    assert info["model"] == post(service_url, "/sample", {"seed": 1}).json()["model"]
+    assert info["provider"] in ort.get_available_providers()
+    assert info["model_file"] in manifest["files"]
+    assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000}
+    assert info["limits"]["max_n"] == 64
+    assert info["latents"] == manifest["model"]["latents"]
+
+
+def _batch_histogram(url: str) -> tuple[float, float]:
+    """(batches, batches of exactly one request) so far, from the adaptive batch size histogram."""
+    metrics = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
+
+    def value(pattern: str) -> float:
+        return sum(float(v) for v in re.findall(pattern + r'\{[^}]*method_name="generate"[^}]*\} (\S+)', metrics, re.M))
+
+    return value(r"^bentoml_service_adaptive_batch_size_count"), value(r'^bentoml_service_adaptive_batch_size_bucket\{le="1.0",[^}]*')
+
+
+def test_concurrent_requests_each_get_their_own_images(service_url, reference):
+    """32 clients at once: batches mix requests, and each response is still its own seed's images (within 1 level)."""
+    requests = [(1000 + i, 1 + i % 4) for i in range(32)]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT, limits=httpx.Limits(max_connections=64)) as client:
+            return await asyncio.gather(*(client.post(f"{service_url}/sample/raw", json={"seed": s, "n": n}) for s, n in requests))
+
+    batches_before, singles_before = _batch_histogram(service_url)
+    responses = asyncio.run(burst())
+    batches_after, singles_after = _batch_histogram(service_url)
+    for (seed, n), r in zip(requests, responses):
+        assert r.status_code == 200, r.text
+        assert r.headers["x-seed"] == str(seed)
+        images = np.frombuffer(r.content, np.uint8).reshape(tuple(int(d) for d in r.headers["x-shape"].split(",")))
+        assert max_level_diff(images, reference(seed, n)) <= 1
+    # The burst really was batched: some generator call served more than one request.
+    assert (batches_after - batches_before) > (singles_after - singles_before)

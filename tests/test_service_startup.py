@@ -1,0 +1,83 @@
+"""Start-up: the service is torch-free, and a bad model or setting stops `bentoml serve` with one clear line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, service_env
+
+
+def test_service_package_never_imports_torch(service_artifact, tmp_path):
+    """Every module under service/, and both services built from them, without torch in sys.modules."""
+    code = (
+        "import importlib, pkgutil, sys, service\n"
+        "for m in pkgutil.iter_modules(service.__path__): importlib.import_module('service.' + m.name)\n"
+        "assert service.svc.name == 'dcgan' and 'generator' in service.svc.dependencies\n"
+        "leaked = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not leaked, leaked[:5]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=service_env(tmp_path / "bentoml", service_artifact), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _corrupt(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _one_line_error(code: int, output: str, *fragments: str) -> None:
+    assert code != 0, output
+    assert "Traceback" not in output, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    for fragment in fragments:
+        assert fragment in lines[0], output
+
+
+def test_corrupted_default_artifact_stops_startup(serve_to_exit, service_artifact, tmp_path):
+    artifact = shutil.copytree(service_artifact, tmp_path / "artifact")
+    _corrupt(artifact / "generator.onnx")
+    _one_line_error(*serve_to_exit(artifact_dir=artifact), str(artifact / "generator.onnx"), "does not match its manifest hash")
+
+
+def test_default_artifact_with_a_missing_file_stops_startup(serve_to_exit, service_artifact, tmp_path):
+    artifact = shutil.copytree(service_artifact, tmp_path / "artifact")
+    (artifact / "generator.onnx").unlink()
+    _one_line_error(*serve_to_exit(artifact_dir=artifact), "generator.onnx", "missing")
+
+
+def test_no_model_and_no_default_artifact_stops_startup(serve_to_exit, tmp_path):
+    missing = tmp_path / "no-such-artifact"
+    _one_line_error(*serve_to_exit(artifact_dir=missing), "no 'dcgan-generator' model", str(missing), "python -m export")
+
+
+def test_pinned_model_missing_from_the_store_stops_startup(serve_to_exit):
+    _one_line_error(*serve_to_exit({"DCGAN_MODEL": "dcgan-generator:nosuchversion"}), "dcgan-generator:nosuchversion")
+
+
+def test_corrupted_model_in_the_store_stops_startup(serve_to_exit, service_artifact, tmp_path):
+    """A registered model whose stored file was altered afterwards: refused before any worker starts."""
+    home = tmp_path / "bentoml"
+    done = subprocess.run(
+        [sys.executable, "-m", "export.register", str(service_artifact)],
+        cwd=REPO, env=service_env(home, service_artifact), capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    tag = done.stdout.strip()
+    stored = home / "models" / "dcgan-generator" / tag.split(":")[1] / "generator.onnx"
+    os.chmod(stored, 0o644)
+    _corrupt(stored)
+    _one_line_error(*serve_to_exit(bentoml_home=home), f"model {tag} is unusable", "does not match its manifest hash")
+
+
+@pytest.mark.parametrize(("name", "value"), [("DCGAN_MAX_N", "many"), ("DCGAN_MAX_INFLIGHT", "0"), ("DCGAN_MAX_BATCH", "1")])
+def test_bad_setting_stops_startup(serve_to_exit, name, value):
+    _one_line_error(*serve_to_exit({name: value}), name)
