@@ -1,7 +1,8 @@
 """ASGI middlewares in front of the generation routes: admission control, then request checks.
 
 BentoML's own limit (traffic.max_concurrency) answers 429 without Retry-After, and its request
-parsing lets some malformed bodies through to a 500 (a multipart body, say); these two close both gaps.
+parsing accepts text/plain and form bodies and turns a malformed multipart body into a 500; these
+two close both gaps.
 """
 
 from __future__ import annotations

@@ -18,8 +18,7 @@ def _pil(image: np.ndarray) -> Image.Image:
 
 def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    # compress_level 1: these images are tiny, and level 6 costs CPU the generator needs more.
-    _pil(image).save(buf, format="PNG", compress_level=1)
+    _pil(image).save(buf, format="PNG")
     return buf.getvalue()
 
 
