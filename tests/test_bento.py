@@ -364,3 +364,33 @@ def test_a_model_version_missing_from_the_bento_stops_startup(built, image_pytho
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert missing in out.stdout + out.stderr
+
+
+def test_dcgan_model_at_build_time_picks_the_model_the_image_carries(built, tmp_path):
+    """How a deployment points at a model version: `DCGAN_MODEL=name:version bentoml build` (default: the newest)."""
+    home = tmp_path / "bentoml"
+    shutil.copytree(built.home / "bentoml", home)
+    (first,) = built.model_tags()
+    # A second registration of the same weights, as another export of the run would make.
+    newer = tmp_path / "newer-artifact"
+    shutil.copytree(home / "models" / first.replace(":", "/"), newer, ignore=shutil.ignore_patterns("model.yaml"))
+    manifest = json.loads((newer / MANIFEST).read_text())
+    manifest["created"] = "2100-01-01T00:00:00+00:00"
+    (newer / MANIFEST).write_text(json.dumps(manifest))
+    env = {**built.env, "BENTOML_HOME": str(home)}
+    registered = subprocess.run([sys.executable, "-m", "export.register", str(newer)], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+    assert registered.returncode == 0, registered.stderr
+    second = registered.stdout.strip()
+    assert second != first
+
+    def packed(extra_env: dict[str, str]) -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "bentoml", "build", "-o", "tag"], cwd=ROOT, env={**env, **extra_env},
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        (tag,) = re.findall(r"^__tag__:(\S+)$", out.stdout, re.M)
+        info = yaml.safe_load((home / "bentos" / tag.replace(":", "/") / "bento.yaml").read_text())
+        return [m["tag"] for s in info["services"] for m in s["models"]]
+
+    assert packed({"DCGAN_MODEL": first}) == [first]
+    assert packed({}) == [second]
