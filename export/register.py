@@ -10,6 +10,7 @@ Torch-free (service/ imports it): bentoml and export.artifact only.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -82,6 +83,8 @@ def main(argv=None) -> None:
     parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="folder written by `python -m export` (holds manifest.json)")
     parser.add_argument("--name", default=MODEL_NAME, help=f"model name in the store (default: {MODEL_NAME})")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", args.name):  # BentoML's tag rule
+        parser.exit(2, f"error: --name {args.name!r}: use lowercase letters, digits, '.', '_', '-' (alphanumeric at both ends)\n")
     try:
         print(register(args.artifact_dir, args.name))
     except ArtifactError as e:

@@ -22,6 +22,7 @@ from export.artifact import (
     ONNX,
     ONNX_FP16,
     TORCHSCRIPT,
+    file_sha256,
     latents_for_seed,
     verify,
 )
@@ -198,8 +199,6 @@ def test_parity_fails_on_a_form_that_computes_something_else(exported, tmp_path)
     props = {p.key: p.value for p in onnx.load(art / ONNX).metadata_props}
     onnx_forms.write_onnx(module, CFG, art / ONNX, 18, props)
     manifest = json.loads((art / MANIFEST).read_text())
-    from export.artifact import file_sha256
-
     manifest["files"][ONNX] = {"sha256": file_sha256(art / ONNX), "bytes": (art / ONNX).stat().st_size}
     (art / MANIFEST).write_text(json.dumps(manifest))
     proc = run_cli("-m", "export.parity", str(art))
@@ -316,9 +315,23 @@ def test_register_refuses_a_tampered_artifact(exported, store, tmp_path):
     (art / ONNX).write_bytes(b"not onnx")
     proc = run_cli("-m", "export.register", str(art), env=store)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not match its manifest hash" in proc.stderr
+    proc = run_cli("-m", "export.register", str(out), "--name", "Not A Tag!", env=store)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --name")
 
 
 def test_artifact_and_register_do_not_import_torch():
     proc = run_cli("-c", "import sys, export.artifact, export.register; print('torch' in sys.modules, 'onnx' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False"]
+
+
+DEFAULT_ARTIFACT = REPO / "artifacts" / "default"
+
+
+@pytest.mark.skipif(not (DEFAULT_ARTIFACT / MANIFEST).is_file(), reason="no committed default artifact yet (artifacts/default)")
+def test_committed_default_artifact_matches_its_manifest_and_parity():
+    manifest = verify(DEFAULT_ARTIFACT)
+    assert any(c.startswith("python -m export ") for c in manifest["commands"])
+    proc = run_cli("-m", "export.parity", str(DEFAULT_ARTIFACT))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.rstrip().endswith("parity ok")
