@@ -154,7 +154,7 @@ def _ort_session(path: Path, cuda: bool) -> ort.InferenceSession | None:
     # onnxruntime-gpu lists CUDA even where its CUDA/cuDNN libraries are missing; the failed load is
     # logged (by the default logger) as an error and the session falls back to CPU. Keep that quiet
     # and ask the session which provider it got instead.
-    # TF32 off: float32 convolutions in TF32 are ~1e-3 off, far outside the float32 limit.
+    # TF32 off: TF32 rounds conv inputs to 10 mantissa bits (~1e-3 relative), far above the float32 limit.
     providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     ort.set_default_logger_severity(4)
     try:
