@@ -1,0 +1,48 @@
+"""What the load test sends and what it accepts, kept free of locust (importing locust monkey-patches the process).
+
+    parse_n_mix("1:3,16:1") -> ([1, 16], [3.0, 1.0])     the mix of images per request
+    problem_with(body, content_type, seed, n) -> None    or why a 200 response is malformed
+"""
+
+from __future__ import annotations
+
+import json
+
+PNG_BASE64_PREFIX = "iVBORw0KGgo"  # base64 of the 8-byte PNG signature \x89PNG\r\n\x1a\n
+MAX_SEED = 2**63 - 1
+
+
+def parse_n_mix(text: str) -> tuple[list[int], list[float]]:
+    """"1:3,16:1" -> ([1, 16], [3.0, 1.0]); a missing weight is 1."""
+    ns, weights = [], []
+    for item in text.split(","):
+        n_text, _, weight_text = item.strip().partition(":")
+        try:
+            n, weight = int(n_text), float(weight_text or 1)
+        except ValueError:
+            raise ValueError(f"--n-mix item {item.strip()!r} is not n or n:weight (e.g. 1:3,16:1)") from None
+        if n < 1 or weight <= 0:
+            raise ValueError(f"--n-mix item {item.strip()!r}: n must be >= 1 and weight > 0")
+        ns.append(n)
+        weights.append(weight)
+    return ns, weights
+
+
+def problem_with(body: bytes, content_type: str, seed: int, n: int) -> str | None:
+    """Why a 200 response to {"seed": seed, "n": n} is malformed, or None if it is well-formed."""
+    if not content_type.startswith("application/json"):
+        return f"content type {content_type!r}, expected application/json"
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "body is not JSON"
+    if not isinstance(data, dict):
+        return "body is not a JSON object"
+    if data.get("seed") != seed or data.get("n") != n:
+        return f"echoed seed/n {data.get('seed')}/{data.get('n')}, expected {seed}/{n}"
+    images = data.get("images")
+    if not isinstance(images, list) or len(images) != n:
+        return f"{len(images) if isinstance(images, list) else 'no'} images, expected {n}"
+    if not all(isinstance(image, str) and image.startswith(PNG_BASE64_PREFIX) for image in images):
+        return "an image is not a base64 PNG"
+    return None

@@ -1,0 +1,48 @@
+"""Locust user for `POST /sample`: random seeds, a configurable mix of n, every response checked.
+
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:3000 --n-mix 1:3,16:1
+
+`--n-mix` (or LOCUST_N_MIX) is a comma-separated list of n[:weight]; "1" sends only n=1, "1,4,16"
+sends each equally often, "1:3,16:1" sends n=1 three times as often as n=16. Requests are named
+"/sample n=N", so locust's statistics hold one row per n (loadtest.report reads images/s from them).
+
+A response counts as a success only if it is well-formed: HTTP 200, JSON content type, the request's
+seed and n echoed back, and exactly n base64 PNG images. Anything else is a failure, with its reason.
+Users wait for nothing between requests (closed loop): the offered load is set by the user count.
+Run it from the repository root (or with the project installed): it imports loadtest.checks.
+"""
+
+from __future__ import annotations
+
+import random
+
+from locust import FastHttpUser, constant, events, task
+
+from loadtest.checks import MAX_SEED, parse_n_mix, problem_with
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser) -> None:
+    parser.add_argument("--n-mix", type=str, env_var="LOCUST_N_MIX", default="1",
+                        help="images per request as n[:weight],... e.g. '1' or '1:3,16:1' (default: 1)")
+
+
+class SampleUser(FastHttpUser):
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.ns, self.weights = parse_n_mix(self.environment.parsed_options.n_mix)
+
+    @task
+    def sample(self) -> None:
+        n = random.choices(self.ns, self.weights)[0]
+        seed = random.randint(0, MAX_SEED)
+        with self.client.post("/sample", json={"seed": seed, "n": n}, name=f"/sample n={n}", catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
+                return
+            problem = problem_with(resp.content or b"", resp.headers.get("content-type", ""), seed, n)
+            if problem:
+                resp.failure(problem)
+            else:
+                resp.success()

@@ -1,0 +1,212 @@
+"""Turn a load-test run (report.json's dict) into report.md, the goal verdicts and the PNG plots.
+
+The dict, built by loadtest.run:
+    targets: [{"name", "label", "levels": [{"n_mix", "users", "images_per_s", "p99_ms", ...}], ...}]
+    ceiling: loadtest.bench's JSON (or None), soak: RSS samples and growth (or None)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+OURS, BASELINE = "bentoml", "baseline"
+GOAL_USERS = 32  # the goals compare n=1 traffic at 32 concurrent users
+
+
+def level(report: dict, target: str, n_mix: str, users: int) -> dict | None:
+    for t in report["targets"]:
+        if t["name"] == target:
+            return next((lv for lv in t["levels"] if lv["n_mix"] == n_mix and lv["users"] == users), None)
+    return None
+
+
+def saturated(report: dict, target: str, n_mix: str) -> dict | None:
+    """The level with the most images/s: the target's saturated throughput for this mix."""
+    levels = [lv for t in report["targets"] if t["name"] == target for lv in t["levels"] if lv["n_mix"] == n_mix]
+    return max(levels, key=lambda lv: lv["images_per_s"], default=None)
+
+
+def _goal(name: str, target: str, measured: str | None, met: bool | None, missing: str = "") -> dict:
+    status = "not measured: " + missing if measured is None else ("met" if met else "MISSED")
+    return {"goal": name, "target": target, "measured": measured or "-", "status": status}
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f} ms"
+
+
+def goals(report: dict) -> list[dict]:
+    """The issue's goals, each with what this run measured (ratios within this one run)."""
+    out = []
+    ours, base = level(report, OURS, "1", GOAL_USERS), level(report, BASELINE, "1", GOAL_USERS)
+    ok = ours and base and base["images_per_s"] > 0
+    out.append(_goal(
+        f"vs baseline, n=1 at {GOAL_USERS} users", ">= 1.5x images/s and lower p99",
+        ok and f"{ours['images_per_s'] / base['images_per_s']:.2f}x; p99 {_ms(ours['p99_ms'])} vs {_ms(base['p99_ms'])}",
+        ok and ours["images_per_s"] >= 1.5 * base["images_per_s"] and (ours["p99_ms"] or 0) < (base["p99_ms"] or 0),
+        f"needs --baseline and a {GOAL_USERS}-user level with --mix 1",
+    ))
+    ours16, base16 = saturated(report, OURS, "16"), saturated(report, BASELINE, "16")
+    ok = ours16 and base16 and base16["images_per_s"] > 0
+    out.append(_goal(
+        "vs baseline, n=16 saturated", ">= 1.0x images/s",
+        ok and f"{ours16['images_per_s'] / base16['images_per_s']:.2f}x ({ours16['images_per_s']:,.0f} at {ours16['users']} users "
+               f"vs {base16['images_per_s']:,.0f} at {base16['users']})",
+        ok and ours16["images_per_s"] >= base16["images_per_s"], "needs --baseline and --mix 16",
+    ))
+    ceiling = (report.get("ceiling") or {}).get("ort_ceiling")
+    out.append(_goal(
+        "n=16 saturated vs in-process ONNX Runtime ceiling", ">= 60%",
+        ours16 and ceiling and f"{ours16['images_per_s'] / ceiling['images_per_s']:.0%} ({ours16['images_per_s']:,.0f} / "
+                               f"{ceiling['images_per_s']:,.0f} images/s, {ceiling['form']} at batch {ceiling['batch']})",
+        bool(ours16 and ceiling) and ours16["images_per_s"] >= 0.6 * ceiling["images_per_s"],
+        "needs --mix 16 and a ceiling (not --ceiling none)",
+    ))
+    off_name = next((t["name"] for t in report["targets"] if t["name"].startswith(OURS + "-maxbatch")), None)
+    off = off_name and level(report, off_name, "1", GOAL_USERS)
+    ok = ours and off and off["images_per_s"] > 0
+    out.append(_goal(
+        f"batching on vs {off_name or 'off'}, n=1 at {GOAL_USERS} users", ">= 3x images/s, p99 no worse",
+        ok and f"{ours['images_per_s'] / off['images_per_s']:.2f}x; p99 {_ms(ours['p99_ms'])} vs {_ms(off['p99_ms'])}",
+        ok and ours["images_per_s"] >= 3 * off["images_per_s"] and (ours["p99_ms"] or 0) <= (off["p99_ms"] or 0),
+        "needs --compare-max-batch and a 32-user level with --mix 1",
+    ))
+    levels = [(t["name"], lv) for t in report["targets"] for lv in t["levels"]]
+    failed = [f"{name} n={lv['n_mix']} u={lv['users']}: {lv['failures']}" for name, lv in levels if lv["failures"]]
+    out.append(_goal("zero failed requests at every level", "0", levels and (", ".join(failed) or f"0 in {len(levels)} levels"),
+                     not failed, "no levels ran"))
+    soak = report.get("soak")
+    out.append(_goal(
+        "soak: resident memory growth, first vs last minute", "< 10%",
+        soak and f"{soak['growth']:+.1%} over {soak['minutes']:g} min ({soak['first_mib']:,.0f} -> {soak['last_mib']:,.0f} MiB)",
+        bool(soak) and soak["growth"] < 0.10, "run with --soak 10",
+    ))
+    return out
+
+
+def _cores(lv: dict, key: str) -> str:
+    """CPU seconds over the level's window: how many cores the server (or locust) kept busy."""
+    seconds = lv.get(key)
+    return "-" if seconds is None or not lv["window_s"] else f"{seconds / lv['window_s']:.2f}"
+
+
+def _row(target: dict, lv: dict, ceiling: dict | None) -> str:
+    batch = "-" if lv.get("mean_batch_requests") is None else f"{lv['mean_batch_requests']:.1f} ({lv['mean_batch_requests'] * lv['mean_n']:.0f} img)"
+    share = f"{lv['images_per_s'] / ceiling['images_per_s']:.0%}" if ceiling else "-"
+    return (f"| {target['label']} | {lv['n_mix']} | {lv['users']} | {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} | {share} | "
+            f"{_ms(lv['p50_ms'])} | {_ms(lv['p95_ms'])} | {_ms(lv['p99_ms'])} | {lv['failures']} | {batch} | "
+            f"{_cores(lv, 'server_cpu_s')} / {_cores(lv, 'locust_cpu_s')} | {lv['load_avg_1m_before']:.1f} |")
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    ceiling = (report.get("ceiling") or {}).get("ceiling")
+    lines = [
+        f"# Load test, {report['created']}",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores available, {m['memory_gib']:.0f} GiB RAM"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+        + f". Locust runs on the same cores as the servers. Load average (1 min) at start {m['load_avg_1m_start']:.1f}, "
+        f"at end {m.get('load_avg_1m_end', float('nan')):.1f}.",
+        f"Code: git {report['git']}. Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+        f"Model: {report['model']}.",
+        f"Command: `{report['command']}`",
+        "",
+        f"Each level: {report['settings']['duration_s']:g} s of closed-loop users (no think time) after every user has started; "
+        f"a {report['settings']['warmup_s']:g} s warm-up per server is not counted. Latency percentiles are locust's "
+        "(rounded to 2 significant digits above 100 ms).",
+    ]
+    if report.get("interrupted"):
+        lines += ["", "**Interrupted: partial results.**"]
+    if report["targets"]:
+        lines += [
+            "",
+            "## Sweep",
+            "",
+            "| server | n | users | req/s | images/s | of ceiling | p50 | p95 | p99 | failures | requests (images) per batch | cores busy: server / locust | load avg |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for target in report["targets"]:
+            lines += [_row(target, lv, ceiling) for lv in target["levels"]]
+        lines += ["", "Servers:"]
+        for target in report["targets"]:
+            lines.append(f"- **{target['label']}**: {target['description']}")
+            lines += [f"  - {note}" for note in target.get("notes", [])]
+    if report.get("ceiling"):
+        c = report["ceiling"]
+        lines += ["", "## In-process ceiling (`python -m loadtest.bench`)", "",
+                  f"images/s of the generator alone, median of three windows of {c['seconds_per_cell'] / 3:.2f} s; load average "
+                  f"{c['machine']['load_avg_1m']:.1f} when it started.", "", c["table"]]
+    if report.get("soak"):
+        s = report["soak"]
+        lines += ["", "## Soak", "",
+                  f"{s['users']} users, n mix {s['n_mix']}, {s['minutes']:g} min; resident memory of every server process "
+                  f"sampled every {s['interval_s']:g} s (soak_rss.csv, soak_rss.png).", "",
+                  "| process | first minute | last minute | growth |", "|---|---:|---:|---:|"]
+        for p in s["processes"]:
+            lines.append(f"| {p['name']} | {p['first_mib']:,.1f} MiB | {p['last_mib']:,.1f} MiB | {p['growth']:+.1%} |")
+        lines.append(f"| **all** | {s['first_mib']:,.1f} MiB | {s['last_mib']:,.1f} MiB | {s['growth']:+.1%} |")
+        lv = s["level"]
+        lines += ["", f"Load during the soak: {lv['requests_per_s']:,.1f} req/s, {lv['images_per_s']:,.0f} images/s, "
+                  f"p99 {_ms(lv['p99_ms'])}, {lv['failures']} failed of {lv['requests']:,}."]
+    lines += ["", "## Goals", "", "| goal | target | measured | status |", "|---|---|---|---|"]
+    lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in report["goals"]]
+    for note in report.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(report: dict, path: Path) -> None:
+    """Per n mix: images/s vs users (with the ceiling) and p50/p99 latency vs users, one colour per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    mixes = sorted({lv["n_mix"] for t in report["targets"] for lv in t["levels"]})
+    fig, axes = plt.subplots(len(mixes), 2, figsize=(11, 3.6 * len(mixes)), squeeze=False)
+    ceiling = (report.get("ceiling") or {}).get("ceiling")
+    for row, mix in zip(axes, mixes):
+        for i, target in enumerate(report["targets"]):
+            levels = sorted((lv for lv in target["levels"] if lv["n_mix"] == mix), key=lambda lv: lv["users"])
+            if not levels:
+                continue
+            users = [lv["users"] for lv in levels]
+            color = f"C{i}"
+            row[0].plot(users, [lv["images_per_s"] for lv in levels], "o-", color=color, label=target["label"])
+            row[1].plot(users, [lv["p99_ms"] for lv in levels], "o-", color=color, label=f"{target['label']} p99")
+            row[1].plot(users, [lv["p50_ms"] for lv in levels], "o:", color=color, label=f"{target['label']} p50")
+        if ceiling:
+            row[0].axhline(ceiling["images_per_s"], color="grey", linestyle="--", label=f"in-process ceiling ({ceiling['form']})")
+        row[0].set(title=f"throughput, n mix {mix}", xlabel="concurrent users", ylabel="images/s")
+        row[1].set(title=f"latency, n mix {mix}", xlabel="concurrent users", ylabel="ms", yscale="log")
+        for ax in row:
+            ax.set_xscale("log", base=2)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        row[0].set_ylim(bottom=0)
+    fig.suptitle(f"{report['machine']['cpu_model']}, {report['machine']['cores']} cores (locust on the same cores), {report['created'][:10]}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_soak(samples: list[dict], path: Path) -> None:
+    """Resident memory of each server process over the soak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name in sorted({s["name"] for s in samples}):
+        points = [(s["t_s"] / 60, s["rss_bytes"] / 2**20) for s in samples if s["name"] == name]
+        ax.plot(*zip(*points), label=name)
+    ax.set(xlabel="minutes", ylabel="RSS (MiB)", title="soak: resident memory per server process")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,394 @@
+"""`python -m loadtest.run`: start the service, sweep concurrent users with locust, write a report.
+
+    python -m loadtest.run --baseline --compare-max-batch 2 --out loadtest/results
+
+For each server (ours; optionally ours with a capped batch size, ours in fp32, the FastAPI
+baseline), one after another so they never share the cores: start it on a free loopback port,
+wait for /readyz, warm up, then for each n mix and user count run locust headless for a bounded
+time. Between levels it scrapes /metrics for BentoML's adaptive batch size histogram. OUT gets
+locust's CSVs (locust/), server logs (logs/), bench.json, report.json, report.md and sweep.png.
+With --soak MINUTES it instead holds a moderate load on our server and samples the resident
+memory of its every process (soak_rss.csv, soak_rss.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import psutil
+
+from export.artifact import MANIFEST, ONNX_FP16, ArtifactError, read_manifest
+from loadtest import report as reporting
+from loadtest.locust_run import LevelStats, run_level
+from loadtest.checks import parse_n_mix
+from loadtest.prometheus import batch_counter
+from loadtest.servers import REPO, Server, check_loopback, existing, http_get, serve_baseline, serve_bentoml
+from training.errors import OneLineErrorParser, UserError, cli_main
+
+SOAK_INTERVAL_S = 5.0
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass
+class Target:
+    name: str  # key in report.json ("bentoml", "bentoml-maxbatch2", "bentoml-fp32", "baseline", "external")
+    label: str  # shown in tables and plots
+    description: str
+    start: Callable[[], ContextManager[Server]]
+    notes: list[str] = field(default_factory=list)
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} {text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} {text!r}: every value must be >= 1")
+    return values
+
+
+def parse_args(argv):
+    parser = OneLineErrorParser(
+        prog="python -m loadtest.run",
+        description="Load-test the DCGAN service with locust: start it (or use --host), sweep concurrent users for\n"
+        "each n mix, and write to OUT: locust CSVs, report.json, report.md (throughput, latency percentiles,\n"
+        "failures, mean adaptive batch size, share of the in-process ceiling, goal verdicts) and sweep.png.\n"
+        "Servers it started are stopped at the end, also on Ctrl-C.",
+        epilog="examples:\n"
+        "  python -m loadtest.run --users 2 --duration 5 --mix 1 --ceiling none   # a quick look\n"
+        "  python -m loadtest.run --baseline --compare-max-batch 2 --out loadtest/results   # the full comparison\n"
+        "  python -m loadtest.run --soak 10 --out out/soak   # memory over 10 minutes at moderate load",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--artifact", type=Path, default=REPO / "artifacts" / "default",
+                        help="model artifact to serve (default: artifacts/default, the committed model)")
+    parser.add_argument("--out", type=Path, help="output folder (default: out/loadtest-<UTC time>)")
+    parser.add_argument("--users", default="1,4,16,32,64", help="concurrent users per level (default: %(default)s)")
+    parser.add_argument("--mix", action="append", dest="mixes", metavar="N_MIX",
+                        help="images per request as n[:weight],...; repeat for several sweeps (default: --mix 1 --mix 16)")
+    parser.add_argument("--duration", type=float, default=30, help="measured seconds per level (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=10, help="seconds of unmeasured load per server first (default: %(default)s)")
+    parser.add_argument("--host", help="load-test this running server instead of starting one, e.g. http://127.0.0.1:3000")
+    parser.add_argument("--allow-non-loopback", action="store_true", help="let --host name a server on another machine")
+    parser.add_argument("--baseline", nargs="?", const="", metavar="MODEL",
+                        help="also sweep the FastAPI + torch eager baseline (loadtest/baseline.py) serving MODEL, a run dir "
+                        "or an artifact (default: the served artifact's generator.pt2)")
+    parser.add_argument("--baseline-threads", type=int, metavar="N",
+                        help="torch threads in the baseline (default: torch's, one per core; on a busy machine 1 is far faster)")
+    parser.add_argument("--compare-max-batch", type=int, metavar="N",
+                        help="also sweep our service with DCGAN_MAX_BATCH=N; 2 is the least BentoML's batchable API accepts, "
+                        "the closest to batching off")
+    parser.add_argument("--compare-fp32", action="store_true",
+                        help="on a GPU, also sweep our service on the fp32 model (it serves generator.fp16.onnx on CUDA)")
+    parser.add_argument("--ceiling", default="run", metavar="run|none|PATH",
+                        help="in-process ceiling: run `python -m loadtest.bench` first (default), skip it, or read its --json file")
+    parser.add_argument("--soak", type=float, metavar="MINUTES",
+                        help="instead of the sweep: hold --soak-users on our server for MINUTES, sampling every server "
+                        "process's resident memory; reports growth from the first to the last minute")
+    parser.add_argument("--soak-users", type=int, default=16, help="users during --soak (default: %(default)s)")
+    args = parser.parse_args(argv)
+    args.users = _int_list(args.users, "--users")
+    args.mixes = args.mixes or ["1", "16"]
+    for mix in args.mixes:
+        try:
+            parse_n_mix(mix)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if args.duration <= 0 or args.warmup < 0:
+        raise UserError("--duration must be > 0 and --warmup >= 0")
+    if args.compare_max_batch is not None and args.compare_max_batch < 1:
+        raise UserError(f"--compare-max-batch must be >= 1, got {args.compare_max_batch}")
+    if args.soak is not None and (args.soak <= 0 or args.soak_users < 1):
+        raise UserError("--soak MINUTES must be > 0 and --soak-users >= 1")
+    if args.host:
+        args.host = args.host.rstrip("/") if args.allow_non_loopback else check_loopback(args.host)
+        if args.compare_max_batch or args.compare_fp32:
+            raise UserError("--compare-max-batch and --compare-fp32 start servers with other settings; they cannot be used with --host")
+    elif not (args.artifact / MANIFEST).is_file():
+        raise UserError(f"no model artifact at {args.artifact} (no {MANIFEST}); export one with `python -m export RUN_DIR --out DIR` "
+                        "and pass --artifact DIR")
+    return args
+
+
+def describe_machine() -> dict:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if shutil.which("lscpu") else []
+    fields = dict(line.split(":", 1) for line in lscpu if ":" in line)
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        gpu = done.stdout.strip().replace("\n", ", ") or None if done.returncode == 0 else None
+    return {
+        "cpu_model": fields.get("Model name", "unknown CPU").strip(),
+        "cores": len(os.sched_getaffinity(0)),
+        "lscpu": lscpu[:12],
+        "memory_gib": psutil.virtual_memory().total / 2**30,
+        "gpu": gpu,
+        "load_avg_1m_start": os.getloadavg()[0],
+    }
+
+
+def _git() -> str:
+    def out(*cmd):
+        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = out("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" (uncommitted changes)" if out("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _versions() -> dict:
+    versions = {}
+    for name in ("bentoml", "onnxruntime-gpu", "onnxruntime", "locust", "fastapi", "torch"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+def _model_summary(artifact: Path) -> str:
+    try:
+        manifest = read_manifest(artifact)
+    except ArtifactError:
+        return f"{artifact} (unreadable manifest)"
+    m, src = manifest["model"], manifest.get("source", {})
+    ngf = src.get("generator", {}).get("ngf")
+    return f"{artifact}: {m['arch']} generator, {m['image_size']}x{m['image_size']}x{m['channels']}, nz {m['nz']}" + (f", ngf {ngf}" if ngf else "")
+
+
+def fp32_artifact(artifact: Path, workdir: Path) -> Path:
+    """A copy of the artifact without generator.fp16.onnx (and without its manifest entry): the service then serves fp32 on CUDA."""
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    manifest["files"].pop(ONNX_FP16, None)
+    out = workdir / "artifact-fp32"
+    out.mkdir(parents=True)
+    for name in manifest["files"]:
+        shutil.copy2(artifact / name, out / name)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
+    if args.host:
+        targets = [Target("external", f"server at {args.host}", f"a server started elsewhere, at {args.host}", lambda: existing(args.host))]
+    else:
+        art = args.artifact
+
+        def ours(name: str, artifact: Path, env: dict[str, str]):
+            return lambda: serve_bentoml(artifact, homes / name, logs / f"{name}.log", env)
+
+        targets = [Target(reporting.OURS, "ours (BentoML, adaptive batching)", "`bentoml serve service:svc`, settings from the "
+                          "environment (defaults unless DCGAN_* are set)", ours(reporting.OURS, art, {}))]
+        if args.compare_max_batch and not args.soak:
+            n = args.compare_max_batch
+            targets.append(Target(f"{reporting.OURS}-maxbatch{n}", f"ours, max batch {n}",
+                                  f"the same service with DCGAN_MAX_BATCH={n}: at most {n} images per ONNX Runtime call",
+                                  ours(f"{reporting.OURS}-maxbatch{n}", art, {"DCGAN_MAX_BATCH": str(n)})))
+        if args.compare_fp32 and not args.soak:
+            targets.append(Target(f"{reporting.OURS}-fp32", "ours, fp32", "the same service on the artifact without "
+                                  "generator.fp16.onnx (fp32 on CUDA)", lambda: serve_bentoml(fp32_artifact(art, homes), homes /
+                                  "fp32", logs / "bentoml-fp32.log", {})))
+    if args.baseline is not None and not args.soak:
+        model = Path(args.baseline) if args.baseline else args.artifact
+        threads = f" --threads {args.baseline_threads}" if args.baseline_threads else ""
+        targets.append(Target(reporting.BASELINE, "baseline (FastAPI + torch eager)", f"`python -m loadtest.baseline {model}{threads}`: "
+                              "one process, the model run inline in an async handler, one request at a time, no batching",
+                              lambda: serve_baseline(model, logs / "baseline.log", args.baseline_threads)))
+    return targets
+
+
+def _cpu_seconds(server: Server) -> float | None:
+    total = 0.0
+    processes = server.processes()
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total if processes else None
+
+
+def measure(server: Server, users: int, n_mix: str, seconds: float, prefix: Path, sample: Callable[[], None] | None = None) -> dict:
+    """One level, with what the server itself says (batch sizes, CPU) around it."""
+    counter_before = batch_counter(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
+    cpu_before, load_before = _cpu_seconds(server), os.getloadavg()[0]
+    stats: LevelStats = run_level(server.url, users, n_mix, seconds, prefix, sample)
+    counter_after = batch_counter(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
+    cpu_after = _cpu_seconds(server)
+    return {
+        "n_mix": n_mix, "users": users, **stats.to_dict(),
+        "mean_batch_requests": counter_after.mean_since(counter_before) if counter_before and counter_after else None,
+        "server_cpu_s": cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None,
+        "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0],
+    }
+
+
+def _process_name(p: psutil.Process) -> str:
+    """A stable name for a server process: the BentoML service it runs, or its role."""
+    with contextlib.suppress(psutil.Error):
+        cmd = p.cmdline()
+        if "--service-name" in cmd:
+            return f"worker {cmd[cmd.index('--service-name') + 1]} (pid {p.pid})"
+        return f"{'bentoml serve' if 'bentoml' in cmd else 'server'} (pid {p.pid})"
+    return f"pid {p.pid}"
+
+
+def soak(server: Server, args, out: Path) -> dict:
+    """Hold a moderate load for --soak minutes; sample every server process's RSS; growth = last minute / first minute - 1."""
+    samples: list[dict] = []
+    start = time.monotonic()
+
+    def sample() -> None:
+        t = time.monotonic() - start
+        for p in server.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                samples.append({"t_s": round(t, 1), "name": _process_name(p), "rss_bytes": p.memory_info().rss})
+
+    say(f"soak: {args.soak_users} users, n mix {args.mixes[0]}, {args.soak:g} min")
+    level = measure(server, args.soak_users, args.mixes[0], args.soak * 60, out / "locust" / "soak", sample)
+    with open(out / "soak_rss.csv", "w") as f:
+        f.write("t_s,process,rss_bytes\n" + "".join(f"{s['t_s']},{s['name']},{s['rss_bytes']}\n" for s in samples))
+    reporting.plot_soak(samples, out / "soak_rss.png")
+    window = min(60.0, args.soak * 60 / 4)  # "first and last minute"; a short soak compares its first and last quarter
+
+    def mean_mib(name: str | None, lo: float, hi: float) -> float:
+        times = sorted({s["t_s"] for s in samples if lo <= s["t_s"] <= hi})
+        totals = [sum(s["rss_bytes"] for s in samples if s["t_s"] == t and (name is None or s["name"] == name)) for t in times]
+        return sum(totals) / len(totals) / 2**20 if totals else float("nan")
+
+    end = max((s["t_s"] for s in samples), default=0.0)
+    first = lambda name: mean_mib(name, 0, window)  # noqa: E731
+    last = lambda name: mean_mib(name, end - window, end)  # noqa: E731
+    processes = [{"name": n, "first_mib": first(n), "last_mib": last(n), "growth": last(n) / first(n) - 1}
+                 for n in sorted({s["name"] for s in samples})]
+    return {"minutes": args.soak, "users": args.soak_users, "n_mix": args.mixes[0], "interval_s": SOAK_INTERVAL_S,
+            "window_s": window, "first_mib": first(None), "last_mib": last(None), "growth": last(None) / first(None) - 1,
+            "processes": processes, "level": level}
+
+
+def get_ceiling(args, out: Path) -> dict | None:
+    if args.ceiling == "none" or args.host:
+        return None
+    if args.ceiling == "run":
+        path = out / "bench.json"
+        say("ceiling: python -m loadtest.bench (no server running yet) ...")
+        argv = [sys.executable, "-m", "loadtest.bench", "--artifact", str(args.artifact), "--seconds", "1", "--json", str(path)]
+        with open(out / "logs" / "bench.log", "wb") as log:
+            done = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise UserError(f"the benchmark failed; see {out / 'logs' / 'bench.log'}")
+    else:
+        path = Path(args.ceiling)
+    try:
+        bench = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--ceiling {path}: cannot read a loadtest.bench JSON file ({e})") from None
+    from loadtest.bench import table
+
+    return {**bench, "table": table(bench)}
+
+
+def sweep_target(target: Target, server: Server, args, out: Path) -> list[dict]:
+    info_status, info = http_get(f"{server.url}/info")
+    if info_status == 200:
+        described = json.loads(info)
+        target.notes.append(f"provider {described.get('provider')}, ORT threads {described.get('ort_threads')}, "
+                            f"batching {described.get('batching')}, model {described.get('model')}")
+    if args.warmup:
+        say(f"{target.name}: warm-up {args.warmup:g} s at {max(args.users)} users")
+        run_level(server.url, max(args.users), args.mixes[0], args.warmup, out / "locust" / f"{target.name}_warmup")
+    levels = []
+    for mix in args.mixes:
+        for users in args.users:
+            prefix = out / "locust" / f"{target.name}_n{mix.replace(':', 'w').replace(',', '+')}_u{users}"
+            lv = measure(server, users, mix, args.duration, prefix)
+            say(f"{target.name}: n {mix}, {users:>3} users: {lv['requests_per_s']:8.1f} req/s {lv['images_per_s']:8.0f} images/s  "
+                f"p50 {lv['p50_ms']} p99 {lv['p99_ms']} ms  failures {lv['failures']}  load {lv['load_avg_1m_before']:.1f}")
+            levels.append(lv)
+    return levels
+
+
+def write_report(report: dict, out: Path) -> None:
+    report["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
+    report["goals"] = reporting.goals(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(reporting.markdown(report))
+    if any(t["levels"] for t in report["targets"]):
+        reporting.plot_sweep(report, out / "sweep.png")
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C does: servers are stopped and the partial report is written."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@cli_main
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    _interrupt_on_sigterm()
+    out = args.out or REPO / "out" / f"loadtest-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    report = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "loadtest.run", *argv]),
+        "machine": describe_machine(),
+        "git": _git(),
+        "versions": _versions(),
+        "model": args.host or _model_summary(args.artifact),
+        "settings": {"users": args.users, "mixes": args.mixes, "duration_s": args.duration, "warmup_s": args.warmup},
+        "targets": [],
+        "ceiling": None,
+        "soak": None,
+        "notes": [],
+    }
+    say(f"writing to {out}; load average now {report['machine']['load_avg_1m_start']:.1f} on {report['machine']['cores']} cores")
+    try:
+        report["ceiling"] = get_ceiling(args, out)
+        with tempfile.TemporaryDirectory(prefix="loadtest-bentoml-") as homes:
+            provider = None  # what our service runs on, from its /info
+            for target in plan_targets(args, Path(homes), out / "logs"):
+                if target.name == f"{reporting.OURS}-fp32" and provider != CUDA:
+                    report["notes"].append(f"--compare-fp32: skipped, our service runs on {provider}; it serves fp16 only on CUDA.")
+                    continue
+                say(f"{target.name}: starting")
+                entry = {"name": target.name, "label": target.label, "description": target.description, "notes": target.notes, "levels": []}
+                report["targets"].append(entry)
+                with target.start() as server:
+                    if target.name == reporting.OURS:
+                        provider = json.loads(http_get(f"{server.url}/info")[1] or b"{}").get("provider")
+                    if args.soak:
+                        report["soak"] = soak(server, args, out)
+                    else:
+                        entry["levels"] = sweep_target(target, server, args, out)
+    except KeyboardInterrupt:
+        report["interrupted"] = True
+        say("interrupted: stopping servers, writing the partial report")
+        raise
+    finally:
+        write_report(report, out)
+        say(f"report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

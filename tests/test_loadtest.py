@@ -1,0 +1,162 @@
+"""Load-test harness: numbers read correctly from locust's files and /metrics, and a real smoke run.
+
+The smoke runs start real servers (`bentoml serve`, the FastAPI baseline) and real locust for a few
+seconds. Nothing here asserts on speed: only that what was measured is reported faithfully.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import bench, run
+from loadtest.locust_run import parse_stats_csv
+from loadtest.checks import PNG_BASE64_PREFIX, parse_n_mix, problem_with
+from loadtest.prometheus import batch_counter
+
+REPO = Path(__file__).resolve().parents[1]
+STATS_HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+                "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%")
+
+
+def test_stats_csv_is_read_per_n_and_aggregated(tmp_path):
+    # 300 requests at n=1 (3 failed) and 100 at n=16 (none failed) over a 10 s window: 40 req/s.
+    path = tmp_path / "x_stats.csv"
+    path.write_text(
+        STATS_HEADER + "\n"
+        "POST,/sample n=1,300,3,20,25.5,3.1,400.2,700,30.0,0.3,20,22,24,26,30,41,60,90,300,400,400\n"
+        "POST,/sample n=16,100,0,120,130.0,50.0,800.0,9000,10.0,0.0,120,130,140,150,170,200,250,330,700,800,800\n"
+        ",Aggregated,400,3,30,52.6,3.1,800.0,2775,40.0,0.3,30,40,50,60,110,150,200,310,700,800,800\n"
+    )
+    stats = parse_stats_csv(path)
+    assert stats.requests == 400 and stats.failures == 3
+    assert stats.requests_per_s == 40.0 and stats.window_s == 10.0
+    assert stats.images_per_s == pytest.approx((297 * 1 + 100 * 16) / 10.0)  # successful images only
+    assert stats.mean_n == pytest.approx((300 + 1600) / 400)
+    assert (stats.p50_ms, stats.p95_ms, stats.p99_ms, stats.mean_ms, stats.max_ms) == (30, 150, 310, 52.6, 800.0)
+
+
+def test_stats_csv_without_requests_has_no_percentiles(tmp_path):
+    path = tmp_path / "x_stats.csv"
+    path.write_text(STATS_HEADER + "\n,Aggregated,0,0,0,0,0,0,0,0,0," + ",".join(["N/A"] * 11) + "\n")
+    stats = parse_stats_csv(path)
+    assert (stats.requests, stats.images_per_s, stats.p99_ms) == (0, 0.0, None)
+
+
+def _metrics_page(sum1: float, count1: float, sum2: float, count2: float) -> str:
+    return (
+        "# TYPE bentoml_service_adaptive_batch_size histogram\n"
+        'bentoml_service_adaptive_batch_size_bucket{le="1.0",method_name="generate",worker_index="1"} 4.0\n'
+        f'bentoml_service_adaptive_batch_size_sum{{method_name="generate",worker_index="1"}} {sum1}\n'
+        f'bentoml_service_adaptive_batch_size_count{{method_name="generate",worker_index="1"}} {count1}\n'
+        f'bentoml_service_adaptive_batch_size_sum{{method_name="generate",worker_index="2"}} {sum2}\n'
+        f'bentoml_service_adaptive_batch_size_count{{method_name="generate",worker_index="2"}} {count2}\n'
+        'bentoml_service_request_total{endpoint="/sample"} 7.0\n'
+    )
+
+
+def test_batch_histogram_summed_over_label_sets_and_differenced():
+    before, after = batch_counter(_metrics_page(100, 10, 20, 10)), batch_counter(_metrics_page(340, 40, 20, 10))
+    assert (before.requests, before.calls) == (120.0, 20.0)
+    assert after.mean_since(before) == pytest.approx(240 / 30)
+    assert before.mean_since(before) is None  # no call in between
+    assert batch_counter("bentoml_service_request_total 3\n") is None
+
+
+def test_n_mix_parsing():
+    assert parse_n_mix("1") == ([1], [1.0])
+    assert parse_n_mix("1:3, 16:1,4") == ([1, 16, 4], [3.0, 1.0, 1.0])
+    for bad in ("0", "x", "1:0", "1:-2", "4:a", ""):
+        with pytest.raises(ValueError):
+            parse_n_mix(bad)
+
+
+def test_response_check_accepts_only_well_formed_bodies():
+    png = PNG_BASE64_PREFIX + "AAAA"
+    good = json.dumps({"seed": 7, "n": 2, "images": [png, png]}).encode()
+    assert problem_with(good, "application/json", 7, 2) is None
+    assert "content type" in problem_with(good, "text/html", 7, 2)
+    assert "seed/n" in problem_with(good, "application/json", 8, 2)
+    assert "images, expected" in problem_with(json.dumps({"seed": 7, "n": 2, "images": [png]}).encode(), "application/json", 7, 2)
+    assert "not a base64 PNG" in problem_with(json.dumps({"seed": 7, "n": 1, "images": ["R0lGOD"]}).encode(), "application/json", 7, 1)
+    assert "not JSON" in problem_with(b"<html>", "application/json", 7, 1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--host", "http://192.0.2.1:3000"], "non-loopback"),
+    (["--host", "ftp://127.0.0.1"], "not an http(s) URL"),
+    (["--mix", "1:x"], "n or n:weight"),
+    (["--users", "4,0"], ">= 1"),
+    (["--artifact", "/nonexistent"], "no model artifact"),
+    (["--host", "http://127.0.0.1:9", "--compare-max-batch", "2"], "cannot be used with --host"),
+])
+def test_run_cli_refuses_bad_input_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bench_table_and_ceiling(service_artifact, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--artifact", str(service_artifact), "--forms", "ort-service,ort-cpu,torch-export,ort-cuda",
+                "--batch-sizes", "1,4", "--seconds", "0.05", "--json", str(out)])
+    report = json.loads(out.read_text())
+    rates = {(form, int(b)): rate for form, cells in report["results"].items() if isinstance(cells, dict) for b, rate in cells.items()}
+    assert set(rates) == {(f, b) for f in ("ort-service", "ort-cpu", "torch-export") for b in (1, 4)}
+    assert all(r > 0 for r in rates.values())
+    assert isinstance(report["results"]["ort-cuda"], str)  # no GPU here: skipped, saying why
+    best = max(rates, key=rates.get)
+    assert (report["ceiling"]["form"], report["ceiling"]["batch"]) == best
+    assert report["ort_ceiling"]["form"].startswith("ort-")
+    assert "| ort-cpu |" in capsys.readouterr().out
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loadtest.run", *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_smoke_sweep_writes_a_faithful_report(service_artifact, tmp_path):
+    out = tmp_path / "report"
+    done = _run(["--artifact", str(service_artifact), "--users", "2", "--mix", "2", "--duration", "3", "--warmup", "1",
+                 "--ceiling", "none", "--baseline", "--out", str(out)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("report.json", "report.md", "sweep.png"):
+        assert (out / name).stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert [t["name"] for t in report["targets"]] == ["bentoml", "baseline"]
+    for target in report["targets"]:
+        (lv,) = target["levels"]
+        assert (lv["users"], lv["n_mix"], lv["failures"]) == (2, "2", 0)
+        # The report's figures are the ones in locust's own CSV.
+        from_csv = parse_stats_csv(out / "locust" / f"{target['name']}_n2_u2_stats.csv")
+        assert lv["requests"] == from_csv.requests > 0
+        assert lv["images_per_s"] == pytest.approx(2 * lv["requests_per_s"]) == pytest.approx(from_csv.images_per_s)
+        assert lv["p99_ms"] == from_csv.p99_ms
+        md_row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith(f"| {target['label']} | 2 | 2 |"))
+        assert f"| {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} |" in md_row
+    ours, base = (t["levels"][0] for t in report["targets"])
+    assert ours["mean_batch_requests"] >= 1  # read from our /metrics
+    assert base["mean_batch_requests"] is None  # the baseline has no batching histogram
+    with open(out / "locust" / "bentoml_n2_u2_stats.csv", newline="") as f:
+        assert {row["Name"] for row in csv.DictReader(f)} == {"/sample n=2", "Aggregated"}
+
+
+def test_smoke_soak_samples_every_server_process(service_artifact, tmp_path):
+    out = tmp_path / "soak"
+    done = _run(["--artifact", str(service_artifact), "--soak", "0.12", "--soak-users", "2", "--mix", "1", "--warmup", "0",
+                 "--ceiling", "none", "--out", str(out)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    soak = json.loads((out / "report.json").read_text())["soak"]
+    names = {p["name"].split(" (")[0] for p in soak["processes"]}
+    assert {"bentoml serve", "worker dcgan", "worker generator"} <= names
+    assert soak["level"]["failures"] == 0 and soak["level"]["requests"] > 0
+    with open(out / "soak_rss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({r["t_s"] for r in rows}) >= 2 and all(int(r["rss_bytes"]) > 0 for r in rows)
+    assert soak["first_mib"] > 0 and (out / "soak_rss.png").stat().st_size > 0
