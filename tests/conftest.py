@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,16 +61,24 @@ def service_env(bentoml_home: Path, artifact_dir: Path, overrides: dict[str, str
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (bentoml serve + its workers), SIGKILL what is left after a grace period."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # workers that outlived the arbiter
-    process.wait()
+    """SIGTERM `bentoml serve` (it stops its workers), then SIGKILL any worker still alive after a grace period.
+
+    The workers run in sessions of their own, so they are found as children, not by process group.
+    """
+    try:
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=STOP_TIMEOUT_S)
+    for worker in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
 
 
 @contextlib.contextmanager
@@ -87,7 +95,6 @@ def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) 
             env=service_env(workdir / "bentoml", artifact_dir, env),
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so _stop reaches the workers too
         )
     server = ServiceServer(url, process, log_path, artifact_dir)
     try:
@@ -171,7 +178,6 @@ def serve_to_exit(service_artifact, tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            start_new_session=True,
         )
         try:
             output, _ = process.communicate(timeout=READY_TIMEOUT_S)

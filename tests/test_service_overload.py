@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 
 import httpx
 import pytest
@@ -45,12 +46,21 @@ def test_work_beyond_the_latency_budget_is_shed_with_503(tight_url):
 
 
 def test_service_recovers_when_load_drops(tight_url):
+    """After a saturating burst, a client that honours Retry-After is served: load shedding leaves nothing stuck."""
     asyncio.run(_saturate(tight_url))
     for seed in range(5):
-        r = httpx.post(f"{tight_url}/sample", json={"seed": seed}, timeout=60)
-        assert r.status_code == 200, r.text
+        assert _post_honouring_retry_after(f"{tight_url}/sample", {"seed": seed}).status_code == 200
 
 
 async def _saturate(url: str) -> None:
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as client:
         await asyncio.gather(*(client.post(f"{url}/sample", json={"seed": i, "n": 64}) for i in range(16)))
+
+
+def _post_honouring_retry_after(url: str, body: dict, tries: int = 3) -> httpx.Response:
+    for _ in range(tries):
+        r = httpx.post(url, json=body, timeout=60)
+        if r.status_code not in (429, 503):
+            return r
+        time.sleep(float(r.headers["retry-after"]))
+    return r
