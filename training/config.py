@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.errors import UserError
+from training.objectives import check_combination
 
 
 @dataclass
@@ -23,8 +24,10 @@ class TrainConfig:
     ngf: int = 64  # generator width
     ndf: int = 64  # discriminator width
     dropout: float = 0.25  # discriminator dropout after each LeakyReLU (article)
-    # objective (Goodfellow et al. 2014's non-saturating loss: G maximises log D(G(z)))
-    loss: str = "nonsaturating"
+    d_norm: str = "batchnorm"  # discriminator normalisation: batchnorm (article), layernorm or none (WGAN-GP critic)
+    # objective (Goodfellow et al. 2014's non-saturating loss: G maximises log D(G(z))); see objectives.py
+    loss: str = "nonsaturating"  # or "wgan-gp" (Gulrajani et al. 2017)
+    unroll: int = 0  # Metz et al. 2016: G's loss through K differentiable Adam steps of D; 0 = off
     # optimisation (Radford et al. 2015: Adam lr 2e-4, betas (0.5, 0.999))
     batch_size: int = 64
     lr: float = 2e-4
@@ -40,6 +43,7 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 500  # steps between checkpoints (also on exit, SIGINT and SIGTERM)
     sample_every: int = 0  # steps between sample grids; 0 = once per epoch
+    eval_every: int = 500  # steps between class-coverage checks (bundled MNIST only); 0 = off
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bfloat16 autocast on CUDA (never on CPU)
 
@@ -58,6 +62,9 @@ class TrainConfig:
             raise UserError("--log-every and --checkpoint-every must be > 0, --sample-every >= 0")
         if self.channels not in (0, 1, 3):
             raise UserError(f"--channels must be 1 or 3, got {self.channels}")
+        if self.eval_every < 0:
+            raise UserError(f"--eval-every must be >= 0, got {self.eval_every}")
+        check_combination(self.loss, self.unroll, self.d_norm)
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, got {self.device}")
         return self

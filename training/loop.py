@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from training.config import TrainConfig
 from training.data import Dataset, to_unit_range
 from training.ema import EMA, recompute_batchnorm
 from training.errors import UserError
+from training.evaluate import GENERATOR_LAST, CoverageMonitor
 from training.fileio import atomic_write_json
 from training.models import Discriminator, DiscriminatorConfig, GeneratorConfig, build_generator, init_weights
 from training.objectives import build_objective
@@ -60,17 +62,17 @@ class Trainer:
         self.g_cfg = GeneratorConfig(arch=cfg.arch, nz=cfg.nz, image_size=cfg.image_size, channels=channels, ngf=cfg.ngf)
         self.G = build_generator(self.g_cfg)
         self.D = Discriminator(DiscriminatorConfig(image_size=cfg.image_size, channels=channels, ndf=cfg.ndf,
-                                                   dropout=cfg.dropout))
+                                                   dropout=cfg.dropout, norm=cfg.d_norm))
         init_weights(self.G, init_rng)
         init_weights(self.D, init_rng)
         self.cuda = self.device.type == "cuda"
         memory_format = torch.channels_last if self.cuda else torch.contiguous_format
         self.G.to(self.device, memory_format=memory_format)
         self.D.to(self.device, memory_format=memory_format)
-        self.objective = build_objective(cfg.loss)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
+        self.objective = build_objective(cfg.loss, cfg.unroll, self.opt_d)  # unrolling replays opt_d's update
         self.ema = EMA(self.G, cfg.ema_decay) if cfg.ema else None
         # 64 fixed latents: sample grids are comparable across epochs
         self.fixed_noise = torch.randn(64, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 3)).to(self.device)
@@ -81,6 +83,12 @@ class Trainer:
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
         self.step, self.epoch, self.position = 0, 0, 0
         self.order = torch.randperm(len(data), generator=self.data_rng)
+        # collapse detector: coverage figures every eval_every steps; generator.* keeps the best
+        self.checks = self._coverage_checks_apply()
+        self.monitor: CoverageMonitor | None = None  # built at the first check (loads the classifier)
+        self.best = None  # (Frechet distance, step) of the generator in generator.*, once evaluated
+        self.top_classes = 0  # most classes covered so far; a drop below it prints a warning
+        self.last_eval_step = -1
 
     # --- state -------------------------------------------------------------------------------
     def _modules(self) -> dict:
@@ -102,6 +110,11 @@ class Trainer:
         if metrics.exists():
             keep = [line for line in metrics.read_text().splitlines() if json.loads(line).get("step", 0) <= self.step]
             metrics.write_text("".join(line + "\n" for line in keep))
+            evals = [r for r in map(json.loads, keep) if "eval" in r]
+            if evals:  # the monitor's state, as it was at the checkpoint
+                self.top_classes = max(r["eval"]["classes"] for r in evals)
+                best = min(evals, key=lambda r: r["eval"]["fd"])  # the earliest of equals, as `<` keeps
+                self.best, self.last_eval_step = (best["eval"]["fd"], best["step"]), evals[-1]["step"]
 
     def inference_generator(self, raw: bool = False) -> torch.nn.Module:
         """A generator ready for inference: a copy with BatchNorm statistics recomputed for its own weights."""
@@ -111,8 +124,13 @@ class Trainer:
         return recompute_batchnorm(g, self.cfg.nz, self.device)
 
     def save_generators(self) -> None:
-        """generator.* holds the EMA weights when EMA is on (raw ones in generator_raw.*), else the raw ones."""
-        stems = {rundir.GENERATOR: False, rundir.GENERATOR_RAW: True} if self.ema else {rundir.GENERATOR: True}
+        """generator.* holds the EMA weights when EMA is on (raw ones in generator_raw.*), else the raw ones.
+
+        Where coverage checks ran, generator.* already holds the best evaluated one; the last goes to
+        generator_last.*.
+        """
+        main = GENERATOR_LAST if self.best else rundir.GENERATOR
+        stems = {main: False, rundir.GENERATOR_RAW: True} if self.ema else {main: True}
         for stem, raw in stems.items():
             rundir.save_generator(self.run_dir, self.g_cfg, self.inference_generator(raw).cpu(), stem=stem,
                                   step=self.step, ema=not raw)
@@ -120,6 +138,46 @@ class Trainer:
     def save_samples(self, name: str) -> None:
         with torch.no_grad():
             save_grid(self.run_dir / rundir.SAMPLES / f"{name}.png", self.inference_generator()(self.fixed_noise))
+
+    # --- collapse detector and best generator (training/evaluate.py) ----------------------------
+    def _coverage_checks_apply(self) -> bool:
+        """The classifier knows the bundled MNIST digits only."""
+        cfg = self.cfg
+        return bool(cfg.eval_every) and cfg.data == "mnist" and cfg.data_format in ("auto", "mnist") \
+            and self.g_cfg.channels == 1
+
+    def evaluate(self, log) -> None:
+        """Coverage figures of the EMA (and raw) generator into metrics.jsonl; generator.* keeps the best FD."""
+        # evaluation must not move the training trajectory: it runs on a forked global RNG (building
+        # the classifier and generator copies draws initial weights from it)
+        with torch.random.fork_rng(devices=[self.device] if self.cuda else []):
+            if self.monitor is None:
+                try:
+                    self.monitor = CoverageMonitor(self.cfg.nz, self.device)
+                except UserError as e:  # no classifier artifact: train on without the checks
+                    tqdm.write(f"note: coverage checks off: {e}", file=sys.stderr)
+                    self.checks = False
+                    return
+            g = self.inference_generator()
+            row = {"step": self.step, "epoch": self.epoch, "eval": self.monitor.figures(g)}
+            if self.ema:
+                row["eval_raw"] = self.monitor.figures(self.inference_generator(raw=True))
+        f = row["eval"]
+        if f["classes"] < self.top_classes:
+            row["collapse_warning"] = True
+            tqdm.write(f"warning: step {self.step}: the generator covers {f['classes']}/10 digit classes, down from "
+                       f"{self.top_classes} (class KL {f['class_kl']}); it may be collapsing, see "
+                       f"{self.run_dir / rundir.SAMPLES}", file=sys.stderr)
+        self.top_classes = max(self.top_classes, f["classes"])
+        if self.best is None or f["fd"] < self.best[0]:
+            self.best = (f["fd"], self.step)
+            rundir.save_generator(self.run_dir, self.g_cfg, g.cpu(), step=self.step, ema=self.ema is not None,
+                                  selected_by={"fd": f["fd"], "fd_over_floor": f["fd_over_floor"],
+                                               "samples": self.monitor.samples})
+        row["best"] = {"fd": self.best[0], "step": self.best[1]}
+        self.last_eval_step = self.step
+        log.write(json.dumps(row) + "\n")
+        log.flush()
 
     # --- one step ----------------------------------------------------------------------------
     def next_batch(self) -> torch.Tensor:
@@ -148,7 +206,7 @@ class Trainer:
         # (2) Update G: maximise log D(G(z)); D's weights need no gradient here
         self.D.requires_grad_(False)
         with autocast:
-            loss_g = self.objective.generator_loss(self.D, fake)
+            loss_g = self.objective.generator_loss(self.D, fake, real)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -183,9 +241,13 @@ class Trainer:
                                     img_s=row["images_per_s"])
                     t0, n0 = time.perf_counter(), self.step
                 bar.update(1)
+                if self.checks and self.step % cfg.eval_every == 0:
+                    self.evaluate(log)
                 if self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
             bar.close()
+            if self.checks and self.best and self.last_eval_step != self.step:  # the last generator competes too
+                self.evaluate(log)
             self.save_checkpoint()
             self.save_generators()
             self.save_samples("final")

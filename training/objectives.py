@@ -1,7 +1,12 @@
 """GAN objectives. Each returns losses for one discriminator and one generator update.
 
 The loop owns the optimizers; an objective only says how the losses are formed, so the same
-code trains the DCGAN and any other G/D pair.
+code trains the DCGAN and the MLPs of the toy benchmark (training/toy.py). D is anything
+callable on a batch that returns one score per sample, shape (B,).
+
+  --loss nonsaturating           Goodfellow et al. 2014 (the article's)
+  --loss nonsaturating --unroll K   Metz et al. 2016: G's loss through D advanced K Adam steps
+  --loss wgan-gp                 Gulrajani et al. 2017: critic, gradient penalty, n_critic 5
 """
 
 from __future__ import annotations
@@ -11,17 +16,47 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from training.errors import UserError
 
-LOSSES = ("nonsaturating",)
+LOSSES = ("nonsaturating", "wgan-gp")
+
+# Settings each loss brings as its defaults; run.py applies them only where the user set nothing.
+LOSS_DEFAULTS = {
+    # Gulrajani et al. 2017, Algorithm 1: Adam lr 1e-4, betas (0.0, 0.9); their DCGAN-style
+    # experiments use beta1 0.5, which is what we found stable. The penalty is per sample, so the
+    # critic may not use BatchNorm (it couples the samples of a batch): LayerNorm instead. No
+    # dropout: a random critic is a different function at every evaluation, and the penalty then
+    # constrains one function while the loss scores another; their critics have none.
+    "wgan-gp": {"lr": 1e-4, "beta1": 0.5, "beta2": 0.9, "d_norm": "layernorm", "dropout": 0.0},
+}
+
+COMBINATIONS_HELP = ("allowed: --loss nonsaturating [--unroll K]; --loss wgan-gp with --d-norm layernorm or none "
+                     "and no --unroll")
+
+
+def check_combination(loss: str, unroll: int, d_norm: str | None = None) -> None:
+    """Refuse the combinations we do not implement, with one line that says what is allowed.
+
+    d_norm is None for networks that have no such setting (the toy MLPs).
+    """
+    if loss not in LOSSES:
+        raise UserError(f"--loss {loss!r} is unknown; expected one of {LOSSES}")
+    if unroll < 0:
+        raise UserError(f"--unroll must be >= 0, got {unroll}")
+    if loss == "wgan-gp" and unroll:
+        raise UserError(f"--unroll is not implemented for --loss wgan-gp ({COMBINATIONS_HELP})")
+    if loss == "wgan-gp" and d_norm == "batchnorm":
+        raise UserError(f"--loss wgan-gp needs a critic without BatchNorm: the gradient penalty is per sample "
+                        f"({COMBINATIONS_HELP})")
 
 
 @dataclass
 class DiscriminatorStats:
     loss: torch.Tensor
-    d_x: torch.Tensor  # mean D(x) as a probability (sigmoid of the logit)
-    d_g_z: torch.Tensor  # mean D(G(z)) before the D update
+    d_x: torch.Tensor  # mean D(x): a probability (sigmoid of the logit), or the raw critic score for wgan-gp
+    d_g_z: torch.Tensor  # mean D(G(z)) before the D update, same units
 
 
 class NonSaturating:
@@ -36,19 +71,126 @@ class NonSaturating:
 
     d_steps = 1  # discriminator updates per generator update
 
-    def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorStats:
+    def discriminator_loss(self, D, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorStats:
         real_logits = D(real).float()  # (B,)
         fake_logits = D(fake).float()  # (B,)
         loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
         return DiscriminatorStats(loss, real_logits.detach().sigmoid().mean(), fake_logits.detach().sigmoid().mean())
 
-    def generator_loss(self, D: nn.Module, fake: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, D, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         logits = D(fake).float()  # (B,)
         return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
 
-def build_objective(name: str):
-    if name == "nonsaturating":
-        return NonSaturating()
-    raise UserError(f"--loss {name!r} is unknown; expected one of {LOSSES}")
+class WassersteinGP:
+    """Gulrajani et al. 2017: the critic minimises E[D(G(z))] - E[D(x)] + lambda E[(||grad D(x_hat)|| - 1)^2].
+
+    x_hat are random interpolates between real and fake samples; G minimises -E[D(G(z))]. The
+    critic takes `d_steps` (n_critic) updates per generator update, each on a fresh batch.
+    """
+
+    def __init__(self, gp_weight: float = 10.0, n_critic: int = 5):
+        self.gp_weight = gp_weight
+        self.d_steps = n_critic
+
+    def gradient_penalty(self, D, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        # one mixing weight per sample, broadcast over the other dims: (B, 1, 1, 1) or (B, 1)
+        eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device)
+        x_hat = torch.lerp(real.float(), fake.float(), eps).requires_grad_(True)
+        # float32 even under autocast: the penalty is a difference of gradient norms near 1
+        with torch.autocast(real.device.type, enabled=False):
+            (grad,) = torch.autograd.grad(D(x_hat).float().sum(), x_hat, create_graph=True)
+        return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+    def discriminator_loss(self, D, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorStats:
+        real_scores = D(real).float()  # (B,)
+        fake_scores = D(fake).float()  # (B,)
+        loss = fake_scores.mean() - real_scores.mean() + self.gp_weight * self.gradient_penalty(D, real, fake)
+        return DiscriminatorStats(loss, real_scores.detach().mean(), fake_scores.detach().mean())
+
+    def generator_loss(self, D, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return -D(fake).float().mean()
+
+
+class Unrolled:
+    """Metz et al. 2016: the generator's loss is taken through D advanced `steps` optimizer steps.
+
+    The K inner steps are D's own update (Adam, starting from D's current moment estimates) applied
+    to a functional copy of D's weights, with the graph kept (create_graph), so G's gradient
+    accounts for how D would react to G's samples. The real D is never modified here: it takes
+    only its normal step in the loop. Inner steps reuse the step's real batch and G's samples, as
+    in Metz et al.'s reference code. A naive unrolling (plain SGD on a detached copy) was tried
+    here and stayed collapsed; the Adam step and the gradient through it are what matter.
+    """
+
+    def __init__(self, base, steps: int, d_optimizer: torch.optim.Optimizer):
+        if not isinstance(d_optimizer, torch.optim.Adam):
+            raise UserError("unrolling follows the discriminator's Adam update; its optimizer must be torch.optim.Adam")
+        group = d_optimizer.param_groups[0]
+        if group["weight_decay"] or group["amsgrad"] or group["maximize"] or len(d_optimizer.param_groups) != 1:
+            raise UserError("unrolling supports plain Adam for D (one param group, no weight decay/amsgrad/maximize)")
+        self.base, self.steps, self.opt = base, steps, d_optimizer
+        self.d_steps = base.d_steps
+
+    def discriminator_loss(self, D, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorStats:
+        return self.base.discriminator_loss(D, real, fake)
+
+    def _adam_state(self, D: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """(exp_avg, exp_avg_sq, step) per parameter of D, zeros before D's first step; detached."""
+        out = []
+        for p in D.parameters():
+            st = self.opt.state.get(p, {})
+            if "exp_avg" in st:
+                out.append((st["exp_avg"].detach(), st["exp_avg_sq"].detach(), float(st["step"])))
+            else:
+                out.append((torch.zeros_like(p), torch.zeros_like(p), 0.0))
+        return out
+
+    def unrolled_parameters(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor):
+        """D's parameters after `steps` differentiable Adam steps on the base D loss, and a caller for them.
+
+        Returns (params, call): params is a list in D.parameters() order, call(params) a function
+        x -> scores that runs D with those parameters (and its own copy of D's buffers).
+        """
+        group = self.opt.param_groups[0]
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        names = [n for n, _ in D.named_parameters()]
+        # BatchNorm running stats get updated by train-mode forwards: give the copy its own
+        buffers = {n: b.clone() for n, b in D.named_buffers()}
+
+        def call(weights):
+            return lambda x: functional_call(D, {**dict(zip(names, weights)), **buffers}, (x,))
+
+        params = [p.detach().requires_grad_(True) for p in D.parameters()]
+        state = self._adam_state(D)
+        for _ in range(self.steps):
+            loss = self.base.discriminator_loss(call(params), real, fake).loss
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            new_params, new_state = [], []
+            for p, g, (m, v, t) in zip(params, grads, state):
+                g = torch.zeros_like(p) if g is None else g
+                t += 1
+                m = b1 * m + (1 - b1) * g
+                v = b2 * v + (1 - b2) * g * g
+                # torch.optim.Adam's update; the 1e-30 keeps d sqrt(v)/dv finite where v is 0
+                denom = (v / (1 - b2**t) + 1e-30).sqrt() + eps
+                new_params.append(p - lr / (1 - b1**t) * m / denom)
+                new_state.append((m, v, t))
+            params, state = new_params, new_state
+        return params, call
+
+    def generator_loss(self, D: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        params, call = self.unrolled_parameters(D, real, fake)
+        return self.base.generator_loss(call(params), fake, real)
+
+
+def build_objective(loss: str, unroll: int = 0, d_optimizer: torch.optim.Optimizer | None = None):
+    """The objective for `--loss` and `--unroll`; unrolling needs D's optimizer (it replays its update)."""
+    check_combination(loss, unroll)
+    base = WassersteinGP() if loss == "wgan-gp" else NonSaturating()
+    if unroll:
+        if d_optimizer is None:
+            raise ValueError("unrolling needs the discriminator's optimizer")
+        return Unrolled(base, unroll, d_optimizer)
+    return base

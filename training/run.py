@@ -23,11 +23,11 @@ from training.config import TrainConfig, read_config_file
 from training.data import DATA_FORMATS
 from training.errors import OneLineErrorParser, UserError, cli_main
 from training.fileio import read_json
-from training.models import GENERATOR_ARCHS
-from training.objectives import LOSSES
+from training.models import DISCRIMINATOR_NORMS, GENERATOR_ARCHS
+from training.objectives import COMBINATIONS_HELP, LOSS_DEFAULTS, LOSSES
 
 # settings that may change when resuming: they do not alter the trajectory of training
-RESUMABLE = {"steps", "epochs", "log_every", "checkpoint_every", "sample_every"}
+RESUMABLE = {"steps", "epochs", "log_every", "checkpoint_every", "sample_every", "eval_every"}
 
 HELP = {
     "data": "'mnist' (the 5,000 bundled digits, no download) or a path: a folder of PNG/JPEG images "
@@ -39,8 +39,13 @@ HELP = {
     "nz": "latent vector size",
     "ngf": "generator width (channels of its last stage)",
     "ndf": "discriminator width (channels of its first block)",
-    "dropout": "discriminator dropout probability",
-    "loss": "training objective",
+    "dropout": "discriminator dropout probability (wgan-gp default: 0)",
+    "d_norm": "discriminator normalisation after each block but the first (wgan-gp default: layernorm)",
+    "loss": "nonsaturating (Goodfellow et al. 2014, the article's) or wgan-gp (Gulrajani et al. 2017: critic, "
+            "gradient penalty 10, 5 critic steps per G step; its defaults: --lr 1e-4 --beta1 0.5 --beta2 0.9 "
+            "--d-norm layernorm --dropout 0, each applied only where not set). " + COMBINATIONS_HELP,
+    "unroll": "Unrolled GAN (Metz et al. 2016): G's loss through K differentiable Adam steps of a copy of D; "
+              "0 = off; nonsaturating only. Each G step costs about K+1 D steps with double backward",
     "batch_size": "images per step",
     "lr": "Adam learning rate (both networks)",
     "beta1": "Adam beta1",
@@ -53,10 +58,14 @@ HELP = {
     "log_every": "steps between metrics.jsonl lines",
     "checkpoint_every": "steps between checkpoints (one is also written at the end and on Ctrl-C/SIGTERM)",
     "sample_every": "steps between sample grids in samples/; 0 = one per epoch",
+    "eval_every": "steps between checks with the MNIST classifier (bundled MNIST only; 0 = off): class coverage, "
+                  "class KL, classifier score, Frechet distance go to metrics.jsonl, a warning is printed when "
+                  "coverage drops, and generator.* keeps the EMA generator with the best Frechet distance",
     "device": "auto (CUDA when present), cpu or cuda",
     "amp": "bfloat16 autocast on CUDA (CPU always runs float32)",
 }
-CHOICES = {"data_format": DATA_FORMATS, "arch": GENERATOR_ARCHS, "loss": LOSSES, "device": ("auto", "cpu", "cuda")}
+CHOICES = {"data_format": DATA_FORMATS, "arch": GENERATOR_ARCHS, "loss": LOSSES, "d_norm": DISCRIMINATOR_NORMS,
+           "device": ("auto", "cpu", "cuda")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +130,12 @@ def main(argv=None) -> int:
         cfg = TrainConfig.from_dict({**settings, **explicit}, str(run_dir / rundir.CONFIG)).validate()
         command = saved.get("command", [])
     else:
-        from_file = read_config_file(ns.config) if ns.config else {}
-        cfg = TrainConfig.from_dict({**from_file, **explicit}, ns.config or "flags")
+        settings = {**(read_config_file(ns.config) if ns.config else {}), **explicit}
+        # the loss's own defaults (e.g. wgan-gp: lr 1e-4, betas (0.5, 0.9)), only where nothing was set
+        loss_defaults = {k: v for k, v in LOSS_DEFAULTS.get(settings.get("loss"), {}).items() if k not in settings}
+        if loss_defaults:
+            print(f"--loss {settings['loss']} defaults: " + ", ".join(f"{k}={v}" for k, v in loss_defaults.items()))
+        cfg = TrainConfig.from_dict({**loss_defaults, **settings}, ns.config or "flags")
         if ns.dry_run:
             cfg.steps = 1
         cfg.validate()

@@ -1,0 +1,161 @@
+"""`python -m training.evaluate RUN_DIR`: quality and coverage of an MNIST generator, as numbers.
+
+With the project's MNIST classifier (training/classifier.py, artifacts/mnist-classifier/):
+  classes    classes covered, of 10: classes holding at least half the uniform share of samples
+  class KL   KL(class histogram || uniform), nats; 0 is perfectly balanced
+  score      Inception-Score-like: exp E KL(p(y|x) || p(y)) with our classifier; 10 at best
+  FD         Frechet distance in the classifier's 128-d penultimate features, against the
+             1,000 held-out real digits (the FID formula, not the Inception-v3 FID)
+The floor: the same figures for as many real training digits (the classifier's training split).
+A generator's FD is compared as a multiple of the floor.
+
+Examples:
+  python -m training.evaluate runs/default-v1                 # generator, generator_raw, generator_last
+  python -m training.evaluate runs/default-v1 --samples 4000 --json eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training import rundir
+from training.classifier import DEFAULT_DIR, bundled_digits, load_classifier, predict, to_input
+from training.errors import OneLineErrorParser, UserError, cli_main
+from training.fileio import atomic_write_json
+from training.metrics import (class_histogram, classes_covered, classifier_score, feature_statistics,
+                              frechet_distance, kl_to_uniform)
+
+GENERATOR_LAST = "generator_last"  # the last EMA generator, where generator.* holds the best evaluated one
+STEMS = (rundir.GENERATOR, rundir.GENERATOR_RAW, GENERATOR_LAST)
+EVALUATION = "evaluation.json"  # written into the run dir
+
+
+class DigitEvaluator:
+    """Class coverage, class KL, classifier score and classifier-feature FD of (N, 1, H, W) images."""
+
+    def __init__(self, classifier_dir: str | Path = DEFAULT_DIR, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.model, self.meta = load_classifier(classifier_dir)
+        self.model.to(self.device)
+        images, labels = bundled_digits()
+        self.train_images = images[self.meta["train_indices"]]  # (4000, 1, 32, 32) uint8
+        held = images[self.meta["held_out_indices"]]
+        _, held_features = predict(self.model, to_input(held).to(self.device))
+        self.reference = feature_statistics(held_features)
+
+    def figures(self, images: torch.Tensor) -> dict:
+        """images: (N, 1, H, W) in [-1, 1], any device; resized to the classifier's 32x32 when needed."""
+        if images.shape[1] != 1:
+            raise UserError(f"the MNIST classifier takes 1-channel images; these have {images.shape[1]} channels")
+        if images.shape[-1] != 32:
+            images = F.interpolate(images.float(), size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+        probs, features = predict(self.model, images.to(self.device))
+        counts = class_histogram(probs.argmax(1), 10)
+        return {
+            "classes": classes_covered(counts),
+            "class_kl": round(kl_to_uniform(counts), 5),
+            "score": round(classifier_score(probs), 4),
+            "fd": round(frechet_distance(feature_statistics(features), self.reference), 4),
+            "histogram": counts.tolist(),
+            "samples": len(images),
+        }
+
+    def floor(self, n: int) -> dict:
+        """The figures of `n` real training digits (a fixed random subset when n < 4,000)."""
+        if n > len(self.train_images):
+            raise UserError(f"the floor uses at most {len(self.train_images)} real digits; ask for fewer samples")
+        idx = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(0))[:n]
+        return self.figures(to_input(self.train_images[idx]))
+
+
+@torch.no_grad()
+def generate(G: torch.nn.Module, nz: int, n: int, seed: int, device: torch.device, batch: int = 500) -> torch.Tensor:
+    """n samples from fixed latents (own torch.Generator: no global RNG touched). (n, C, H, W)"""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, nz, generator=g)
+    G.eval()
+    return torch.cat([G(chunk.to(device)) for chunk in z.split(batch)])
+
+
+class CoverageMonitor:
+    """The trainer's collapse detector: cheap figures of a generator on fixed latents."""
+
+    def __init__(self, nz: int, device: torch.device, samples: int = 2000, seed: int = 2024):
+        self.evaluator = DigitEvaluator(device=device)
+        self.nz, self.device, self.samples, self.seed = nz, device, samples, seed
+        self.floor_fd = self.evaluator.floor(samples)["fd"]
+
+    def figures(self, G: torch.nn.Module) -> dict:
+        f = self.evaluator.figures(generate(G, self.nz, self.samples, self.seed, self.device))
+        f.pop("samples")
+        f["fd_over_floor"] = round(f["fd"] / self.floor_fd, 3)
+        return f
+
+
+def format_table(rows: dict[str, dict], floor_fd: float) -> str:
+    lines = [f"{'':<26} {'classes':>7} {'class KL':>9} {'score':>7} {'FD':>9} {'FD/floor':>9} {'step':>6}",
+             "-" * 80]
+    for name, f in rows.items():
+        lines.append(f"{name:<26} {f['classes']:>4}/10 {f['class_kl']:>9.4f} {f['score']:>7.3f} {f['fd']:>9.3f} "
+                     f"{f['fd'] / floor_fd:>8.2f}x {str(f.get('step', '')):>6}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="python -m training.evaluate",
+        description="Evaluate the MNIST generators of a run dir with the project's classifier: classes covered (of "
+                    "10), KL(class histogram || uniform), classifier score, and Frechet distance in classifier "
+                    "features against held-out real digits, beside the same figures for real training digits "
+                    "(the floor). Prints a table and writes RUN_DIR/evaluation.json.",
+        epilog=__doc__.split("Examples:", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run dir written by `python -m training.run`")
+    p.add_argument("--samples", type=int, default=4000,
+                   help="generated samples per generator, and real digits for the floor (default: 4000, at most 4000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents (default: 0)")
+    p.add_argument("--classifier", default=str(DEFAULT_DIR), metavar="DIR", help="classifier folder (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="where to write the figures (default: RUN_DIR/evaluation.json)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(default: cpu)")
+    return p
+
+
+@cli_main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if args.samples < 100:
+        raise UserError(f"--samples must be >= 100 for a meaningful Frechet distance, got {args.samples}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    stems = [s for s in STEMS if (run_dir / f"{s}.json").is_file()]
+    if not run_dir.is_dir() or not stems:
+        raise UserError(f"{run_dir} holds no generator ({', '.join(s + '.json' for s in STEMS)}); "
+                        "pass the folder that training.run printed")
+    device = torch.device(args.device)
+    evaluator = DigitEvaluator(args.classifier, device)
+    rows = {f"real training digits (floor)": evaluator.floor(args.samples)}
+    for stem in stems:
+        cfg, G, meta = rundir.load_generator(run_dir, stem)
+        f = evaluator.figures(generate(G.to(device), cfg.nz, args.samples, args.seed, device))
+        rows[f"{stem} ({'EMA' if meta.get('ema') else 'raw'})"] = {**f, "step": meta.get("step")}
+    floor_fd = rows["real training digits (floor)"]["fd"]
+    print(f"{run_dir}: {args.samples} samples each; FD against {len(evaluator.meta['held_out_indices'])} held-out "
+          f"real digits; classifier held-out accuracy {evaluator.meta['held_out_accuracy']:.4f}")
+    print(format_table(rows, floor_fd))
+    out = Path(args.json) if args.json else run_dir / EVALUATION
+    atomic_write_json(out, {"run_dir": str(run_dir), "samples": args.samples, "seed": args.seed,
+                            "classifier": str(args.classifier), "floor_fd": floor_fd, "figures": rows,
+                            "command": "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)})
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
