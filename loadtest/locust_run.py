@@ -37,6 +37,7 @@ class LevelStats:
 
     requests: int  # in the CSV snapshot (the window the rates are computed over)
     failures: int  # over the whole run, from locust's final JSON (>= the snapshot's)
+    requests_total: int  # over the whole run, from locust's final JSON
     requests_per_s: float  # all requests, failed ones included
     images_per_s: float  # images in successful responses
     mean_n: float  # images per request, from the mix actually sent
@@ -85,6 +86,7 @@ def parse_stats_csv(path: Path) -> LevelStats:
     return LevelStats(
         requests=requests,
         failures=int(total["Failure Count"]),
+        requests_total=requests,
         requests_per_s=rps,
         images_per_s=ok_images / window if window > 0 else 0.0,
         mean_n=sent_images / requests if requests else 0.0,
@@ -98,14 +100,14 @@ def parse_stats_csv(path: Path) -> LevelStats:
     )
 
 
-def read_failures(prefix: Path) -> tuple[int, list[dict]]:
-    """(failures over the whole run, reasons) from PREFIX.json and PREFIX_failures.csv."""
+def read_final(prefix: Path) -> tuple[int, int, list[dict]]:
+    """(requests, failures) over the whole run from PREFIX.json, and the failure reasons from PREFIX_failures.csv."""
     entries = json.loads(Path(f"{prefix}.json").read_text())
-    failures = sum(e["num_failures"] for e in entries)
+    requests, failures = sum(e["num_requests"] for e in entries), sum(e["num_failures"] for e in entries)
     with open(f"{prefix}_failures.csv", newline="") as f:
         reasons = [{"error": r["Error"], "occurrences": int(r["Occurrences"])} for r in csv.DictReader(f)]
     reasons.sort(key=lambda r: -r["occurrences"])
-    return failures, reasons[:5]
+    return requests, failures, reasons[:5]
 
 
 def locust_argv(url: str, users: int, n_mix: str, seconds: float, prefix: Path) -> list[str]:
@@ -150,6 +152,7 @@ def run_level(url: str, users: int, n_mix: str, seconds: float, prefix: Path,
     if process.returncode != 0:
         raise UserError(f"locust exited with {process.returncode}; see {prefix}.log")
     stats = parse_stats_csv(Path(f"{prefix}_stats.csv"))
-    failures, reasons = read_failures(prefix)
+    requests, failures, reasons = read_final(prefix)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return replace(stats, failures=max(failures, stats.failures), failure_reasons=reasons, locust_cpu_s=cpu)
+    return replace(stats, requests_total=max(requests, stats.requests), failures=max(failures, stats.failures),
+                   failure_reasons=reasons, locust_cpu_s=cpu)

@@ -1,35 +1,59 @@
-"""Read BentoML's adaptive batching histogram from a /metrics page (Prometheus text format).
+"""Read what BentoML's /metrics page (Prometheus text format) says about a load level.
 
-The generator service observes, for every ONNX Runtime call, how many requests its dispatcher
-merged into that call. The difference of two scrapes gives the mean over a load level:
-(sum_after - sum_before) / (count_after - count_before) requests per call.
+Two scrapes, before and after a level, give over that level:
+  - requests per batch: the generator's adaptive batch size histogram observes, for every ONNX
+    Runtime call, how many requests (or pieces of split requests) its dispatcher merged into it;
+  - images per batch: generate calls answered x images per request / ONNX Runtime calls;
+  - server-side mean duration of each endpoint: the entry's /sample (everything the server does)
+    and the generator's /generate (queueing for a batch + inference + its own HTTP handling).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 BATCH_HISTOGRAM = "bentoml_service_adaptive_batch_size"
-_SAMPLE = re.compile(rf"^{BATCH_HISTOGRAM}_(sum|count)(?:\{{[^}}]*\}})?\s+(\S+)", re.MULTILINE)
+DURATION_HISTOGRAM = "bentoml_service_request_duration_seconds"
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
-class BatchCounter:
-    requests: float  # histogram _sum: requests that went through batched calls
-    calls: float  # histogram _count: batched ONNX Runtime calls
-
-    def mean_since(self, earlier: "BatchCounter") -> float | None:
-        """Mean requests per call between two scrapes; None if no call happened."""
-        calls = self.calls - earlier.calls
-        return (self.requests - earlier.requests) / calls if calls > 0 else None
+class Scrape:
+    batch_requests: float = 0.0  # histogram _sum: requests merged into batched calls, all calls so far
+    batch_calls: float = 0.0  # histogram _count: batched ONNX Runtime calls so far
+    has_batching: bool = False
+    # endpoint -> (seconds, count) of successful (200) requests, e.g. "/sample", "/generate"
+    durations: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-def batch_counter(metrics_text: str) -> BatchCounter | None:
-    """Sum over every label set (method, worker) of the histogram's _sum and _count; None if absent."""
-    totals = {"sum": 0.0, "count": 0.0}
-    found = False
-    for kind, value in _SAMPLE.findall(metrics_text):
-        totals[kind] += float(value)
-        found = True
-    return BatchCounter(totals["sum"], totals["count"]) if found else None
+def parse(metrics_text: str) -> Scrape:
+    """Sum each series over its label sets (workers, methods); durations only for HTTP 200."""
+    batch = {"sum": 0.0, "count": 0.0}
+    has_batching = False
+    durations: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for name, labels_text, value in _SAMPLE.findall(metrics_text):
+        labels = dict(_LABEL.findall(labels_text or ""))
+        if name in (f"{BATCH_HISTOGRAM}_sum", f"{BATCH_HISTOGRAM}_count"):
+            batch[name.rsplit("_", 1)[1]] += float(value)
+            has_batching = True
+        elif name in (f"{DURATION_HISTOGRAM}_sum", f"{DURATION_HISTOGRAM}_count") and labels.get("http_response_code") == "200":
+            durations[labels.get("endpoint", "?")][name.endswith("_count")] += float(value)
+    return Scrape(batch["sum"], batch["count"], has_batching, {k: (v[0], v[1]) for k, v in durations.items()})
+
+
+def level_figures(before: Scrape, after: Scrape, mean_n: float) -> dict:
+    """What happened between two scrapes: batch sizes and server-side mean durations (None where nothing happened)."""
+    calls = after.batch_calls - before.batch_calls
+    figures = {"mean_batch_requests": None, "mean_batch_images": None}
+    if after.has_batching and calls > 0:
+        figures["mean_batch_requests"] = (after.batch_requests - before.batch_requests) / calls
+        generated = after.durations.get("/generate", (0, 0))[1] - before.durations.get("/generate", (0, 0))[1]
+        figures["mean_batch_images"] = generated * mean_n / calls
+    for endpoint, key in (("/sample", "server_sample_ms"), ("/generate", "server_generate_ms")):
+        s0, c0 = before.durations.get(endpoint, (0.0, 0.0))
+        s1, c1 = after.durations.get(endpoint, (0.0, 0.0))
+        figures[key] = 1000 * (s1 - s0) / (c1 - c0) if c1 > c0 else None
+    return figures

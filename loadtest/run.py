@@ -33,10 +33,10 @@ from typing import Callable, ContextManager
 import psutil
 
 from export.artifact import MANIFEST, ONNX_FP16, ArtifactError, read_manifest
+from loadtest import prometheus
 from loadtest import report as reporting
 from loadtest.locust_run import LevelStats, run_level
 from loadtest.checks import parse_n_mix
-from loadtest.prometheus import batch_counter
 from loadtest.servers import REPO, Server, check_loopback, existing, http_get, serve_baseline, serve_bentoml
 from training.errors import OneLineErrorParser, UserError, cli_main
 
@@ -225,16 +225,19 @@ def _cpu_seconds(server: Server) -> float | None:
 
 
 def measure(server: Server, users: int, n_mix: str, seconds: float, prefix: Path, sample: Callable[[], None] | None = None) -> dict:
-    """One level, with what the server itself says (batch sizes, CPU) around it."""
-    counter_before = batch_counter(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
+    """One level, with what the server itself says around it: batch sizes and durations (/metrics), CPU time."""
+    scrape_before = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
     cpu_before, load_before = _cpu_seconds(server), os.getloadavg()[0]
     stats: LevelStats = run_level(server.url, users, n_mix, seconds, prefix, sample)
-    counter_after = batch_counter(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
     cpu_after = _cpu_seconds(server)
+    scrape_after = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
+    cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
     return {
         "n_mix": n_mix, "users": users, **stats.to_dict(),
-        "mean_batch_requests": counter_after.mean_since(counter_before) if counter_before and counter_after else None,
-        "server_cpu_s": cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None,
+        **prometheus.level_figures(scrape_before, scrape_after, stats.mean_n),
+        "server_cpu_s": cpu,
+        # CPU per request: a figure that other processes on the machine disturb far less than throughput.
+        "server_cpu_ms_per_request": 1000 * cpu / stats.requests_total if cpu is not None and stats.requests_total else None,
         "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0],
     }
 

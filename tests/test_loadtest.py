@@ -17,7 +17,7 @@ import pytest
 from loadtest import bench, run
 from loadtest.locust_run import parse_stats_csv
 from loadtest.checks import PNG_BASE64_PREFIX, parse_n_mix, problem_with
-from loadtest.prometheus import batch_counter
+from loadtest.prometheus import level_figures, parse
 
 REPO = Path(__file__).resolve().parents[1]
 STATS_HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
@@ -48,24 +48,36 @@ def test_stats_csv_without_requests_has_no_percentiles(tmp_path):
     assert (stats.requests, stats.images_per_s, stats.p99_ms) == (0, 0.0, None)
 
 
-def _metrics_page(sum1: float, count1: float, sum2: float, count2: float) -> str:
+def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample_s: float) -> str:
+    """A /metrics page like BentoML's: the batch histogram split over two workers, durations per endpoint and status."""
     return (
         "# TYPE bentoml_service_adaptive_batch_size histogram\n"
         'bentoml_service_adaptive_batch_size_bucket{le="1.0",method_name="generate",worker_index="1"} 4.0\n'
-        f'bentoml_service_adaptive_batch_size_sum{{method_name="generate",worker_index="1"}} {sum1}\n'
-        f'bentoml_service_adaptive_batch_size_count{{method_name="generate",worker_index="1"}} {count1}\n'
-        f'bentoml_service_adaptive_batch_size_sum{{method_name="generate",worker_index="2"}} {sum2}\n'
-        f'bentoml_service_adaptive_batch_size_count{{method_name="generate",worker_index="2"}} {count2}\n'
+        f'bentoml_service_adaptive_batch_size_sum{{method_name="generate",worker_index="1"}} {batch_sum - 20}\n'
+        f'bentoml_service_adaptive_batch_size_count{{method_name="generate",worker_index="1"}} {batch_calls - 10}\n'
+        'bentoml_service_adaptive_batch_size_sum{method_name="generate",worker_index="2"} 20.0\n'
+        'bentoml_service_adaptive_batch_size_count{method_name="generate",worker_index="2"} 10.0\n'
+        f'bentoml_service_request_duration_seconds_sum{{endpoint="/generate",http_response_code="200",runner_name="generator"}} {generated / 100}\n'
+        f'bentoml_service_request_duration_seconds_count{{endpoint="/generate",http_response_code="200",runner_name="generator"}} {generated}\n'
+        f'bentoml_service_request_duration_seconds_sum{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {sample_s}\n'
+        f'bentoml_service_request_duration_seconds_count{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {generated}\n'
+        'bentoml_service_request_duration_seconds_sum{endpoint="/sample",http_response_code="503",runner_name="dcgan"} 99.0\n'
+        'bentoml_service_request_duration_seconds_count{endpoint="/sample",http_response_code="503",runner_name="dcgan"} 1.0\n'
         'bentoml_service_request_total{endpoint="/sample"} 7.0\n'
     )
 
 
-def test_batch_histogram_summed_over_label_sets_and_differenced():
-    before, after = batch_counter(_metrics_page(100, 10, 20, 10)), batch_counter(_metrics_page(340, 40, 20, 10))
-    assert (before.requests, before.calls) == (120.0, 20.0)
-    assert after.mean_since(before) == pytest.approx(240 / 30)
-    assert before.mean_since(before) is None  # no call in between
-    assert batch_counter("bentoml_service_request_total 3\n") is None
+def test_metrics_differenced_into_batch_sizes_and_durations():
+    before, after = parse(_metrics_page(120, 20, 100, 2.0)), parse(_metrics_page(360, 50, 340, 8.0))
+    assert (before.batch_requests, before.batch_calls) == (120.0, 20.0)
+    figures = level_figures(before, after, mean_n=4.0)
+    assert figures["mean_batch_requests"] == pytest.approx(240 / 30)
+    assert figures["mean_batch_images"] == pytest.approx(240 * 4.0 / 30)
+    assert figures["server_sample_ms"] == pytest.approx(1000 * 6.0 / 240)  # the 503 is not counted
+    assert figures["server_generate_ms"] == pytest.approx(10.0)
+    idle = level_figures(before, before, mean_n=1.0)
+    assert idle["mean_batch_requests"] is None and idle["server_sample_ms"] is None
+    assert not parse("bentoml_service_request_total 3\n").has_batching
 
 
 def test_n_mix_parsing():
@@ -141,8 +153,9 @@ def test_smoke_sweep_writes_a_faithful_report(service_artifact, tmp_path):
         md_row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith(f"| {target['label']} | 2 | 2 |"))
         assert f"| {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} |" in md_row
     ours, base = (t["levels"][0] for t in report["targets"])
-    assert ours["mean_batch_requests"] >= 1  # read from our /metrics
-    assert base["mean_batch_requests"] is None  # the baseline has no batching histogram
+    assert ours["mean_batch_requests"] >= 1 and ours["mean_batch_images"] >= 2  # read from our /metrics
+    assert ours["server_sample_ms"] > ours["server_generate_ms"] > 0
+    assert base["mean_batch_requests"] is None and base["server_sample_ms"] is None  # the baseline has no /metrics
     with open(out / "locust" / "bentoml_n2_u2_stats.csv", newline="") as f:
         assert {row["Name"] for row in csv.DictReader(f)} == {"/sample n=2", "Aggregated"}
 
