@@ -15,7 +15,7 @@ from bentoml.exceptions import BentoMLConfigException
 from export.artifact import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MAX_SEED = 2**63 - 1  # seeds are int64-sized: every JSON client and the OpenAPI "int64" format can carry them
+MAX_SEED = 2**63 - 1  # the signed 64-bit range: a seed any int64-typed client (Go, Java, numpy) can send
 
 
 def _env_int(name: str, default: int, low: int) -> int:
