@@ -86,7 +86,6 @@ def export_run(
             config_sha256=metadata["config_sha256"], generator_sha256=meta["weights_sha256"], export_command=command,
         )
         atomic_write_json(tmp / MANIFEST, manifest)
-        os.chmod(tmp / MANIFEST, 0o644)  # atomic_write_json's temp file is private
         verify(tmp)
         _fsync_dir(tmp)
         _install(tmp, out)

@@ -52,6 +52,9 @@ def open_runtime(model_dir: Path, manifest: dict, cpu_threads: int) -> Runtime:
     files = manifest["files"]
     if CUDA in ort.get_available_providers() and _cuda_driver_present():
         name = ONNX_FP16 if ONNX_FP16 in files else ONNX
+        # The CUDA provider has no library path to CUDA/cuDNN installed as pip wheels
+        # (onnxruntime-gpu[cuda,cudnn], as in the bento image): load them first.
+        ort.preload_dlls()
         session = ort.InferenceSession(str(model_dir / name), providers=[CUDA, CPU])
         if session.get_providers()[0] == CUDA:
             return _checked(Runtime(session, CUDA, name, None, *_io_names(session)), manifest)
