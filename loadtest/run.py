@@ -87,7 +87,8 @@ def parse_args(argv):
     parser.add_argument("--mix", action="append", dest="mixes", metavar="N_MIX",
                         help="images per request as n[:weight],...; repeat for several sweeps (default: --mix 1 --mix 16)")
     parser.add_argument("--duration", type=float, default=30, help="measured seconds per level (default: %(default)s)")
-    parser.add_argument("--warmup", type=float, default=10, help="seconds of unmeasured load per server first (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, help="seconds of unmeasured load on each server started, before measuring "
+                        "(default: 10; with --soak 60, so ONNX Runtime's arena has grown to the largest batches first)")
     parser.add_argument("--host", help="load-test this running server instead of starting one, e.g. http://127.0.0.1:3000")
     parser.add_argument("--allow-non-loopback", action="store_true", help="let --host name a server on another machine")
     parser.add_argument("--baseline", nargs="?", const="", metavar="MODEL",
@@ -95,9 +96,9 @@ def parse_args(argv):
                         "or an artifact (default: the served artifact's generator.pt2)")
     parser.add_argument("--baseline-threads", type=int, metavar="N",
                         help="torch threads in the baseline (default: torch's, one per core; on a busy machine 1 is far faster)")
-    parser.add_argument("--compare-max-batch", type=int, metavar="N",
-                        help="also sweep our service with DCGAN_MAX_BATCH=N; 2 is the least BentoML's batchable API accepts, "
-                        "the closest to batching off")
+    parser.add_argument("--compare-max-batch", type=int, metavar="N", action="append", default=[],
+                        help="also sweep our service with DCGAN_MAX_BATCH=N (repeatable); 2 is the least BentoML's batchable "
+                        "API accepts, the closest to batching off; the batching goal compares against the smallest N")
     parser.add_argument("--compare-fp32", action="store_true",
                         help="on a GPU, also sweep our service on the fp32 model (it serves generator.fp16.onnx on CUDA)")
     parser.add_argument("--ceiling", default="run", metavar="run|none|PATH",
@@ -107,17 +108,19 @@ def parse_args(argv):
                         "process's resident memory; reports growth from the first to the last minute")
     parser.add_argument("--soak-users", type=int, default=16, help="users during --soak (default: %(default)s)")
     args = parser.parse_args(argv)
-    args.users = _int_list(args.users, "--users")
+    args.users = sorted(set(_int_list(args.users, "--users")))
     args.mixes = args.mixes or ["1", "16"]
     for mix in args.mixes:
         try:
             parse_n_mix(mix)
         except ValueError as e:
             raise UserError(str(e)) from None
+    if args.warmup is None:
+        args.warmup = 60.0 if args.soak else 10.0
     if args.duration <= 0 or args.warmup < 0:
         raise UserError("--duration must be > 0 and --warmup >= 0")
-    if args.compare_max_batch is not None and args.compare_max_batch < 1:
-        raise UserError(f"--compare-max-batch must be >= 1, got {args.compare_max_batch}")
+    if any(n < 1 for n in args.compare_max_batch):
+        raise UserError(f"--compare-max-batch must be >= 1, got {min(args.compare_max_batch)}")
     if args.soak is not None and (args.soak <= 0 or args.soak_users < 1):
         raise UserError("--soak MINUTES must be > 0 and --soak-users >= 1")
     if args.host:
@@ -178,6 +181,8 @@ def fp32_artifact(artifact: Path, workdir: Path) -> Path:
     manifest = json.loads((artifact / MANIFEST).read_text())
     manifest["files"].pop(ONNX_FP16, None)
     out = workdir / "artifact-fp32"
+    if out.is_dir():  # made for an earlier n mix
+        return out
     out.mkdir(parents=True)
     for name in manifest["files"]:
         shutil.copy2(artifact / name, out / name)
@@ -196,11 +201,10 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
 
         targets = [Target(reporting.OURS, "ours (BentoML, adaptive batching)", "`bentoml serve service:svc`, settings from the "
                           "environment (defaults unless DCGAN_* are set)", ours(reporting.OURS, art, {}))]
-        if args.compare_max_batch and not args.soak:
-            n = args.compare_max_batch
-            targets.append(Target(f"{reporting.OURS}-maxbatch{n}", f"ours, max batch {n}",
+        for n in sorted(set(args.compare_max_batch)) if not args.soak else []:
+            targets.append(Target(f"{reporting.MAXBATCH}{n}", f"ours, max batch {n}",
                                   f"the same service with DCGAN_MAX_BATCH={n}: at most {n} images per ONNX Runtime call",
-                                  ours(f"{reporting.OURS}-maxbatch{n}", art, {"DCGAN_MAX_BATCH": str(n)})))
+                                  ours(f"{reporting.MAXBATCH}{n}", art, {"DCGAN_MAX_BATCH": str(n)})))
         if args.compare_fp32 and not args.soak:
             targets.append(Target(f"{reporting.OURS}-fp32", "ours, fp32", "the same service on the artifact without "
                                   "generator.fp16.onnx (fp32 on CUDA)", lambda: serve_bentoml(fp32_artifact(art, homes), homes /
@@ -214,14 +218,29 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
     return targets
 
 
-def _cpu_seconds(server: Server) -> float | None:
-    total = 0.0
-    processes = server.processes()
-    for p in processes:
+def _process_role(p: psutil.Process) -> str:
+    """What a server process is: the BentoML service a worker runs, the `bentoml serve` arbiter, or the server."""
+    with contextlib.suppress(psutil.Error):
+        cmd = p.cmdline()
+        if "--service-name" in cmd:
+            return f"worker {cmd[cmd.index('--service-name') + 1]}"
+        return "bentoml serve" if "bentoml" in cmd else "server"
+    return "process"
+
+
+def _process_name(p: psutil.Process) -> str:
+    return f"{_process_role(p)} (pid {p.pid})"
+
+
+def _cpu_seconds(server: Server) -> dict[str, float]:
+    """CPU seconds used so far by each of the server's processes, by role."""
+    seconds: dict[str, float] = {}
+    for p in server.processes():
         with contextlib.suppress(psutil.NoSuchProcess):
             t = p.cpu_times()
-            total += t.user + t.system
-    return total if processes else None
+            role = _process_role(p)
+            seconds[role] = seconds.get(role, 0.0) + t.user + t.system
+    return seconds
 
 
 def measure(server: Server, users: int, n_mix: str, seconds: float, prefix: Path, sample: Callable[[], None] | None = None) -> dict:
@@ -231,25 +250,18 @@ def measure(server: Server, users: int, n_mix: str, seconds: float, prefix: Path
     stats: LevelStats = run_level(server.url, users, n_mix, seconds, prefix, sample)
     cpu_after = _cpu_seconds(server)
     scrape_after = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
-    cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    cpu_by_role = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
+    cpu = sum(cpu_by_role.values()) if cpu_by_role else None
+    per_request = 1000 / stats.requests_total if stats.requests_total else None
     return {
         "n_mix": n_mix, "users": users, **stats.to_dict(),
         **prometheus.level_figures(scrape_before, scrape_after, stats.mean_n),
         "server_cpu_s": cpu,
         # CPU per request: a figure that other processes on the machine disturb far less than throughput.
-        "server_cpu_ms_per_request": 1000 * cpu / stats.requests_total if cpu is not None and stats.requests_total else None,
+        "server_cpu_ms_per_request": cpu * per_request if cpu is not None and per_request else None,
+        "server_cpu_ms_per_request_by_process": {role: c * per_request for role, c in cpu_by_role.items()} if per_request else {},
         "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0],
     }
-
-
-def _process_name(p: psutil.Process) -> str:
-    """A stable name for a server process: the BentoML service it runs, or its role."""
-    with contextlib.suppress(psutil.Error):
-        cmd = p.cmdline()
-        if "--service-name" in cmd:
-            return f"worker {cmd[cmd.index('--service-name') + 1]} (pid {p.pid})"
-        return f"{'bentoml serve' if 'bentoml' in cmd else 'server'} (pid {p.pid})"
-    return f"pid {p.pid}"
 
 
 def soak(server: Server, args, out: Path) -> dict:
@@ -275,14 +287,24 @@ def soak(server: Server, args, out: Path) -> dict:
         totals = [sum(s["rss_bytes"] for s in samples if s["t_s"] == t and (name is None or s["name"] == name)) for t in times]
         return sum(totals) / len(totals) / 2**20 if totals else float("nan")
 
+    def late_slope(name: str | None) -> float:
+        """Least-squares MiB per minute over the second half: a leak keeps climbing after start-up growth has settled."""
+        times = sorted({s["t_s"] for s in samples if s["t_s"] >= end / 2})
+        points = [(t / 60, mean_mib(name, t, t)) for t in times]
+        if len(points) < 2:
+            return float("nan")
+        mx, my = sum(x for x, _ in points) / len(points), sum(y for _, y in points) / len(points)
+        var = sum((x - mx) ** 2 for x, _ in points)
+        return sum((x - mx) * (y - my) for x, y in points) / var if var else float("nan")
+
     end = max((s["t_s"] for s in samples), default=0.0)
     first = lambda name: mean_mib(name, 0, window)  # noqa: E731
     last = lambda name: mean_mib(name, end - window, end)  # noqa: E731
-    processes = [{"name": n, "first_mib": first(n), "last_mib": last(n), "growth": last(n) / first(n) - 1}
-                 for n in sorted({s["name"] for s in samples})]
+    processes = [{"name": n, "first_mib": first(n), "last_mib": last(n), "growth": last(n) / first(n) - 1,
+                  "late_slope_mib_per_min": late_slope(n)} for n in sorted({s["name"] for s in samples})]
     return {"minutes": args.soak, "users": args.soak_users, "n_mix": args.mixes[0], "interval_s": SOAK_INTERVAL_S,
-            "window_s": window, "first_mib": first(None), "last_mib": last(None), "growth": last(None) / first(None) - 1,
-            "processes": processes, "level": level}
+            "window_s": window, "warmup_s": args.warmup, "first_mib": first(None), "last_mib": last(None),
+            "growth": last(None) / first(None) - 1, "late_slope_mib_per_min": late_slope(None), "processes": processes, "level": level}
 
 
 def get_ceiling(args, out: Path) -> dict | None:
@@ -307,24 +329,27 @@ def get_ceiling(args, out: Path) -> dict | None:
     return {**bench, "table": table(bench)}
 
 
-def sweep_target(target: Target, server: Server, args, out: Path) -> list[dict]:
-    info_status, info = http_get(f"{server.url}/info")
-    if info_status == 200:
-        described = json.loads(info)
-        target.notes.append(f"provider {described.get('provider')}, ORT threads {described.get('ort_threads')}, "
-                            f"batching {described.get('batching')}, model {described.get('model')}")
-    if args.warmup:
-        say(f"{target.name}: warm-up {args.warmup:g} s at {max(args.users)} users")
-        run_level(server.url, max(args.users), args.mixes[0], args.warmup, out / "locust" / f"{target.name}_warmup")
-    levels = []
+def sweep_target(target: Target, args, out: Path, on_start: Callable[[Server], None], levels: list[dict]) -> None:
+    """Every n mix at every user count, ascending. Each mix gets a freshly started server: BentoML's dispatcher
+    remembers the mean queueing wait it saw under load and delays lone requests by about that much, forgetting
+    only 5% every 5 s, so a mix's low levels must not inherit the previous mix's saturation. Appends to `levels`
+    as it goes, so an interrupted run still reports what it measured."""
     for mix in args.mixes:
-        for users in args.users:
-            prefix = out / "locust" / f"{target.name}_n{mix.replace(':', 'w').replace(',', '+')}_u{users}"
-            lv = measure(server, users, mix, args.duration, prefix)
-            say(f"{target.name}: n {mix}, {users:>3} users: {lv['requests_per_s']:8.1f} req/s {lv['images_per_s']:8.0f} images/s  "
-                f"p50 {lv['p50_ms']} p99 {lv['p99_ms']} ms  failures {lv['failures']}  load {lv['load_avg_1m_before']:.1f}")
-            levels.append(lv)
-    return levels
+        say(f"{target.name}: starting (n mix {mix})")
+        with target.start() as server:
+            on_start(server)
+            if args.warmup:
+                run_level(server.url, args.users[0], mix, args.warmup, out / "locust" / f"{target.name}_n{_mix_tag(mix)}_warmup")
+            for users in args.users:
+                lv = measure(server, users, mix, args.duration, out / "locust" / f"{target.name}_n{_mix_tag(mix)}_u{users}")
+                say(f"{target.name}: n {mix}, {users:>3} users: {lv['requests_per_s']:8.1f} req/s {lv['images_per_s']:8.0f} "
+                    f"images/s  p50 {lv['p50_ms']} p99 {lv['p99_ms']} ms  failures {lv['failures']}  load {lv['load_avg_1m_before']:.1f}")
+                levels.append(lv)
+
+
+def _mix_tag(mix: str) -> str:
+    """A file-name-safe form of an n mix: "1:3,16:1" -> "1w3+16w1"."""
+    return mix.replace(":", "w").replace(",", "+").replace(" ", "")
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -370,20 +395,32 @@ def main(argv=None) -> None:
         report["ceiling"] = get_ceiling(args, out)
         with tempfile.TemporaryDirectory(prefix="loadtest-bentoml-") as homes:
             provider = None  # what our service runs on, from its /info
+
+            def on_start(target: Target, server: Server) -> None:
+                nonlocal provider
+                status, body = http_get(f"{server.url}/info")
+                if status != 200 or target.notes:
+                    return
+                described = json.loads(body)
+                provider = described.get("provider") if target.name == reporting.OURS else provider
+                target.notes.append(f"provider {described.get('provider')}, ORT threads {described.get('ort_threads')}, "
+                                    f"batching {described.get('batching')}, model {described.get('model')}")
+
             for target in plan_targets(args, Path(homes), out / "logs"):
                 if target.name == f"{reporting.OURS}-fp32" and provider != CUDA:
                     report["notes"].append(f"--compare-fp32: skipped, our service runs on {provider}; it serves fp16 only on CUDA.")
                     continue
-                say(f"{target.name}: starting")
                 entry = {"name": target.name, "label": target.label, "description": target.description, "notes": target.notes, "levels": []}
                 report["targets"].append(entry)
-                with target.start() as server:
-                    if target.name == reporting.OURS:
-                        provider = json.loads(http_get(f"{server.url}/info")[1] or b"{}").get("provider")
-                    if args.soak:
+                if args.soak:
+                    say(f"{target.name}: starting")
+                    with target.start() as server:
+                        on_start(target, server)
+                        if args.warmup:
+                            run_level(server.url, args.soak_users, args.mixes[0], args.warmup, out / "locust" / "soak_warmup")
                         report["soak"] = soak(server, args, out)
-                    else:
-                        entry["levels"] = sweep_target(target, server, args, out)
+                else:
+                    sweep_target(target, args, out, lambda server, t=target: on_start(t, server), entry["levels"])
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: stopping servers, writing the partial report")
