@@ -1,13 +1,19 @@
 """The entry service `svc`: HTTP in front, seeds -> latents, images -> PNG / grid / raw bytes.
 
-    POST /sample       {"seed": S, "n": N} -> JSON, N base64 PNGs
-    POST /sample/grid  {"seed": S, "n": N} -> one PNG grid (image/png)
-    GET  /sample/grid?seed=S&n=N           -> the same grid, for a browser's address bar
-    POST /sample/raw   {"seed": S, "n": N} -> N*H*W*C bytes, uint8 NHWC (application/octet-stream)
-    GET  /info                             -> manifest, provider, batching settings
-    GET  /livez /readyz /metrics           -> BentoML's probes and Prometheus metrics
+    POST /sample             {"seed": S, "n": N} -> JSON, N base64 PNGs
+    POST /sample/grid        {"seed": S, "n": N} -> one PNG grid (image/png)
+    GET  /sample/grid?seed=S&n=N                 -> the same grid, for a browser's address bar
+    POST /sample/raw         {"seed": S, "n": N} -> N*H*W*C bytes, uint8 NHWC (application/octet-stream)
+    POST /interpolate        {"seed_a": A, "seed_b": B, "steps": T} -> T frames from A to B, looping GIF
+    POST /interpolate/apng   (same body)         -> the same frames, looping animated PNG (lossless)
+    POST /interpolate/strip  (same body)         -> the same frames in one row, one PNG
+    GET  /interpolate[/apng|/strip]?seed_a=A&seed_b=B&steps=T -> the same, for an <img src>
+    GET  /info                                   -> manifest, provider, batching settings, limits
+    GET  /ui/                                    -> the page: gallery, seed explorer, latent walk (service/page/)
+    GET  /                                       -> redirect to /ui/ (BentoML's Swagger UI is at /docs)
+    GET  /livez /readyz /metrics                 -> BentoML's probes and Prometheus metrics
 
-Every call into the generator goes through `_generate`, which absorbs BentoML's pooled-connection
+Every call into the generator goes through `_images`, which absorbs BentoML's pooled-connection
 resets (the call is idempotent) and turns generator overload into 503 + Retry-After.
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.resources
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -27,23 +34,48 @@ from bentoml.validators import ContentType
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from export.artifact import LATENTS, latents_for_seed
 from service.generator import Generator
 from service.http_guard import RETRY_AFTER_S, AdmissionLimit, RequestGuard
-from service.images import grid, png_bytes
-from service.schema import SampleRequest, SampleResponse, error_response, request_from_query, validation_error_response
+from service.images import animation_bytes, grid, png_bytes
+from service.interpolate import interpolation_latents
+from service.schema import (
+    MAX_STEPS,
+    InterpolateRequest,
+    SampleRequest,
+    SampleResponse,
+    error_response,
+    request_from_query,
+    validation_error_response,
+)
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
 # With the pool never replaced (generator.py) 64 clients x 60 s saw no reset; the retries are the net
 # for those nothing prevents (a keep-alive connection closed as it is reused).
 RETRIES = 3
-MAX_BODY_BYTES = 4096  # the largest valid body is ~40 bytes; pretty-printed JSON still fits
-SAMPLE_ROUTES = frozenset({"/sample", "/sample/grid", "/sample/raw"})
-GET_ROUTES = frozenset({"/sample/grid"})
+MAX_BODY_BYTES = 4096  # the largest valid body is ~80 bytes; pretty-printed JSON still fits
+# The forms of an interpolation: route -> (what it encodes, media type).
+INTERPOLATION_FORMS = {
+    "/interpolate": ("gif", "image/gif"),
+    "/interpolate/apng": ("apng", "image/apng"),
+    "/interpolate/strip": ("strip", "image/png"),
+}
+# Generation routes -> the request model their JSON body (or query string) must validate against.
+REQUEST_MODELS = {
+    "/sample": SampleRequest,
+    "/sample/grid": SampleRequest,
+    "/sample/raw": SampleRequest,
+    **{route: InterpolateRequest for route in INTERPOLATION_FORMS},
+}
+GET_ROUTES = frozenset({"/sample/grid", *INTERPOLATION_FORMS})
+PAGE_DIR = Path(__file__).parent / "page"
+# BentoML's Swagger UI, which BentoML serves at "/"; it loads ./static_content/ and ./docs.json, so it works from /docs too.
+SWAGGER_PAGE = importlib.resources.files("_bentoml_impl.server") / "main-openapi.html"
 
 
 class GeneratorUnavailable(Exception):
@@ -61,14 +93,48 @@ async def info_route(request: Request) -> Response:
 
 async def grid_route(request: Request) -> Response:
     try:
-        req = request_from_query(dict(request.query_params))
+        req = request_from_query(dict(request.query_params), SampleRequest)
     except ValidationError as e:
-        return validation_error_response(e)
+        return validation_error_response(e, SampleRequest)
     return await bentoml.get_current_service().grid_response(req.seed, req.n)
 
 
-# GET routes: BentoML's own APIs are POST only. A passive mount: it answers only these paths.
-get_app = Starlette(routes=[Route("/info", info_route, methods=["GET"]), Route("/sample/grid", grid_route, methods=["GET"])])
+def interpolation_route(route: str):
+    """The GET form of one of the INTERPOLATION_FORMS routes."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            req = request_from_query(dict(request.query_params), InterpolateRequest)
+        except ValidationError as e:
+            return validation_error_response(e, InterpolateRequest)
+        return await bentoml.get_current_service().interpolation_response(req.seed_a, req.seed_b, req.steps, route)
+
+    return endpoint
+
+
+async def swagger_route(request: Request) -> Response:
+    return FileResponse(SWAGGER_PAGE)
+
+
+async def to_page(request: Request) -> Response:
+    # Relative, so the page is found behind a proxy that serves the service under a path prefix.
+    return RedirectResponse("ui/", status_code=307)
+
+
+# GET routes and the page: BentoML's own APIs are POST only. A passive mount: it answers only these
+# paths, and comes before BentoML's index route, so "/" is ours.
+get_app = Starlette(
+    routes=[
+        Route("/info", info_route, methods=["GET"]),
+        Route("/sample/grid", grid_route, methods=["GET"]),
+        *(Route(route, interpolation_route(route), methods=["GET"]) for route in INTERPOLATION_FORMS),
+        Route("/", to_page, methods=["GET"]),
+        Route("/ui", to_page, methods=["GET"]),
+        Route("/docs", swagger_route, methods=["GET"]),
+        # check_dir=False: a bento built without service/page/ still serves the API (the page is then a 404).
+        Mount("/ui", StaticFiles(directory=PAGE_DIR, html=True, check_dir=False)),
+    ]
+)
 
 
 @bentoml.service(
@@ -102,13 +168,24 @@ class DCGAN:
             **described,
             "latents": LATENTS,
             "pixels": "uint8 = clip(round((x + 1) * 127.5), 0, 255), NHWC",
-            "limits": {"max_n": SETTINGS.max_n, "max_inflight": SETTINGS.max_inflight, "max_body_bytes": MAX_BODY_BYTES},
+            "interpolation": "slerp(latents_for_seed(seed_a, 1, nz)[0], latents_for_seed(seed_b, 1, nz)[0], k / (steps - 1))",
+            "limits": {
+                "max_n": SETTINGS.max_n,
+                "max_steps": MAX_STEPS,
+                "max_inflight": SETTINGS.max_inflight,
+                "max_body_bytes": MAX_BODY_BYTES,
+            },
         }
+
+    async def _nz(self) -> int:
+        return (await self._describe())["manifest"]["model"]["nz"]
 
     async def _generate(self, seed: int, n: int) -> np.ndarray:
         """(n, H, W, C) uint8 images for (seed, n)."""
-        described = await self._describe()
-        latents = latents_for_seed(seed, n, described["manifest"]["model"]["nz"])  # (n, nz)
+        return await self._images(latents_for_seed(seed, n, await self._nz()))  # latents (n, nz)
+
+    async def _images(self, latents: np.ndarray) -> np.ndarray:
+        """(B, nz) float32 latents -> (B, H, W, C) uint8 images from the batched generator."""
         for attempt in range(1, RETRIES + 2):
             try:
                 return await self.generator.to_async.generate(latents)
@@ -159,9 +236,48 @@ class DCGAN:
             return _unavailable(e)
         return Response(images.tobytes(), media_type="application/octet-stream", headers=self._headers(seed, n, images))
 
+    async def interpolation_response(self, seed_a: int, seed_b: int, steps: int, route: str) -> Response:
+        """The frames from seed_a to seed_b in the form `route` names (INTERPOLATION_FORMS)."""
+        form, media_type = INTERPOLATION_FORMS[route]
+        try:
+            frames = await self._images(interpolation_latents(seed_a, seed_b, steps, await self._nz()))  # (steps, H, W, C)
+        except GeneratorUnavailable as e:
+            return _unavailable(e)
+        if form == "strip":
+            content = png_bytes(grid(frames, cols=steps))
+        else:
+            content = animation_bytes(frames, "GIF" if form == "gif" else "PNG")
+        headers = {
+            "X-Seed-A": str(seed_a),
+            "X-Seed-B": str(seed_b),
+            "X-Steps": str(steps),
+            "X-Model": self._described["model"],
+            "X-Shape": ",".join(map(str, frames.shape)),
+        }
+        return Response(content, media_type=media_type, headers=headers)
+
+    @bentoml.api(route="/interpolate", input_spec=InterpolateRequest)
+    async def interpolate(self, seed_a: int, seed_b: int, steps: int = 16) -> Annotated[Path, ContentType("image/gif")]:
+        """Walk the latent space from seed_a to seed_b: `steps` frames by spherical interpolation, as a looping GIF.
+
+        The first and last frames are image 0 of /sample for seed_a and seed_b; they are shown longer.
+        Also GET /interpolate?seed_a=A&seed_b=B&steps=T.
+        """
+        return await self.interpolation_response(seed_a, seed_b, steps, "/interpolate")
+
+    @bentoml.api(route="/interpolate/apng", input_spec=InterpolateRequest)
+    async def interpolate_apng(self, seed_a: int, seed_b: int, steps: int = 16) -> Annotated[Path, ContentType("image/apng")]:
+        """The frames of /interpolate as a looping animated PNG (lossless, also for RGB models). Also GET."""
+        return await self.interpolation_response(seed_a, seed_b, steps, "/interpolate/apng")
+
+    @bentoml.api(route="/interpolate/strip", input_spec=InterpolateRequest)
+    async def interpolate_strip(self, seed_a: int, seed_b: int, steps: int = 16) -> Annotated[Path, ContentType("image/png")]:
+        """The frames of /interpolate side by side in one PNG row, 2 px apart, seed_a on the left. Also GET."""
+        return await self.interpolation_response(seed_a, seed_b, steps, "/interpolate/strip")
+
 
 # Outermost first: refuse overload before reading a byte, then refuse malformed requests.
-DCGAN.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=SAMPLE_ROUTES)
-DCGAN.add_asgi_middleware(RequestGuard, post_paths=SAMPLE_ROUTES, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES)
+DCGAN.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=frozenset(REQUEST_MODELS))
+DCGAN.add_asgi_middleware(RequestGuard, post_models=REQUEST_MODELS, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES)
 
 svc = DCGAN

@@ -7,7 +7,9 @@ two close both gaps.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,17 +43,19 @@ class AdmissionLimit:
 
 
 class RequestGuard:
-    """POST routes take a small JSON object that validates against SampleRequest; anything else is a 4xx here.
+    """POST routes take a small JSON object that validates against the route's request model; anything else is a 4xx here.
 
     A valid body is replayed to BentoML unchanged. GET routes validate their own query strings.
     """
 
-    def __init__(self, app: ASGIApp, post_paths: frozenset[str], get_paths: frozenset[str], max_body: int) -> None:
-        self.app, self.post_paths, self.get_paths, self.max_body = app, post_paths, get_paths, max_body
+    def __init__(
+        self, app: ASGIApp, post_models: Mapping[str, type[BaseModel]], get_paths: frozenset[str], max_body: int
+    ) -> None:
+        self.app, self.post_models, self.get_paths, self.max_body = app, post_models, get_paths, max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
-        if scope["type"] != "http" or path not in self.post_paths:
+        if scope["type"] != "http" or path not in self.post_models:
             return await self.app(scope, receive, send)
         method = scope["method"]
         if method == "GET" and path in self.get_paths:
@@ -63,10 +67,11 @@ class RequestGuard:
             )
         rejection, body = await self._read_body(scope, receive)
         if rejection is None:
+            model = self.post_models[path]
             try:
-                request_from_json(body)
+                request_from_json(body, model)
             except ValidationError as e:
-                rejection = validation_error_response(e)
+                rejection = validation_error_response(e, model)
         if rejection is not None:
             return await rejection(scope, receive, send)
 

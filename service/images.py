@@ -1,4 +1,4 @@
-"""uint8 image batches -> the bytes the API returns: one PNG per image, or one PNG grid."""
+"""uint8 image batches -> the bytes the API returns: one PNG per image, a PNG grid, an animation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 
 GRID_PADDING = 2  # pixels of black between grid cells, as torchvision.utils.make_grid draws them
+FRAME_MS = 80  # display time of an animation frame: 16 frames walk from one end to the other in ~1.5 s
+END_FRAME_MS = 600  # the two end frames (the seeds' own images) stay up longer, so the eye finds them
 
 
 def _pil(image: np.ndarray) -> Image.Image:
@@ -22,10 +24,10 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def grid(images: np.ndarray) -> np.ndarray:
-    """(B, H, W, C) uint8 -> one (rows*(H+p)+p, cols*(W+p)+p, C) image, ceil(sqrt(B)) columns, row-major."""
+def grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
+    """(B, H, W, C) uint8 -> one (rows*(H+p)+p, cols*(W+p)+p, C) image, row-major; cols defaults to ceil(sqrt(B))."""
     b, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(b))
+    cols = cols or math.ceil(math.sqrt(b))
     rows = math.ceil(b / cols)
     p = GRID_PADDING
     canvas = np.zeros((rows * (h + p) + p, cols * (w + p) + p, c), dtype=np.uint8)
@@ -34,3 +36,16 @@ def grid(images: np.ndarray) -> np.ndarray:
         y, x = p + r * (h + p), p + q * (w + p)
         canvas[y : y + h, x : x + w] = image
     return canvas
+
+
+def animation_bytes(frames: np.ndarray, file_format: str) -> bytes:
+    """(T >= 2, H, W, C) uint8 -> an endlessly looping animation file, "GIF" or "PNG" (APNG).
+
+    GIF holds 256 colours per frame: exact for grayscale models, quantised for RGB ones; APNG is
+    lossless. Pillow merges identical consecutive frames into one (their display times add up).
+    """
+    first, *rest = (_pil(frame) for frame in frames)
+    durations = [END_FRAME_MS] + [FRAME_MS] * (len(frames) - 2) + [END_FRAME_MS]
+    buf = io.BytesIO()
+    first.save(buf, format=file_format, save_all=True, append_images=rest, duration=durations, loop=0)
+    return buf.getvalue()

@@ -1,11 +1,12 @@
 """The HTTP contract: request and response models, and the 4xx error body every bad request gets.
 
-The request model is strict on purpose: `true`, `1.0` and `"1"` are not integers here, and an
+The request models are strict on purpose: `true`, `1.0` and `"1"` are not integers here, and an
 unknown field (a typo such as "count") is an error rather than silently ignored.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated
 
@@ -15,7 +16,8 @@ from starlette.responses import JSONResponse
 
 from service.settings import MAX_SEED, SETTINGS
 
-EXAMPLE_BODY = '{"seed": 42, "n": 4}'
+MAX_STEPS = 64  # frames of one interpolation: 64 images, the cost of the largest default /sample
+SEED_RULE = "Integer in [0, 2**63-1]."
 
 
 class SampleRequest(bentoml.IODescriptor):
@@ -26,7 +28,7 @@ class SampleRequest(bentoml.IODescriptor):
         Field(
             ge=0,
             le=MAX_SEED,
-            description="Integer in [0, 2**63-1]. The images are a function of the seed alone: "
+            description=f"{SEED_RULE} The images are a function of the seed alone: "
             "latents = numpy.random.default_rng(seed).standard_normal((n, nz), dtype=float32).",
             examples=[42],
         ),
@@ -40,6 +42,39 @@ class SampleRequest(bentoml.IODescriptor):
             examples=[4],
         ),
     ] = 1
+
+
+class InterpolateRequest(bentoml.IODescriptor):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    seed_a: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=MAX_SEED,
+            description=f"{SEED_RULE} The first frame is image 0 of /sample for this seed.",
+            examples=[1],
+        ),
+    ]
+    seed_b: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=MAX_SEED,
+            description=f"{SEED_RULE} The last frame is image 0 of /sample for this seed.",
+            examples=[2],
+        ),
+    ]
+    steps: Annotated[
+        int,
+        Field(
+            ge=2,
+            le=MAX_STEPS,
+            description=f"How many frames, both ends included, 2..{MAX_STEPS}. Frame k has latent "
+            "slerp(z_a, z_b, k / (steps - 1)), z = latents_for_seed(seed, 1, nz)[0].",
+            examples=[8],
+        ),
+    ] = 16
 
 
 class SampleResponse(bentoml.IODescriptor):
@@ -65,7 +100,12 @@ def error_response(status: int, message: str, errors: list[dict] | None = None, 
     return JSONResponse({"error": message, "errors": errors or []}, status_code=status, headers=headers)
 
 
-def _rule(e: dict) -> str:
+def example_body(model: type[bentoml.IODescriptor]) -> str:
+    """A valid JSON body for a request model, from its fields' examples: '{"seed": 42, "n": 4}'."""
+    return json.dumps({name: field.examples[0] for name, field in model.model_fields.items()})
+
+
+def _rule(e: dict, model: type[bentoml.IODescriptor]) -> str:
     """The rule a pydantic error broke, in the API's words (pydantic's own message otherwise)."""
     kind, ctx = e["type"], e.get("ctx") or {}
     if kind == "missing":
@@ -77,30 +117,30 @@ def _rule(e: dict) -> str:
     if kind == "less_than_equal":
         return f"must be <= {ctx['le']}"
     if kind == "extra_forbidden":
-        return f"is not a field of this request (fields: {', '.join(SampleRequest.model_fields)})"
+        return f"is not a field of this request (fields: {', '.join(model.model_fields)})"
     if kind == "model_type":
-        return f"must be a JSON object such as {EXAMPLE_BODY}"
+        return f"must be a JSON object such as {example_body(model)}"
     if kind == "json_invalid":
-        return f"is not valid JSON ({e['msg'].removeprefix('Invalid JSON: ')}); send a JSON object such as {EXAMPLE_BODY}"
+        return f"is not valid JSON ({e['msg'].removeprefix('Invalid JSON: ')}); send a JSON object such as {example_body(model)}"
     return e["msg"]
 
 
-def validation_error_response(exc: ValidationError) -> JSONResponse:
-    """400 for a body that is not JSON, 422 for JSON that breaks a rule; both name each field and its rule."""
+def validation_error_response(exc: ValidationError, model: type[bentoml.IODescriptor]) -> JSONResponse:
+    """400 for a body that is not JSON, 422 for JSON that breaks a rule of `model`; both name each field and its rule."""
     details = exc.errors(include_url=False, include_input=False)
-    errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "rule": _rule(e)} for e in details]
+    errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "rule": _rule(e, model)} for e in details]
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     status = 400 if any(e["type"] == "json_invalid" for e in details) else 422
     return error_response(status, f"{first['field']} {first['rule']}{more}", errors)
 
 
-def request_from_json(body: bytes) -> SampleRequest:
-    """Parse and validate a POST body; raises pydantic.ValidationError."""
-    return SampleRequest.model_validate_json(body or b"{}")
+def request_from_json(body: bytes, model: type[bentoml.IODescriptor]) -> bentoml.IODescriptor:
+    """Parse and validate a POST body as `model`; raises pydantic.ValidationError."""
+    return model.model_validate_json(body or b"{}")
 
 
-def request_from_query(params: dict[str, str]) -> SampleRequest:
+def request_from_query(params: dict[str, str], model: type[bentoml.IODescriptor]) -> bentoml.IODescriptor:
     """Parse and validate GET query parameters (strings); digits become integers, anything else fails the int rule."""
     values = {k: int(v) if re.fullmatch(r"[0-9]+", v) else v for k, v in params.items()}
-    return SampleRequest.model_validate(values)
+    return model.model_validate(values)
