@@ -131,10 +131,12 @@ get_app = Starlette(
         Route("/", to_page, methods=["GET"]),
         Route("/ui", to_page, methods=["GET"]),
         Route("/docs", swagger_route, methods=["GET"]),
-        # check_dir=False: a bento built without service/page/ still serves the API (the page is then a 404).
-        Mount("/ui", StaticFiles(directory=PAGE_DIR, html=True, check_dir=False)),
+        *([Mount("/ui", StaticFiles(directory=PAGE_DIR, html=True))] if PAGE_DIR.is_dir() else []),
     ]
 )
+if not PAGE_DIR.is_dir():
+    # A bento whose bentofile.yaml does not include service/page/*: the API works, /ui/ is a 404.
+    logger.warning("no %s: the page at /ui/ is not served", PAGE_DIR)
 
 
 @bentoml.service(

@@ -63,6 +63,9 @@ async function loadInfo() {
   $("model-provider").title = `${info.provider}, ${info.model_file}`;
   $("model-provider").classList.toggle("gpu", info.provider.startsWith("CUDA"));
   $("model-shape").textContent = `${m.image_size}×${m.image_size} ${m.channels === 1 ? "gray" : "RGB"} · nz ${m.nz}`;
+  // Whole-number upscaling keeps every pixel the same size: 32 px images in 96 px tiles (+ 1 px border each side).
+  const scale = Math.max(1, Math.round(96 / m.image_size));
+  document.documentElement.style.setProperty("--tile", `${m.image_size * scale + 2}px`);
   $("n").max = info.limits.max_n;
   $("steps").max = info.limits.max_steps;
 }
