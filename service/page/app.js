@@ -181,7 +181,7 @@ async function playWalk() {
     walkUrls = [URL.createObjectURL(animationBlob), URL.createObjectURL(stripBlob)];
     show("walk-image", "walk-download", walkUrls[0], animationFile);
     show("walk-strip", "strip-download", walkUrls[1], `${name}-strip.png`);
-    $("walk-download").textContent = `download ${format.toUpperCase()}`;
+    $("walk-download").title = `save ${animationFile}`;
     const frames = animation.response.headers.get("X-Steps");
     $("walk-image").dataset.format = format;
     $("walk-image").dataset.steps = frames;
