@@ -57,32 +57,35 @@ class Model:
         return np.random.default_rng(0).standard_normal((batch, self.manifest["model"]["nz"]), dtype=np.float32)  # (B, nz)
 
 
-def images_per_s(call: Callable[[], object], batch: int, seconds: float) -> float:
-    """Median over three windows of images/s; `call` generates one batch."""
+def throughput(call: Callable[[], object], batch: int, seconds: float) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of the median window of three; `call` generates one batch.
+
+    CPU time is this process's, all threads: on a shared machine it moves far less than images/s does.
+    """
     call(), call()  # warm-up: kernels, arenas, graph capture
-    rates = []
+    windows = []
     for _ in range(3):
-        calls, start = 0, time.perf_counter()
+        calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
         while True:
             call()
             calls += 1
             elapsed = time.perf_counter() - start
             if elapsed >= seconds / 3:
                 break
-        rates.append(calls * batch / elapsed)
-    return statistics.median(rates)
+        windows.append((calls * batch / elapsed, 1000 * (time.process_time() - cpu_start) / (calls * batch)))
+    return sorted(windows)[1]
 
 
-# Each form: (model, batch sizes, seconds) -> {batch: images/s}, or a string saying why it cannot run here.
+# Each form: (model, batch sizes, seconds) -> {batch: (images/s, CPU ms per image)}, or a string saying why it cannot run here.
 
-def _torch_form(module, model: Model, batches, seconds) -> dict[int, float]:
+def _torch_form(module, model: Model, batches, seconds) -> dict[int, tuple[float, float]]:
     import torch
 
     out = {}
     for b in batches:
         z = torch.from_numpy(model.latents(b))
         with torch.inference_mode():
-            out[b] = images_per_s(lambda: module(z), b, seconds)
+            out[b] = throughput(lambda: module(z), b, seconds)
     return out
 
 
@@ -110,12 +113,12 @@ def bench_torch_export(model: Model, batches, seconds):
     return _torch_form(torch.export.load(str(model.artifact / EXPORTED_PROGRAM)).module(), model, batches, seconds)
 
 
-def _ort_numpy(session: ort.InferenceSession, model: Model, batches, seconds) -> dict[int, float]:
+def _ort_numpy(session: ort.InferenceSession, model: Model, batches, seconds) -> dict[int, tuple[float, float]]:
     name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     result = {}
     for b in batches:
         feed = {name: model.latents(b)}
-        result[b] = images_per_s(lambda: session.run([out_name], feed), b, seconds)
+        result[b] = throughput(lambda: session.run([out_name], feed), b, seconds)
     return result
 
 
@@ -168,7 +171,7 @@ def _bench_cuda(model: Model, file: str, batches, seconds):
     session = _cuda_session(model.artifact / file)
     if isinstance(session, str):
         return session
-    return {b: images_per_s(_bound_call(session, model, b), b, seconds) for b in batches}
+    return {b: throughput(_bound_call(session, model, b), b, seconds) for b in batches}
 
 
 def bench_ort_cuda(model: Model, batches, seconds):
@@ -185,7 +188,7 @@ def bench_ort_cuda_graph(model: Model, batches, seconds):
         session = _cuda_session(model.artifact / ONNX, {"enable_cuda_graph": "1"})
         if isinstance(session, str):
             return session
-        result[b] = images_per_s(_bound_call(session, model, b), b, seconds)
+        result[b] = throughput(_bound_call(session, model, b), b, seconds)
     return result
 
 
@@ -201,9 +204,9 @@ FORMS = {
 }
 
 
-def best(results: dict[str, dict[int, float] | str], prefix: str = "") -> dict | None:
+def best(results: dict[str, dict[str, float] | str], prefix: str = "") -> dict | None:
     """The fastest (form, batch) among forms whose name starts with `prefix`."""
-    cells = [(rate, form, b) for form, rates in results.items() if form.startswith(prefix) and isinstance(rates, dict)
+    cells = [(rate, form, int(b)) for form, rates in results.items() if form.startswith(prefix) and isinstance(rates, dict)
              for b, rate in rates.items()]
     if not cells:
         return None
@@ -220,10 +223,14 @@ def run_bench(artifact: Path, run_dir: Path | None, forms, batches, seconds, pro
         source = Path(manifest.get("source", {}).get("run_dir") or "/nonexistent")
         run_dir = source if (source / "generator.json").is_file() else None
     model = Model(artifact, manifest, run_dir)
-    results: dict[str, dict[int, float] | str] = {}
+    results: dict[str, dict[str, float] | str] = {}  # form -> {batch: images/s}, or why it was skipped
+    cpu: dict[str, dict[str, float]] = {}  # form -> {batch: CPU ms per image}
     for form in forms:
         progress(f"bench: {form} ...")
-        results[form] = FORMS[form](model, batches, seconds)
+        cells = FORMS[form](model, batches, seconds)
+        results[form] = cells if isinstance(cells, str) else {str(b): rate for b, (rate, _) in cells.items()}
+        if not isinstance(cells, str):
+            cpu[form] = {str(b): ms for b, (_, ms) in cells.items()}
     return {
         "artifact": str(artifact),
         "run_dir": str(run_dir) if run_dir else None,
@@ -232,8 +239,8 @@ def run_bench(artifact: Path, run_dir: Path | None, forms, batches, seconds, pro
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
                     "load_avg_1m": os.getloadavg()[0]},
         "versions": {"onnxruntime": ort.__version__, "torch": _torch_version()},
-        "results": {form: (rates if isinstance(rates, str) else {str(b): r for b, r in rates.items()})
-                    for form, rates in results.items()},
+        "results": results,
+        "cpu_ms_per_image": cpu,
         "ceiling": best(results),
         "ort_ceiling": best(results, "ort-"),
     }
@@ -248,15 +255,17 @@ def _torch_version() -> str | None:
 
 
 def table(report: dict) -> str:
-    """The results as a markdown table: one row per form, images/s per batch size."""
+    """The results as a markdown table: one row per form, "images/s (CPU ms per image)" per batch size."""
     batches = sorted({int(b) for rates in report["results"].values() if isinstance(rates, dict) for b in rates})
-    lines = ["| form | " + " | ".join(f"B={b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]
+    lines = ["images/s (CPU ms per image, all threads of the process) per batch size B", "",
+             "| form | " + " | ".join(f"B={b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]
     skipped = []
     for form, rates in report["results"].items():
         if isinstance(rates, str):
             skipped.append(f"{form}: skipped, {rates}")
         else:
-            lines.append(f"| {form} | " + " | ".join(f"{rates[str(b)]:,.0f}" for b in batches) + " |")
+            cpu = report["cpu_ms_per_image"][form]
+            lines.append(f"| {form} | " + " | ".join(f"{rates[str(b)]:,.0f} ({cpu[str(b)]:.2f})" for b in batches) + " |")
     lines += [""] + skipped if skipped else []
     for key, label in (("ceiling", "ceiling (best of all)"), ("ort_ceiling", "ONNX Runtime ceiling")):
         c = report[key]
@@ -306,7 +315,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     report = run_bench(args.artifact, args.run_dir, args.forms, args.batch_sizes, args.seconds,
                        progress=lambda m: print(m, flush=True))
-    print(f"\nimages/s, {report['machine']['cores']} cores, load average {report['machine']['load_avg_1m']:.1f} at start\n")
+    print(f"\n{report['machine']['cores']} cores, load average {report['machine']['load_avg_1m']:.1f} at start\n")
     print(table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -171,6 +171,7 @@ def plot_sweep(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     mixes = sorted({lv["n_mix"] for t in report["targets"] for lv in t["levels"]})
     fig, axes = plt.subplots(len(mixes), 2, figsize=(11, 3.6 * len(mixes)), squeeze=False)
@@ -183,14 +184,17 @@ def plot_sweep(report: dict, path: Path) -> None:
             users = [lv["users"] for lv in levels]
             color = f"C{i}"
             row[0].plot(users, [lv["images_per_s"] for lv in levels], "o-", color=color, label=target["label"])
-            row[1].plot(users, [lv["p99_ms"] for lv in levels], "o-", color=color, label=f"{target['label']} p99")
-            row[1].plot(users, [lv["p50_ms"] for lv in levels], "o:", color=color, label=f"{target['label']} p50")
+            row[1].plot(users, [lv["p99_ms"] for lv in levels], "o-", color=color, label=target["label"])
+            row[1].plot(users, [lv["p50_ms"] for lv in levels], ".:", color=color)
         if ceiling:
             row[0].axhline(ceiling["images_per_s"], color="grey", linestyle="--", label=f"in-process ceiling ({ceiling['form']})")
         row[0].set(title=f"throughput, n mix {mix}", xlabel="concurrent users", ylabel="images/s")
-        row[1].set(title=f"latency, n mix {mix}", xlabel="concurrent users", ylabel="ms", yscale="log")
+        row[1].set(title=f"latency p99 (solid), p50 (dotted), n mix {mix}", xlabel="concurrent users", ylabel="ms", yscale="log")
+        all_users = sorted({lv["users"] for t in report["targets"] for lv in t["levels"]})
         for ax in row:
             ax.set_xscale("log", base=2)
+            ax.set_xticks(all_users, [str(u) for u in all_users], minor=False)
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
         row[0].set_ylim(bottom=0)

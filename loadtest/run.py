@@ -127,6 +127,8 @@ def parse_args(argv):
         args.host = args.host.rstrip("/") if args.allow_non_loopback else check_loopback(args.host)
         if args.compare_max_batch or args.compare_fp32:
             raise UserError("--compare-max-batch and --compare-fp32 start servers with other settings; they cannot be used with --host")
+        if args.soak:
+            raise UserError("--soak samples the memory of the server processes it started; it cannot be used with --host")
     elif not (args.artifact / MANIFEST).is_file():
         raise UserError(f"no model artifact at {args.artifact} (no {MANIFEST}); export one with `python -m export RUN_DIR --out DIR` "
                         "and pass --artifact DIR")

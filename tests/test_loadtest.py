@@ -106,6 +106,7 @@ def test_response_check_accepts_only_well_formed_bodies():
     (["--users", "4,0"], ">= 1"),
     (["--artifact", "/nonexistent"], "no model artifact"),
     (["--host", "http://127.0.0.1:9", "--compare-max-batch", "2"], "cannot be used with --host"),
+    (["--host", "http://localhost:9", "--soak", "1"], "cannot be used with --host"),
 ])
 def test_run_cli_refuses_bad_input_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -122,6 +123,7 @@ def test_bench_table_and_ceiling(service_artifact, tmp_path, capsys):
     rates = {(form, int(b)): rate for form, cells in report["results"].items() if isinstance(cells, dict) for b, rate in cells.items()}
     assert set(rates) == {(f, b) for f in ("ort-service", "ort-cpu", "torch-export") for b in (1, 4)}
     assert all(r > 0 for r in rates.values())
+    assert all(ms > 0 for cells in report["cpu_ms_per_image"].values() for ms in cells.values())
     assert isinstance(report["results"]["ort-cuda"], str)  # no GPU here: skipped, saying why
     best = max(rates, key=rates.get)
     assert (report["ceiling"]["form"], report["ceiling"]["batch"]) == best
