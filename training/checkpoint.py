@@ -3,6 +3,11 @@
 Everything that decides the next step is saved: G, D, EMA weights, both Adam states, the step,
 the current epoch's data order and every RNG state. Resuming on CPU with the same seed ends
 bit-identical to an uninterrupted run.
+
+Under torchrun (training/distributed.py) rank 0 writes it: all of the state is alike on every rank
+but each rank's global RNG (dropout), so those are gathered: rank 0's under the single-process
+keys rng.torch / rng.cuda, rank r's under rng.rank<r>.torch / rng.rank<r>.cuda, and the JSON says
+world_size. A single-process checkpoint is unchanged (no world_size: 1).
 """
 
 from __future__ import annotations
@@ -33,8 +38,13 @@ def _unflatten_optimizer(prefix: str, meta: dict, tensors: dict) -> dict:
 
 
 def save(run_dir: Path, step: int, epoch: int, position: int, order: torch.Tensor, modules: dict,
-         optimizers: dict, data_rng: torch.Generator, keep: int = 2) -> Path:
-    """Write checkpoints/step-N.{safetensors,json}; keep the newest `keep` checkpoints."""
+         optimizers: dict, data_rng: torch.Generator, keep: int = 2,
+         rank_rngs: list[dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoints/step-N.{safetensors,json}; keep the newest `keep` checkpoints.
+
+    rank_rngs: under torchrun, every rank's {"torch": state, "cuda": state} in rank order (the
+    caller is rank 0, whose own state is saved as in one process).
+    """
     tensors: dict[str, torch.Tensor] = {}
     for name, m in modules.items():
         for k, v in m.state_dict().items():
@@ -45,10 +55,14 @@ def save(run_dir: Path, step: int, epoch: int, position: int, order: torch.Tenso
     tensors["data.order"] = order
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"step": step, "epoch": epoch, "position": position, "modules": sorted(modules), "optimizers": opt_meta}
+    if rank_rngs:
+        meta["world_size"] = len(rank_rngs)
+        for rank, states in enumerate(rank_rngs[1:], start=1):
+            tensors.update({f"rng.rank{rank}.{name}": state for name, state in states.items()})
     folder = Path(run_dir) / rundir.CHECKPOINTS
     stem = folder / f"step-{step:08d}"
-    rundir.save_weights(stem, tensors, {"step": step, "epoch": epoch, "position": position,
-                                        "modules": sorted(modules), "optimizers": opt_meta})
+    rundir.save_weights(stem, tensors, meta)
     for old in sorted(folder.glob("step-*.json"))[:-keep]:
         old.with_suffix(".safetensors").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
@@ -63,9 +77,15 @@ def latest(run_dir: Path) -> Path:
     return stems[-1].with_suffix("")
 
 
-def load(stem: Path, modules: dict, optimizers: dict, data_rng: torch.Generator) -> dict:
-    """Restore modules, optimizers and RNGs in place; returns {step, epoch, position, order}."""
+def load(stem: Path, modules: dict, optimizers: dict, data_rng: torch.Generator, rank: int = 0,
+         world_size: int = 1) -> dict:
+    """Restore modules, optimizers and RNGs in place (this rank's global RNG); returns {step, epoch, position, order}."""
     meta, tensors = rundir.load_weights(stem, f"checkpoint {stem}")
+    saved_world = meta.get("world_size", 1)
+    if saved_world != world_size:
+        how = f"torchrun with {saved_world} processes in all" if saved_world > 1 else "one process (no torchrun)"
+        raise UserError(f"checkpoint {stem} was written by {saved_world} process(es), not {world_size}: the global batch "
+                        f"and the data shards would change; resume it with {how}")
     try:
         for name, m in modules.items():
             head = f"{name}."
@@ -74,8 +94,9 @@ def load(stem: Path, modules: dict, optimizers: dict, data_rng: torch.Generator)
             o.load_state_dict(_unflatten_optimizer(name, meta["optimizers"][name], tensors))
     except (KeyError, RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint {stem} does not match this run's networks ({str(e).splitlines()[0]})") from None
-    torch.set_rng_state(tensors["rng.torch"])
+    own = "rng." if rank == 0 else f"rng.rank{rank}."
+    torch.set_rng_state(tensors[own + "torch"])
     data_rng.set_state(tensors["rng.data"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    if own + "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[own + "cuda"])
     return {"step": meta["step"], "epoch": meta["epoch"], "position": meta["position"], "order": tensors["data.order"]}

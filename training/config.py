@@ -46,6 +46,9 @@ class TrainConfig:
     eval_every: int = 500  # steps between class-coverage checks (bundled MNIST only); 0 = off
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bfloat16 autocast on CUDA (never on CPU)
+    # under torchrun: BatchNorm over the global batch (SyncBatchNorm, CUDA only) instead of per process;
+    # off: each process normalises over its --batch-size images, as one process at that batch does
+    sync_bn: bool = False
 
     def validate(self) -> "TrainConfig":
         if self.nz <= 0:

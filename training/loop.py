@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from training import checkpoint, rundir
 from training.config import TrainConfig
 from training.data import Dataset, to_unit_range
+from training.distributed import Dist, check_sync_batchnorm, data_parallel, rank_seed, replica_checksum
 from training.ema import EMA, recompute_batchnorm
 from training.errors import UserError
 from training.evaluate import GENERATOR_LAST, CoverageMonitor
@@ -51,12 +53,18 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path):
+    """One process's trainer; under torchrun (`dist` from training.distributed.setup) one rank of the job."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, dist: Dist | None = None):
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
-        self.device = pick_device(cfg.device)
+        self.dist = dist or Dist(device=pick_device(cfg.device))
+        self.device = self.dist.device
+        # a step takes this many images from the epoch order; rank r trains on its r-th slice of batch_size
+        self.global_batch = cfg.batch_size * self.dist.world_size
         channels = data.images.shape[1]
-        torch.manual_seed(cfg.seed)  # dropout and anything else on the global RNG
-        self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # data order and latents
+        # dropout and anything else on the global RNG: each rank its own stream
+        torch.manual_seed(rank_seed(cfg.seed, self.dist.rank) if self.dist.enabled else cfg.seed)
+        self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # data order and latents, alike on every rank
         init_rng = torch.Generator().manual_seed(cfg.seed + 2)
 
         self.g_cfg = GeneratorConfig(arch=cfg.arch, nz=cfg.nz, image_size=cfg.image_size, channels=channels, ngf=cfg.ngf)
@@ -69,6 +77,11 @@ class Trainer:
         memory_format = torch.channels_last if self.cuda else torch.contiguous_format
         self.G.to(self.device, memory_format=memory_format)
         self.D.to(self.device, memory_format=memory_format)
+        if cfg.sync_bn and self.dist.enabled:
+            check_sync_batchnorm(self.dist)
+            self.G, self.D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (self.G, self.D))
+        # what the training step calls: DDP wrappers (gradients averaged over ranks), or G and D themselves
+        self.G_train, self.D_train = data_parallel(self.G, self.dist), data_parallel(self.D, self.dist)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
@@ -77,9 +90,11 @@ class Trainer:
         # 64 fixed latents: sample grids are comparable across epochs
         self.fixed_noise = torch.randn(64, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 3)).to(self.device)
         self.images = data.images.to(self.device)
-        self.steps_per_epoch = len(data) // cfg.batch_size
+        self.steps_per_epoch = len(data) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise UserError(f"the data has {len(data)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
+            per = f" ({self.dist.world_size} processes x {cfg.batch_size})" if self.dist.enabled else ""
+            raise UserError(f"the data has {len(data)} images, fewer than one batch of {self.global_batch}{per}; "
+                            "lower --batch-size")
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
         self.step, self.epoch, self.position = 0, 0, 0
         self.order = torch.randperm(len(data), generator=self.data_rng)
@@ -98,16 +113,20 @@ class Trainer:
         return mods
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.run_dir, self.step, self.epoch, self.position, self.order, self._modules(),
-                        {"opt_g": self.opt_g, "opt_d": self.opt_d}, self.data_rng)
+        """Rank 0 writes; the rest of the state is alike on every rank but the global RNGs, gathered here."""
+        rank_rngs = self.dist.rng_states() if self.dist.enabled else None  # a collective: every rank calls it
+        if self.dist.is_main:
+            checkpoint.save(self.run_dir, self.step, self.epoch, self.position, self.order, self._modules(),
+                            {"opt_g": self.opt_g, "opt_d": self.opt_d}, self.data_rng, rank_rngs=rank_rngs)
 
     def resume(self) -> None:
         st = checkpoint.load(checkpoint.latest(self.run_dir), self._modules(),
-                             {"opt_g": self.opt_g, "opt_d": self.opt_d}, self.data_rng)
+                             {"opt_g": self.opt_g, "opt_d": self.opt_d}, self.data_rng,
+                             rank=self.dist.rank, world_size=self.dist.world_size)
         self.step, self.epoch, self.position, self.order = st["step"], st["epoch"], st["position"], st["order"]
         # drop metrics logged after the checkpoint: they will be logged again
         metrics = self.run_dir / rundir.METRICS
-        if metrics.exists():
+        if self.dist.is_main and metrics.exists():
             keep = [line for line in metrics.read_text().splitlines() if json.loads(line).get("step", 0) <= self.step]
             metrics.write_text("".join(line + "\n" for line in keep))
             evals = [r for r in map(json.loads, keep) if "eval" in r]
@@ -181,29 +200,38 @@ class Trainer:
 
     # --- one step ----------------------------------------------------------------------------
     def next_batch(self) -> torch.Tensor:
-        b = self.cfg.batch_size
-        if self.position + b > len(self.order):  # new epoch: fresh order
+        """This rank's slice of the step's global batch, in the epoch order shared by all ranks."""
+        b, n = self.cfg.batch_size, self.global_batch
+        if self.position + n > len(self.order):  # new epoch: fresh order
             self.epoch += 1
             self.position = 0
             self.order = torch.randperm(len(self.data), generator=self.data_rng)
-        idx = self.order[self.position:self.position + b]
-        self.position += b
+        start = self.position + self.dist.rank * b
+        idx = self.order[start:start + b]
+        self.position += n
         return to_unit_range(self.images[idx.to(self.device)])
+
+    def next_latents(self) -> torch.Tensor:
+        """This rank's slice of latents drawn for the whole global batch: (batch_size, nz)."""
+        b, r = self.cfg.batch_size, self.dist.rank
+        z = torch.randn(self.global_batch, self.cfg.nz, generator=self.data_rng)  # (global batch, nz)
+        return z[r * b:(r + 1) * b].to(self.device)
 
     def train_step(self) -> dict:
         cfg = self.cfg
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp)
         for _ in range(self.objective.d_steps):
             real = self.next_batch()
-            z = torch.randn(cfg.batch_size, cfg.nz, generator=self.data_rng).to(self.device)
+            z = self.next_latents()
             with autocast:
-                fake = self.G(z)
+                fake = self.G_train(z)
                 # (1) Update D: maximise log D(x) + log(1 - D(G(z)))
-                d = self.objective.discriminator_loss(self.D, real, fake.detach())
+                d = self.objective.discriminator_loss(self.D_train, real, fake.detach())
             self.opt_d.zero_grad(set_to_none=True)
             d.loss.backward()
             self.opt_d.step()
-        # (2) Update G: maximise log D(G(z)); D's weights need no gradient here
+        # (2) Update G: maximise log D(G(z)); D's weights need no gradient here, so D runs unwrapped
+        # (through DDP, a backward that gives D no gradients would leave its reducer waiting)
         self.D.requires_grad_(False)
         with autocast:
             loss_g = self.objective.generator_loss(self.D, fake, real)
@@ -217,42 +245,64 @@ class Trainer:
         return {"loss_d": d.loss.detach(), "loss_g": loss_g.detach(), "d_x": d.d_x, "d_g_z": d.d_g_z}
 
     # --- the loop ----------------------------------------------------------------------------
+    def replica_row(self, stats: dict) -> tuple[dict, dict]:
+        """Under torchrun: the losses averaged over ranks, and every rank's weight checksum (all equal, or
+        the run stops: diverged replicas mean the ranks no longer train one model). A collective."""
+        stats = self.dist.mean(stats)
+        sums = [int(c) for c in self.dist.gather(replica_checksum([self.G, self.D]).reshape(1))]
+        if len(set(sums)) > 1:
+            raise RuntimeError(f"step {self.step}: the ranks' weights differ (checksums {sums}); DDP replicas out of sync")
+        return stats, {"replica_checksums": sums}
+
     def fit(self, progress: bool = True) -> int:
-        """Train to total_steps. Returns the signal number that stopped it, or 0."""
-        cfg = self.cfg
+        """Train to total_steps. Returns the signal number that stopped it, or 0.
+
+        Under torchrun every rank runs this loop in lockstep: the collectives (DDP's gradient averaging,
+        the stop check, the log's averages and checksums, the checkpoint's RNG gathering) come at the
+        same steps on every rank; rank 0 alone writes files.
+        """
+        cfg, main = self.cfg, self.dist.is_main
         metrics = self.run_dir / rundir.METRICS
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and main), unit="step",
+                   dynamic_ncols=True)
         t0, n0 = time.perf_counter(), self.step
-        with StopFlag() as stop, open(metrics, "a") as log:
-            while self.step < self.total_steps and not stop.signum:
+        # a signal seen by any rank stops every rank after the same step
+        with StopFlag() as stop, open(metrics, "a") if main else contextlib.nullcontext() as log:
+            while self.step < self.total_steps and not self.dist.max(stop.signum):
                 stats = self.train_step()
-                epoch_done = self.position + cfg.batch_size > len(self.order)  # the next batch starts an epoch
-                if epoch_done and not cfg.sample_every:
+                epoch_done = self.position + self.global_batch > len(self.order)  # the next batch starts an epoch
+                if main and epoch_done and not cfg.sample_every:
                     self.save_samples(f"epoch-{self.epoch + 1:04d}")
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_samples(f"step-{self.step:08d}")
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    extra = {}
+                    if self.dist.enabled:
+                        stats, extra = self.replica_row(stats)
                     dt = time.perf_counter() - t0
                     row = {k: round(float(v), 5) for k, v in stats.items()}
-                    row.update(step=self.step, epoch=self.epoch, images_per_s=round((self.step - n0) * cfg.batch_size / dt, 1))
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
+                    row.update(step=self.step, epoch=self.epoch,
+                               images_per_s=round((self.step - n0) * self.global_batch / dt, 1), **extra)
+                    if main:
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
                     bar.set_postfix(D=row["loss_d"], G=row["loss_g"], Dx=row["d_x"], DGz=row["d_g_z"],
                                     img_s=row["images_per_s"])
                     t0, n0 = time.perf_counter(), self.step
                 bar.update(1)
-                if self.checks and self.step % cfg.eval_every == 0:
+                if main and self.checks and self.step % cfg.eval_every == 0:
                     self.evaluate(log)
                 if self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
             bar.close()
-            if self.checks and self.best and self.last_eval_step != self.step:  # the last generator competes too
+            if main and self.checks and self.best and self.last_eval_step != self.step:  # the last generator competes too
                 self.evaluate(log)
             self.save_checkpoint()
-            self.save_generators()
-            self.save_samples("final")
-            save_loss_curve(metrics, self.run_dir / "loss.png")
-            return stop.signum
+            if main:
+                self.save_generators()
+                self.save_samples("final")
+                save_loss_curve(metrics, self.run_dir / "loss.png")
+            return self.dist.max(stop.signum)
 
     def write_config(self, extra: dict) -> None:
         atomic_write_json(self.run_dir / rundir.CONFIG, {**self.cfg.to_dict(), **extra})

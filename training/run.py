@@ -7,12 +7,22 @@ Examples:
   python -m training.run --config my.yaml --seed 3        # a JSON/YAML config; flags override it
   python -m training.run --resume runs/mnist --steps 6000 # continue a run (same weights as never stopping)
   python -m training.run --dry-run                        # one real iteration end to end (smoke test)
+
+Several GPUs (DistributedDataParallel; --batch-size is per process, the global batch N x it):
+  torchrun --nproc-per-node 4 -m training.run --image-size 64 --out runs/ddp4
+  torchrun --nproc-per-node 4 -m training.run --resume runs/ddp4 --steps 20000   # same N to resume
+  torchrun --nproc-per-node 2 -m training.run --device cpu --steps 100        # CPU processes (gloo)
+Several machines: the same command on each, with torchrun's rendezvous options, e.g. 2 nodes x 8 GPUs:
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
+      --rdzv-id dcgan1 -m training.run --data /shared/faces --image-size 64 --out /shared/runs/big
+  (--data on every node; rank 0 writes the run dir; --resume reads it on every node: share it)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 import time
@@ -46,7 +56,8 @@ HELP = {
             "--d-norm layernorm --dropout 0, each applied only where not set). " + COMBINATIONS_HELP,
     "unroll": "Unrolled GAN (Metz et al. 2016): G's loss through K differentiable Adam steps of a copy of D; "
               "0 = off; nonsaturating only. Each G step costs about K+1 D steps with double backward",
-    "batch_size": "images per step",
+    "batch_size": "images per step, per process: under torchrun each of the N processes trains on its own "
+                  "--batch-size images, so a step's global batch is N x --batch-size",
     "lr": "Adam learning rate (both networks)",
     "beta1": "Adam beta1",
     "beta2": "Adam beta2",
@@ -63,6 +74,11 @@ HELP = {
                   "coverage drops, and generator.* keeps the EMA generator with the best Frechet distance",
     "device": "auto (CUDA when present), cpu or cuda",
     "amp": "bfloat16 autocast on CUDA (CPU always runs float32)",
+    "sync_bn": "under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm; two all-reduces "
+               "per BatchNorm layer and forward). Off: each process normalises over its own --batch-size images, as a "
+               "single process at that batch does (and cheaper); consider it when that batch is small, where per-process "
+               "statistics get noisy. "
+               "No effect in a single process",
 }
 CHOICES = {"data_format": DATA_FORMATS, "arch": GENERATOR_ARCHS, "loss": LOSSES, "d_norm": DISCRIMINATOR_NORMS,
            "device": ("auto", "cpu", "cuda")}
@@ -115,8 +131,9 @@ def new_run_dir(out: str | None) -> Path:
 @cli_main
 def main(argv=None) -> int:
     ns, explicit = parse(argv)
-    from training.data import load_dataset  # torch imports after --help has been served
-    from training.loop import Trainer
+    from training import distributed  # torch imports after --help has been served
+    from training.data import load_dataset
+    from training.loop import Trainer, pick_device
 
     if ns.resume:
         run_dir = Path(ns.resume)
@@ -133,7 +150,7 @@ def main(argv=None) -> int:
         settings = {**(read_config_file(ns.config) if ns.config else {}), **explicit}
         # the loss's own defaults (e.g. wgan-gp: lr 1e-4, betas (0.5, 0.9)), only where nothing was set
         loss_defaults = {k: v for k, v in LOSS_DEFAULTS.get(settings.get("loss"), {}).items() if k not in settings}
-        if loss_defaults:
+        if loss_defaults and os.environ.get("RANK", "0") == "0":  # under torchrun, said once
             print(f"--loss {settings['loss']} defaults: " + ", ".join(f"{k}={v}" for k, v in loss_defaults.items()))
         cfg = TrainConfig.from_dict({**loss_defaults, **settings}, ns.config or "flags")
         if ns.dry_run:
@@ -142,20 +159,31 @@ def main(argv=None) -> int:
         command = []
     command = command + [shlex.join(["python", "-m", "training.run", *(sys.argv[1:] if argv is None else argv)])]
 
-    channels = cfg.channels or (1 if cfg.data == "mnist" or cfg.data_format in ("mnist", "idx") else 3)
-    data = load_dataset(cfg.data, cfg.data_format, cfg.image_size, channels)
-    if not ns.resume:
-        run_dir = new_run_dir(ns.out)
-    trainer = Trainer(cfg, data, run_dir)
-    if ns.resume:
-        trainer.resume()
-    trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data)})
-    print(f"run dir: {run_dir}  ({len(data)} images, {trainer.total_steps} steps of {cfg.batch_size}, "
-          f"device {trainer.device}, resuming at step {trainer.step})", flush=True)
-    signum = trainer.fit(progress=not ns.quiet)
+    # one process, or this process's rank of the job torchrun started (training/distributed.py)
+    dist = distributed.setup(pick_device(cfg.device))
+    try:
+        channels = cfg.channels or (1 if cfg.data == "mnist" or cfg.data_format in ("mnist", "idx") else 3)
+        data = load_dataset(cfg.data, cfg.data_format, cfg.image_size, channels)
+        if not ns.resume:  # rank 0 creates it; the others learn its name (it holds rank 0's clock time)
+            run_dir = Path(dist.broadcast_text(str(new_run_dir(ns.out)) if dist.is_main else None))
+        trainer = Trainer(cfg, data, run_dir, dist)
+        if ns.resume:
+            trainer.resume()
+        if dist.is_main:
+            world = {"world_size": dist.world_size} if dist.enabled else {}
+            trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data), **world})
+            batch = f"{dist.world_size} processes x {cfg.batch_size}" if dist.enabled else f"{cfg.batch_size}"
+            print(f"run dir: {run_dir}  ({len(data)} images, {trainer.total_steps} steps of {batch}, "
+                  f"device {trainer.device}, resuming at step {trainer.step})", flush=True)
+        signum = trainer.fit(progress=not ns.quiet)
+    finally:
+        distributed.close(dist)
+    if not dist.is_main:
+        return 128 + signum if signum else 0
     if signum:
+        launcher = f"torchrun ... ({dist.world_size} processes) -m" if dist.enabled else "python -m"
         print(f"stopped by signal {signum} at step {trainer.step}; checkpoint written. "
-              f"Continue with: python -m training.run --resume {run_dir}", file=sys.stderr)
+              f"Continue with: {launcher} training.run --resume {run_dir}", file=sys.stderr)
         return 128 + signum
     print(f"done: {trainer.step} steps. generator: {run_dir / (rundir.GENERATOR + '.safetensors')}  "
           f"samples: {run_dir / rundir.SAMPLES}")
