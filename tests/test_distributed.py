@@ -136,7 +136,11 @@ def test_resume_under_torchrun_is_bit_exact(tmp_path, capsys):
     assert len(err) == 1 and "written by 2 process(es)" in err[0], err
 
 
-def test_sync_batchnorm_is_refused_on_cpu():
+def test_sync_batchnorm_refused_where_it_cannot_work(capsys):
     with pytest.raises(UserError, match="CUDA only"):
-        check_sync_batchnorm(Dist(rank=0, world_size=2))
+        check_sync_batchnorm(Dist(rank=0, world_size=2))  # what a torchrun rank on CPU is
     check_sync_batchnorm(Dist())  # one process: nothing to synchronise, nothing refused
+    # unrolling differentiates through D's backward, which SyncBatchNorm cannot
+    with pytest.raises(SystemExit) as exit_:
+        main(["--sync-bn", "--unroll", "2", "--steps", "1"])
+    assert exit_.value.code == 2 and "--d-norm layernorm" in capsys.readouterr().err

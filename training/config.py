@@ -68,6 +68,11 @@ class TrainConfig:
         if self.eval_every < 0:
             raise UserError(f"--eval-every must be >= 0, got {self.eval_every}")
         check_combination(self.loss, self.unroll, self.d_norm)
+        if self.sync_bn and self.unroll and self.d_norm == "batchnorm":
+            # unrolling differentiates D's gradient; SyncBatchNorm's backward is not differentiable
+            # (pytorch/pytorch#61222: "derivative for batch_norm_backward_elemt is not implemented")
+            raise UserError("--sync-bn with --unroll needs a discriminator without BatchNorm (SyncBatchNorm has no "
+                            "double backward); add --d-norm layernorm, or leave --sync-bn off")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, got {self.device}")
         return self
