@@ -43,6 +43,9 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # a gloo group beside NCCL for the per-step stop check: a CPU all-reduce does not wait for the
+    # GPU, where an NCCL one read back by .item() would stall the CPU on every step. None: the default group
+    control: td.ProcessGroup | None = None
 
     @property
     def enabled(self) -> bool:
@@ -65,8 +68,8 @@ class Dist:
         """The largest of the ranks' values (a signal seen by any rank stops them all at the same step)."""
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        td.all_reduce(t, op=td.ReduceOp.MAX)
+        t = torch.tensor([value], dtype=torch.int64)
+        td.all_reduce(t, op=td.ReduceOp.MAX, group=self.control)
         return int(t.item())
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
@@ -102,10 +105,6 @@ class Dist:
         names = ["torch", "cuda"][: len(parts)]
         return [dict(zip(names, s.split([p.numel() for p in parts]))) for s in states]
 
-    def barrier(self) -> None:
-        if self.enabled:
-            td.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
 
 def rank_seed(seed: int, rank: int) -> int:
     """Seed of rank `rank`'s global RNG (dropout, WGAN-GP's mixing weights): a fixed function of the run seed."""
@@ -139,8 +138,9 @@ def setup(device: torch.device) -> Dist:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     # NCCL reduces on the GPU itself; gloo is PyTorch's CPU backend
-    td.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return Dist(rank, world, local, device)
+    nccl = device.type == "cuda"
+    td.init_process_group("nccl" if nccl else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world, local, device, td.new_group(backend="gloo") if nccl else None)
 
 
 def close(dist: Dist) -> None:
