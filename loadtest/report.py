@@ -21,6 +21,13 @@ def level(report: dict, target: str, n_mix: str, users: int) -> dict | None:
     return None
 
 
+def best_baseline(report: dict, n_mix: str, users: int | None) -> dict | None:
+    """The fastest baseline (any thread setting) at this level, or at its own saturated level when users is None."""
+    names = [t["name"] for t in report["targets"] if t["name"].startswith(BASELINE)]
+    found = [(name, saturated(report, name, n_mix) if users is None else level(report, name, n_mix, users)) for name in names]
+    return max(({**lv, "target": name} for name, lv in found if lv), key=lambda lv: lv["images_per_s"], default=None)
+
+
 def saturated(report: dict, target: str, n_mix: str) -> dict | None:
     """The level with the most images/s: the target's saturated throughput for this mix."""
     levels = [lv for t in report["targets"] if t["name"] == target for lv in t["levels"] if lv["n_mix"] == n_mix]
@@ -41,7 +48,8 @@ def _ratio_goal(name: str, target: str, ours: dict | None, other: dict | None, f
     if not (ours and other and other["images_per_s"] > 0):
         return _goal(name, target, None, False, missing)
     ratio = ours["images_per_s"] / other["images_per_s"]
-    measured = f"{ratio:.2f}x ({ours['images_per_s']:,.0f} at {ours['users']} users vs {other['images_per_s']:,.0f} at {other['users']})"
+    versus = f"{other['target']}: " if "target" in other else ""
+    measured = f"{ratio:.2f}x ({ours['images_per_s']:,.0f} at {ours['users']} users vs {versus}{other['images_per_s']:,.0f} at {other['users']})"
     met = ratio >= factor
     if p99:
         a, b = ours["p99_ms"], other["p99_ms"]
@@ -57,9 +65,9 @@ def goals(report: dict) -> list[dict]:
     capped = [t["name"] for t in report["targets"] if t["name"].startswith(MAXBATCH)]
     off_name = min(capped, key=lambda name: int(name[len(MAXBATCH):]), default=None)  # the closest to batching off
     out = [
-        _ratio_goal(f"vs baseline, n=1 at {GOAL_USERS} users", ">= 1.5x images/s and lower p99", ours1,
-                    level(report, BASELINE, "1", GOAL_USERS), 1.5, "lower", f"needs --baseline and a {GOAL_USERS}-user level with --mix 1"),
-        _ratio_goal("vs baseline, n=16 saturated (best level of each)", ">= 1.0x images/s", ours16, saturated(report, BASELINE, "16"),
+        _ratio_goal(f"vs the fastest baseline, n=1 at {GOAL_USERS} users", ">= 1.5x images/s and lower p99", ours1,
+                    best_baseline(report, "1", GOAL_USERS), 1.5, "lower", f"needs --baseline and a {GOAL_USERS}-user level with --mix 1"),
+        _ratio_goal("vs the fastest baseline, n=16 saturated (best level of each)", ">= 1.0x images/s", ours16, best_baseline(report, "16", None),
                     1.0, None, "needs --baseline and --mix 16"),
         _ratio_goal(f"batching on vs {off_name or 'off'}, n=1 at {GOAL_USERS} users", ">= 3x images/s, p99 no worse", ours1,
                     off_name and level(report, off_name, "1", GOAL_USERS), 3.0, "no worse",

@@ -67,6 +67,19 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _baseline_threads(text: str) -> int | None:
+    """'default' -> None (torch's own choice), else a thread count >= 1."""
+    if text.strip() == "default":
+        return None
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise UserError(f"--baseline-threads entry {text!r} is neither 'default' nor a number >= 1")
+    return threads
+
+
 def parse_args(argv):
     parser = OneLineErrorParser(
         prog="python -m loadtest.run",
@@ -94,8 +107,10 @@ def parse_args(argv):
     parser.add_argument("--baseline", nargs="?", const="", metavar="MODEL",
                         help="also sweep the FastAPI + torch eager baseline (loadtest/baseline.py) serving MODEL, a run dir "
                         "or an artifact (default: the served artifact's generator.pt2)")
-    parser.add_argument("--baseline-threads", type=int, metavar="N",
-                        help="torch threads in the baseline (default: torch's, one per core; on a busy machine 1 is far faster)")
+    parser.add_argument("--baseline-threads", default="default,1", metavar="LIST",
+                        help="torch intra-op threads of the baselines, one baseline per entry: 'default' (torch's, one per core) "
+                        "or a number; the goals compare with the fastest at each level, since torch's own threads collapse "
+                        "when another process (locust) wants the same cores (default: %(default)s)")
     parser.add_argument("--compare-max-batch", type=int, metavar="N", action="append", default=[],
                         help="also sweep our service with DCGAN_MAX_BATCH=N (repeatable); 2 is the least BentoML's batchable "
                         "API accepts, the closest to batching off; the batching goal compares against the smallest N")
@@ -110,6 +125,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.users = sorted(set(_int_list(args.users, "--users")))
     args.mixes = args.mixes or ["1", "16"]
+    args.baseline_threads = [_baseline_threads(v) for v in args.baseline_threads.split(",")]
     for mix in args.mixes:
         try:
             parse_n_mix(mix)
@@ -213,10 +229,12 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
                                   "fp32", logs / "bentoml-fp32.log", {})))
     if args.baseline is not None and not args.soak:
         model = Path(args.baseline) if args.baseline else args.artifact
-        threads = f" --threads {args.baseline_threads}" if args.baseline_threads else ""
-        targets.append(Target(reporting.BASELINE, "baseline (FastAPI + torch eager)", f"`python -m loadtest.baseline {model}{threads}`: "
-                              "one process, the model run inline in an async handler, one request at a time, no batching",
-                              lambda: serve_baseline(model, logs / "baseline.log", args.baseline_threads)))
+        for threads in dict.fromkeys(args.baseline_threads):
+            suffix, option = ("", "") if threads is None else (f"-t{threads}", f" --threads {threads}")
+            targets.append(Target(reporting.BASELINE + suffix, f"baseline (FastAPI + torch eager, {threads or 'default'} threads)",
+                                  f"`python -m loadtest.baseline {model}{option}`: one process, the model run inline in an async "
+                                  "handler, one request at a time, no batching",
+                                  lambda threads=threads, suffix=suffix: serve_baseline(model, logs / f"baseline{suffix}.log", threads)))
     return targets
 
 

@@ -104,6 +104,7 @@ def test_response_check_accepts_only_well_formed_bodies():
     (["--host", "ftp://127.0.0.1"], "not an http(s) URL"),
     (["--mix", "1:x"], "n or n:weight"),
     (["--users", "4,0"], ">= 1"),
+    (["--baseline-threads", "default,0"], "neither 'default' nor a number"),
     (["--artifact", "/nonexistent"], "no model artifact"),
     (["--host", "http://127.0.0.1:9", "--compare-max-batch", "2"], "cannot be used with --host"),
     (["--host", "http://localhost:9", "--soak", "1"], "cannot be used with --host"),
@@ -138,12 +139,12 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 def test_smoke_sweep_writes_a_faithful_report(service_artifact, tmp_path):
     out = tmp_path / "report"
     done = _run(["--artifact", str(service_artifact), "--users", "2", "--mix", "2", "--duration", "3", "--warmup", "1",
-                 "--ceiling", "none", "--baseline", "--out", str(out)])
+                 "--ceiling", "none", "--baseline", "--baseline-threads", "1", "--out", str(out)])
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("report.json", "report.md", "sweep.png"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
-    assert [t["name"] for t in report["targets"]] == ["bentoml", "baseline"]
+    assert [t["name"] for t in report["targets"]] == ["bentoml", "baseline-t1"]
     for target in report["targets"]:
         (lv,) = target["levels"]
         assert (lv["users"], lv["n_mix"], lv["failures"]) == (2, "2", 0)
