@@ -14,6 +14,8 @@ the run seed; DDP averages their gradients, so their weights stay identical. How
             --sync-bn converts to SyncBatchNorm (statistics of the global batch; CUDA only).
   writing   rank 0 alone writes config, metrics, samples, evaluations, checkpoints and generators.
   resume    every rank loads the checkpoint; rank 0 gathers every rank's global RNG state into it.
+  checks    at each log step the losses are averaged over ranks and every rank's weight checksum is
+            logged (metrics.jsonl: replica_checksums); ranks that disagree stop the run.
 
 WORLD_SIZE 1 (or no torchrun) is the plain single-process trainer, bit for bit.
 """
@@ -128,7 +130,8 @@ def setup(device: torch.device) -> Dist:
         return Dist(device=device)
     missing = [n for n in _ENV if n not in os.environ]
     if missing:
-        raise UserError(f"WORLD_SIZE is set but {', '.join(missing)} is not; launch with torchrun --nproc-per-node N -m training.run")
+        raise UserError(f"WORLD_SIZE is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not; "
+                        "launch with torchrun --nproc-per-node N -m training.run")
     rank, world, local = (_env_int(n) for n in _ENV)
     if device.type == "cuda":
         count = torch.cuda.device_count()
