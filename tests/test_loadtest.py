@@ -176,3 +176,13 @@ def test_smoke_soak_samples_every_server_process(service_artifact, tmp_path):
         rows = list(csv.DictReader(f))
     assert len({r["t_s"] for r in rows}) >= 2 and all(int(r["rss_bytes"]) > 0 for r in rows)
     assert soak["first_mib"] > 0 and (out / "soak_rss.png").stat().st_size > 0
+
+
+def test_fp32_artifact_drops_only_the_fp16_model_and_still_verifies(service_artifact, tmp_path):
+    from export.artifact import ONNX, ONNX_FP16, verify
+
+    source = verify(service_artifact)["files"]
+    derived = run.fp32_artifact(service_artifact, tmp_path)
+    files = verify(derived)["files"]  # hashes of everything left still match
+    assert ONNX in files and ONNX_FP16 not in files and set(files) == set(source) - {ONNX_FP16}
+    assert run.fp32_artifact(service_artifact, tmp_path) == derived  # made once, reused for the next n mix
