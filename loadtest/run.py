@@ -231,7 +231,7 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
         model = Path(args.baseline) if args.baseline else args.artifact
         for threads in dict.fromkeys(args.baseline_threads):
             suffix, option = ("", "") if threads is None else (f"-t{threads}", f" --threads {threads}")
-            targets.append(Target(reporting.BASELINE + suffix, f"baseline (FastAPI + torch eager, {threads or 'default'} threads)",
+            targets.append(Target(reporting.BASELINE + suffix, "baseline (FastAPI + torch eager, " + ("torch's threads)" if threads is None else f"{threads} thread{'s' * (threads > 1)})"),
                                   f"`python -m loadtest.baseline {model}{option}`: one process, the model run inline in an async "
                                   "handler, one request at a time, no batching",
                                   lambda threads=threads, suffix=suffix: serve_baseline(model, logs / f"baseline{suffix}.log", threads)))
