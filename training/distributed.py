@@ -97,6 +97,10 @@ class Dist:
         td.broadcast(data, src=0)
         return bytes(data.cpu().tolist()).rstrip(b"\0").decode()
 
+    def barrier(self) -> None:
+        if self.enabled:
+            td.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     def rng_states(self) -> list[dict[str, torch.Tensor]]:
         """Every rank's global RNG state (CPU, and CUDA on GPUs), in rank order."""
         cpu = torch.get_rng_state()  # (5056,) uint8

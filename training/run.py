@@ -176,6 +176,8 @@ def main(argv=None) -> int:
             print(f"run dir: {run_dir}  ({len(data)} images, {trainer.total_steps} steps of {batch}, "
                   f"device {trainer.device}, resuming at step {trainer.step})", flush=True)
         signum = trainer.fit(progress=not ns.quiet)
+        # rank 0 writes last; a rank that tore the process group down before it got there aborts (gloo)
+        dist.barrier()
     finally:
         distributed.close(dist)
     if not dist.is_main:
