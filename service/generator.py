@@ -2,8 +2,8 @@
 
 It is the only service that asks for a GPU. Requests from every client of the entry service meet
 here: BentoML's dispatcher concatenates their latents along the batch axis (up to DCGAN_MAX_BATCH
-images, waiting at most what its latency model predicts fits DCGAN_MAX_LATENCY_MS) and runs one
-ONNX Runtime call. A request that cannot be served within that budget is shed with 503.
+images; an idle model waits at most DCGAN_MAX_BATCH_WAIT_MS for more, see service/batching.py) and
+runs one ONNX Runtime call. A request that cannot be served within DCGAN_MAX_LATENCY_MS is shed with 503.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
 from export.artifact import to_uint8
+from service.batching import bound_batch_wait
 from service.model_source import GeneratorModel, verified_manifest
 from service.runtime import open_runtime, warm_up
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
 MODEL = GeneratorModel(SETTINGS.model_tag, default_artifact=SETTINGS.default_artifact)
+bound_batch_wait(SETTINGS.max_batch_wait_ms)  # before BentoML builds this service's dispatcher
 
 
 class OneLineWhenShedding(logging.Filter):
@@ -82,5 +84,9 @@ class Generator:
             "provider": self.runtime.provider,
             "model_file": self.runtime.model_file,
             "ort_threads": self.runtime.threads,
-            "batching": {"max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms},
+            "batching": {
+                "max_batch_size": SETTINGS.max_batch_size,
+                "max_latency_ms": SETTINGS.max_latency_ms,
+                "max_batch_wait_ms": SETTINGS.max_batch_wait_ms,
+            },
         }

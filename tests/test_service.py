@@ -238,7 +238,7 @@ def test_info_reports_manifest_provider_and_batching(service_url, manifest):
     assert info["model"] == post(service_url, "/sample", {"seed": 1}).json()["model"]
     assert info["provider"] in ort.get_available_providers()
     assert info["model_file"] in manifest["files"]
-    assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000}
+    assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000, "max_batch_wait_ms": 10}
     assert info["limits"]["max_n"] == 64
     assert info["latents"] == manifest["model"]["latents"]
 
