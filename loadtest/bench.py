@@ -19,7 +19,6 @@ images/s is reported (noise from other processes only slows a window down).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.artifact import EXPORTED_PROGRAM, ONNX, ONNX_FP16, TORCHSCRIPT, ArtifactError, verify
+from service.runtime import cuda_driver_present, open_runtime  # torch-free: the session the service serves with
 from training.errors import OneLineErrorParser, UserError, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,6 @@ def _ort_numpy(session: ort.InferenceSession, model: Model, batches, seconds) ->
 
 
 def bench_ort_service(model: Model, batches, seconds):
-    from service.runtime import open_runtime  # torch-free; the exact session the service serves with
 
     cores = len(os.sched_getaffinity(0))
     rt = open_runtime(model.artifact, model.manifest, int(os.environ.get("DCGAN_ORT_THREADS") or cores))
@@ -135,19 +134,10 @@ def bench_ort_cpu(model: Model, batches, seconds):
     return _ort_numpy(session, model, batches, seconds)
 
 
-def _cuda_driver_present() -> bool:
-    """onnxruntime-gpu lists CUDA as available everywhere; without a driver, trying it only prints errors."""
-    try:
-        ctypes.CDLL("libcuda.so.1")
-        return True
-    except OSError:
-        return False
-
-
 def _cuda_session(path: Path, options: dict | None = None) -> ort.InferenceSession | str:
     if CUDA not in ort.get_available_providers():
         return "this onnxruntime build has no CUDA provider"
-    if not _cuda_driver_present():
+    if not cuda_driver_present():
         return "no GPU driver (libcuda.so.1) on this machine"
     session = ort.InferenceSession(str(path), providers=[(CUDA, options or {}), "CPUExecutionProvider"])
     if session.get_providers()[0] != CUDA:

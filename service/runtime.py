@@ -28,7 +28,7 @@ class Runtime:
     output_name: str
 
 
-def _cuda_driver_present() -> bool:
+def cuda_driver_present() -> bool:
     """onnxruntime-gpu lists CUDA as available on any machine; without a driver, trying it only logs errors."""
     try:
         ctypes.CDLL("libcuda.so.1")
@@ -50,7 +50,7 @@ def _cpu_options(threads: int) -> ort.SessionOptions:
 
 def open_runtime(model_dir: Path, manifest: dict, cpu_threads: int) -> Runtime:
     files = manifest["files"]
-    if CUDA in ort.get_available_providers() and _cuda_driver_present():
+    if CUDA in ort.get_available_providers() and cuda_driver_present():
         name = ONNX_FP16 if ONNX_FP16 in files else ONNX
         # The CUDA provider has no library path to CUDA/cuDNN installed as pip wheels
         # (onnxruntime-gpu[cuda,cudnn], as in the bento image): load them first.
