@@ -231,7 +231,9 @@ def test_bento_holds_only_serving_code(built):
     src = built.path / "src"
     files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     service = {f for f in files if f.startswith("service/")}
-    assert "service/entry.py" in service and all(f.endswith(".py") for f in service), service
+    page = {f"service/page/{p.name}" for p in (ROOT / "service" / "page").iterdir() if p.is_file()}
+    assert "service/entry.py" in service and page <= service, service
+    assert all(f.endswith(".py") for f in service - page), service  # code, plus the page's static files
     assert files - service == SERVING_EXPORT_FILES | {"bentofile.yaml"}
 
 
@@ -305,6 +307,11 @@ def test_probe_paths_of_the_manifests_answer(server):
         assert get["port"] == "http"
         r = httpx.get(server.url + get["path"], timeout=10)
         assert r.status_code == 200, (probe, r.status_code, r.text)
+
+
+def test_the_page_is_served_from_the_bento(server):
+    r = httpx.get(server.url + "/ui/", timeout=10)
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"], (r.status_code, r.text[:200])
 
 
 def test_sample_is_what_onnx_runtime_makes_from_the_packed_model(server, built):
