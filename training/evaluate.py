@@ -98,10 +98,10 @@ class CoverageMonitor:
 
 
 def format_table(rows: dict[str, dict], floor_fd: float) -> str:
-    lines = [f"{'':<26} {'classes':>7} {'class KL':>9} {'score':>7} {'FD':>9} {'FD/floor':>9} {'step':>6}",
-             "-" * 80]
+    lines = [f"{'':<30} {'classes':>7} {'class KL':>9} {'score':>7} {'FD':>9} {'FD/floor':>9} {'step':>6}",
+             "-" * 84]
     for name, f in rows.items():
-        lines.append(f"{name:<26} {f['classes']:>4}/10 {f['class_kl']:>9.4f} {f['score']:>7.3f} {f['fd']:>9.3f} "
+        lines.append(f"{name:<30} {f['classes']:>4}/10 {f['class_kl']:>9.4f} {f['score']:>7.3f} {f['fd']:>9.3f} "
                      f"{f['fd'] / floor_fd:>8.2f}x {str(f.get('step', '')):>6}")
     return "\n".join(lines)
 
