@@ -14,6 +14,14 @@ from training.metrics import mixture_figures
 from training.toy import METHODS, ToyConfig, main, mixture, sample_mixture, train_toy
 
 
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The toy CLI sets torch's thread count for its process; calling it in-process must not leak that."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
 def test_mixture_figures_known_answers():
     centers, std = mixture("ring")
     assert centers.shape == (8, 2) and torch.allclose(centers.norm(dim=1), torch.full((8,), 2.0))
