@@ -1,9 +1,12 @@
 """Read what BentoML's /metrics page (Prometheus text format) says about a load level.
 
 Two scrapes, before and after a level, give over that level:
-  - requests per batch: the generator's adaptive batch size histogram observes, for every ONNX
-    Runtime call, how many requests (or pieces of split requests) its dispatcher merged into it;
-  - images per batch: generate calls answered x images per request / ONNX Runtime calls;
+  - requests per batch: client requests answered (the entry's /sample) / ONNX Runtime calls, where
+    the calls are counted by the generator's adaptive batch size histogram (one observation per
+    batched call), or by its /generate calls when batching is off;
+  - images per batch: that x the mean images per request;
+  - requests per generator call: /sample / /generate, how many requests the entry merged into
+    each internal call (service/coalesce.py);
   - server-side mean duration of each endpoint: the entry's /sample (everything the server does)
     and the generator's /generate (queueing for a batch + inference + its own HTTP handling).
 """
@@ -44,14 +47,20 @@ def parse(metrics_text: str) -> Scrape:
     return Scrape(batch["sum"], batch["count"], has_batching, {k: (v[0], v[1]) for k, v in durations.items()})
 
 
+def _count(before: Scrape, after: Scrape, endpoint: str) -> float:
+    return after.durations.get(endpoint, (0.0, 0.0))[1] - before.durations.get(endpoint, (0.0, 0.0))[1]
+
+
 def level_figures(before: Scrape, after: Scrape, mean_n: float) -> dict:
     """What happened between two scrapes: batch sizes and server-side mean durations (None where nothing happened)."""
-    calls = after.batch_calls - before.batch_calls
-    figures = {"mean_batch_requests": None, "mean_batch_images": None}
-    if after.has_batching and calls > 0:
-        figures["mean_batch_requests"] = (after.batch_requests - before.batch_requests) / calls
-        generated = after.durations.get("/generate", (0, 0))[1] - before.durations.get("/generate", (0, 0))[1]
-        figures["mean_batch_images"] = generated * mean_n / calls
+    requests, generate_calls = _count(before, after, "/sample"), _count(before, after, "/generate")
+    ort_calls = after.batch_calls - before.batch_calls if after.has_batching else generate_calls
+    figures = {"mean_batch_requests": None, "mean_batch_images": None, "requests_per_generator_call": None}
+    if ort_calls > 0 and requests > 0:
+        figures["mean_batch_requests"] = requests / ort_calls
+        figures["mean_batch_images"] = requests * mean_n / ort_calls
+    if generate_calls > 0 and requests > 0:
+        figures["requests_per_generator_call"] = requests / generate_calls
     for endpoint, key in (("/sample", "server_sample_ms"), ("/generate", "server_generate_ms")):
         s0, c0 = before.durations.get(endpoint, (0.0, 0.0))
         s1, c1 = after.durations.get(endpoint, (0.0, 0.0))

@@ -100,13 +100,14 @@ def _cores(lv: dict, key: str) -> str:
 
 def _row(target: dict, lv: dict, ceiling: dict | None) -> str:
     batch = "-" if lv.get("mean_batch_requests") is None else f"{lv['mean_batch_requests']:.1f} ({lv['mean_batch_images']:.0f} img)"
+    merged = "-" if lv.get("requests_per_generator_call") is None else f"{lv['requests_per_generator_call']:.1f}"
     cpu_ms = "-" if lv.get("server_cpu_ms_per_request") is None else f"{lv['server_cpu_ms_per_request']:.1f}"
     workers = [lv["server_cpu_ms_per_request_by_process"].get(f"worker {w}") for w in ("dcgan", "generator")]
     if None not in workers:
         cpu_ms += f" ({workers[0]:.1f} + {workers[1]:.1f})"
     share = f"{lv['images_per_s'] / ceiling['images_per_s']:.0%}" if ceiling else "-"
     return (f"| {target['label']} | {lv['n_mix']} | {lv['users']} | {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} | {share} | "
-            f"{_ms(lv['p50_ms'])} | {_ms(lv['p95_ms'])} | {_ms(lv['p99_ms'])} | {lv['failures']} | {batch} | "
+            f"{_ms(lv['p50_ms'])} | {_ms(lv['p95_ms'])} | {_ms(lv['p99_ms'])} | {lv['failures']} | {batch} | {merged} | "
             f"{_cores(lv, 'server_cpu_s')} / {_cores(lv, 'locust_cpu_s')} | {cpu_ms} | {_ms(lv.get('server_sample_ms'))} | "
             f"{_ms(lv.get('server_generate_ms'))} | {lv['load_avg_1m_before']:.1f} |")
 
@@ -128,7 +129,9 @@ def markdown(report: dict) -> str:
         f"Each level: {report['settings']['duration_s']:g} s of closed-loop users (no think time) after every user has started; "
         f"a {report['settings']['warmup_s']:g} s warm-up per server is not counted. Latency percentiles are locust's "
         "(rounded to 2 significant digits above 100 ms). Batch sizes and server-side durations come from the server's "
-        "/metrics (BentoML's `bentoml_service_adaptive_batch_size` and `bentoml_service_request_duration_seconds`); "
+        "/metrics (BentoML's `bentoml_service_adaptive_batch_size` and `bentoml_service_request_duration_seconds`): "
+        "requests per batch are client requests per ONNX Runtime call; requests per generator call, how many the entry "
+        "merged into each internal call; "
         "`/generate` is the generator's time per internal call: waiting for its batch, inference, its own HTTP handling.",
     ]
     if report.get("interrupted"):
@@ -139,8 +142,8 @@ def markdown(report: dict) -> str:
             "## Sweep",
             "",
             "| server | n | users | req/s | images/s | of ceiling | p50 | p95 | p99 | failures | requests (images) per batch "
-            "| cores busy: server / locust | server CPU ms/request (entry + generator) | server-side /sample | of which /generate | load avg |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| requests per generator call | cores busy: server / locust | server CPU ms/request (entry + generator) | server-side /sample | of which /generate | load avg |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for target in report["targets"]:
             lines += [_row(target, lv, ceiling) for lv in target["levels"]]

@@ -1,6 +1,6 @@
 """`python -m loadtest.run`: start the service, sweep concurrent users with locust, write a report.
 
-    python -m loadtest.run --baseline --compare-max-batch 2 --out loadtest/results
+    python -m loadtest.run --baseline --compare-max-batch 1 --out loadtest/results
 
 For each server (ours; optionally ours with a capped batch size, ours in fp32, the FastAPI
 baseline), one after another so they never share the cores: start it on a free loopback port,
@@ -89,7 +89,7 @@ def parse_args(argv):
         "Servers it started are stopped at the end, also on Ctrl-C.",
         epilog="examples:\n"
         "  python -m loadtest.run --users 2 --duration 5 --mix 1 --ceiling none   # a quick look\n"
-        "  python -m loadtest.run --baseline --compare-max-batch 2 --out loadtest/results   # the full comparison\n"
+        "  python -m loadtest.run --baseline --compare-max-batch 1 --out loadtest/results   # the full comparison\n"
         "  python -m loadtest.run --soak 10 --out out/soak   # memory over 10 minutes at moderate load",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -112,8 +112,8 @@ def parse_args(argv):
                         "or a number; the goals compare with the fastest at each level, since torch's own threads collapse "
                         "when another process (locust) wants the same cores (default: %(default)s)")
     parser.add_argument("--compare-max-batch", type=int, metavar="N", action="append", default=[],
-                        help="also sweep our service with DCGAN_MAX_BATCH=N (repeatable); 2 is the least BentoML's batchable "
-                        "API accepts, the closest to batching off; the batching goal compares against the smallest N")
+                        help="also sweep our service with DCGAN_MAX_BATCH=N (repeatable); 1 is batching off (no merging at "
+                        "the entry, no batchable API); the batching goal compares against the smallest N")
     parser.add_argument("--compare-fp32", action="store_true",
                         help="on a GPU, also sweep our service on the fp32 model (it serves generator.fp16.onnx on CUDA)")
     parser.add_argument("--ceiling", default="run", metavar="run|none|PATH",
@@ -220,8 +220,9 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
         targets = [Target(reporting.OURS, "ours (BentoML, adaptive batching)", "`bentoml serve service:svc`, settings from the "
                           "environment (defaults unless DCGAN_* are set)", ours(reporting.OURS, art, {}))]
         for n in sorted(set(args.compare_max_batch)) if not args.soak else []:
-            targets.append(Target(f"{reporting.MAXBATCH}{n}", f"ours, max batch {n}",
-                                  f"the same service with DCGAN_MAX_BATCH={n}: at most {n} images per ONNX Runtime call",
+            targets.append(Target(f"{reporting.MAXBATCH}{n}", "ours, batching off" if n == 1 else f"ours, max batch {n}",
+                                  f"the same service with DCGAN_MAX_BATCH={n}: " + ("each request its own generator call and ONNX "
+                                  "Runtime call" if n == 1 else f"at most {n} images per ONNX Runtime call"),
                                   ours(f"{reporting.MAXBATCH}{n}", art, {"DCGAN_MAX_BATCH": str(n)})))
         if args.compare_fp32 and not args.soak:
             targets.append(Target(f"{reporting.OURS}-fp32", "ours, fp32", "the same service on the artifact without "

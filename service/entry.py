@@ -13,7 +13,8 @@
     GET  /                                       -> redirect to /ui/ (BentoML's Swagger UI is at /docs)
     GET  /livez /readyz /metrics                 -> BentoML's probes and Prometheus metrics
 
-Every call into the generator goes through `_images`, which absorbs BentoML's pooled-connection
+Every call into the generator goes through `_images`, which merges concurrent requests into shared
+generator calls (service/coalesce.py); each such call absorbs BentoML's pooled-connection
 resets (the call is idempotent) and turns generator overload into 503 + Retry-After.
 """
 
@@ -39,6 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from export.artifact import LATENTS, latents_for_seed
+from service.coalesce import Coalescer
 from service.generator import Generator
 from service.http_guard import RETRY_AFTER_S, AdmissionLimit, RequestGuard
 from service.images import animation_bytes, grid, png_bytes
@@ -150,6 +152,8 @@ class DCGAN:
 
     def __init__(self) -> None:
         self._described: dict | None = None  # the generator's describe(), fetched once
+        # Concurrent requests share generator calls (service/coalesce.py); the generator batches across workers.
+        self._merged = Coalescer(self._call_generator, SETTINGS.max_batch_size, SETTINGS.generator_calls)
 
     async def _describe(self) -> dict:
         if self._described is None:
@@ -171,6 +175,11 @@ class DCGAN:
             "latents": LATENTS,
             "pixels": "uint8 = clip(round((x + 1) * 127.5), 0, 255), NHWC",
             "interpolation": "slerp(latents_for_seed(seed_a, 1, nz)[0], latents_for_seed(seed_b, 1, nz)[0], k / (steps - 1))",
+            "merging": {
+                "generator_calls_in_flight": SETTINGS.generator_calls,
+                "generator_calls": self._merged.calls,
+                "requests": self._merged.requests,
+            },
             "limits": {
                 "max_n": SETTINGS.max_n,
                 "max_steps": MAX_STEPS,
@@ -187,7 +196,11 @@ class DCGAN:
         return await self._images(latents_for_seed(seed, n, await self._nz()))  # latents (n, nz)
 
     async def _images(self, latents: np.ndarray) -> np.ndarray:
-        """(B, nz) float32 latents -> (B, H, W, C) uint8 images from the batched generator."""
+        """(B, nz) float32 latents -> (B, H, W, C) uint8 images, in a generator call shared with concurrent requests."""
+        return await self._merged(latents)
+
+    async def _call_generator(self, latents: np.ndarray) -> np.ndarray:
+        """One call of the batched generator: (B, nz) float32 latents -> (B, H, W, C) uint8 images."""
         for attempt in range(1, RETRIES + 2):
             try:
                 return await self.generator.to_async.generate(latents)

@@ -24,6 +24,11 @@ from service.settings import SETTINGS
 logger = logging.getLogger("bentoml.dcgan")
 MODEL = GeneratorModel(SETTINGS.model_tag, default_artifact=SETTINGS.default_artifact)
 bound_batch_wait(SETTINGS.max_batch_wait_ms)  # before BentoML builds this service's dispatcher
+BATCHING = (
+    {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
+    if SETTINGS.max_batch_size > 1
+    else {"batchable": False}
+)
 
 
 class OneLineWhenShedding(logging.Filter):
@@ -68,7 +73,8 @@ class Generator:
             "serving %s (%s) on %s, threads=%s", self.tag, self.runtime.model_file, self.runtime.provider, self.runtime.threads
         )
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    # DCGAN_MAX_BATCH=1 turns batching off (BentoML's batchable API needs a cap of 2 or more): each call runs alone.
+    @bentoml.api(**BATCHING)
     def generate(self, latents: np.ndarray) -> np.ndarray:
         """(B, nz) float32 latents -> (B, H, W, C) uint8 images; B mixes many clients' requests."""
         (images,) = self.runtime.session.run([self.runtime.output_name], {self.runtime.input_name: latents})  # (B, C, H, W)

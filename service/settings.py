@@ -37,10 +37,11 @@ class ServiceSettings:
     model_tag: str  # DCGAN_MODEL: BentoML model store tag to serve
     default_artifact: Path  # DCGAN_DEFAULT_ARTIFACT: registered when the store holds no generator yet
     max_n: int  # DCGAN_MAX_N: most images one request may ask for
-    max_batch_size: int  # DCGAN_MAX_BATCH: most images in one ONNX Runtime call (adaptive batching cap)
+    max_batch_size: int  # DCGAN_MAX_BATCH: most images in one ONNX Runtime call (adaptive batching cap; 1 = batching off)
     max_latency_ms: int  # DCGAN_MAX_LATENCY_MS: queueing budget; past it the generator sheds load (503)
     max_batch_wait_ms: int  # DCGAN_MAX_BATCH_WAIT_MS: longest an idle generator holds a batch open for more requests
     max_inflight: int  # DCGAN_MAX_INFLIGHT: requests in progress at the entry; more get 429 at once
+    generator_calls: int  # DCGAN_GENERATOR_CALLS: generator calls an entry worker keeps in flight; later requests wait and are merged
     ort_threads: int  # DCGAN_ORT_THREADS: ONNX Runtime intra-op threads on CPU
 
     @classmethod
@@ -51,10 +52,11 @@ class ServiceSettings:
             model_tag=os.environ.get("DCGAN_MODEL") or f"{MODEL_NAME}:latest",
             default_artifact=Path(os.environ.get("DCGAN_DEFAULT_ARTIFACT") or REPO_ROOT / "artifacts" / "default"),
             max_n=_env_int("DCGAN_MAX_N", 64, 1),
-            max_batch_size=_env_int("DCGAN_MAX_BATCH", 128, 2),
+            max_batch_size=_env_int("DCGAN_MAX_BATCH", 128, 1),
             max_latency_ms=_env_int("DCGAN_MAX_LATENCY_MS", 5000, 1),
             max_batch_wait_ms=_env_int("DCGAN_MAX_BATCH_WAIT_MS", 10, 0),
             max_inflight=_env_int("DCGAN_MAX_INFLIGHT", 256, 1),
+            generator_calls=_env_int("DCGAN_GENERATOR_CALLS", 2, 1),
             ort_threads=_env_int("DCGAN_ORT_THREADS", cores, 1),
         )
 

@@ -48,8 +48,11 @@ def test_stats_csv_without_requests_has_no_percentiles(tmp_path):
     assert (stats.requests, stats.images_per_s, stats.p99_ms) == (0, 0.0, None)
 
 
-def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample_s: float) -> str:
-    """A /metrics page like BentoML's: the batch histogram split over two workers, durations per endpoint and status."""
+def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample_s: float, requests: float) -> str:
+    """A /metrics page like BentoML's: the batch histogram split over two workers, durations per endpoint and status.
+
+    `requests` answered at /sample reached the generator in `generated` internal calls (the entry merges them).
+    """
     return (
         "# TYPE bentoml_service_adaptive_batch_size histogram\n"
         'bentoml_service_adaptive_batch_size_bucket{le="1.0",method_name="generate",worker_index="1"} 4.0\n'
@@ -60,7 +63,7 @@ def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample
         f'bentoml_service_request_duration_seconds_sum{{endpoint="/generate",http_response_code="200",runner_name="generator"}} {generated / 100}\n'
         f'bentoml_service_request_duration_seconds_count{{endpoint="/generate",http_response_code="200",runner_name="generator"}} {generated}\n'
         f'bentoml_service_request_duration_seconds_sum{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {sample_s}\n'
-        f'bentoml_service_request_duration_seconds_count{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {generated}\n'
+        f'bentoml_service_request_duration_seconds_count{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {requests}\n'
         'bentoml_service_request_duration_seconds_sum{endpoint="/sample",http_response_code="503",runner_name="dcgan"} 99.0\n'
         'bentoml_service_request_duration_seconds_count{endpoint="/sample",http_response_code="503",runner_name="dcgan"} 1.0\n'
         'bentoml_service_request_total{endpoint="/sample"} 7.0\n'
@@ -68,15 +71,30 @@ def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample
 
 
 def test_metrics_differenced_into_batch_sizes_and_durations():
-    before, after = parse(_metrics_page(120, 20, 100, 2.0)), parse(_metrics_page(360, 50, 340, 8.0))
+    before = parse(_metrics_page(120, 20, 100, 2.0, requests=300))
+    after = parse(_metrics_page(360, 50, 340, 8.0, requests=1020))
     assert (before.batch_requests, before.batch_calls) == (120.0, 20.0)
     figures = level_figures(before, after, mean_n=4.0)
-    assert figures["mean_batch_requests"] == pytest.approx(240 / 30)
-    assert figures["mean_batch_images"] == pytest.approx(240 * 4.0 / 30)
-    assert figures["server_sample_ms"] == pytest.approx(1000 * 6.0 / 240)  # the 503 is not counted
+    assert figures["mean_batch_requests"] == pytest.approx(720 / 30)  # client requests per ONNX Runtime call
+    assert figures["mean_batch_images"] == pytest.approx(720 * 4.0 / 30)
+    assert figures["requests_per_generator_call"] == pytest.approx(720 / 240)
+    assert figures["server_sample_ms"] == pytest.approx(1000 * 6.0 / 720)  # the 503 is not counted
     assert figures["server_generate_ms"] == pytest.approx(10.0)
     idle = level_figures(before, before, mean_n=1.0)
     assert idle["mean_batch_requests"] is None and idle["server_sample_ms"] is None
+
+
+def test_metrics_without_batching_count_generator_calls():
+    """Batching off (DCGAN_MAX_BATCH=1): no batch histogram; each /generate call is one ONNX Runtime call."""
+    page = lambda generated, requests: (  # noqa: E731
+        f'bentoml_service_request_duration_seconds_sum{{endpoint="/generate",http_response_code="200"}} {generated / 100}\n'
+        f'bentoml_service_request_duration_seconds_count{{endpoint="/generate",http_response_code="200"}} {generated}\n'
+        f'bentoml_service_request_duration_seconds_sum{{endpoint="/sample",http_response_code="200"}} 1.0\n'
+        f'bentoml_service_request_duration_seconds_count{{endpoint="/sample",http_response_code="200"}} {requests}\n'
+    )
+    figures = level_figures(parse(page(10, 10)), parse(page(110, 110)), mean_n=1.0)
+    assert not parse(page(10, 10)).has_batching
+    assert (figures["mean_batch_requests"], figures["requests_per_generator_call"]) == (1.0, 1.0)
     assert not parse("bentoml_service_request_total 3\n").has_batching
 
 

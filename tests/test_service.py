@@ -240,17 +240,16 @@ def test_info_reports_manifest_provider_and_batching(service_url, manifest):
     assert info["model_file"] in manifest["files"]
     assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000, "max_batch_wait_ms": 10}
     assert info["limits"]["max_n"] == 64
+    merging = info["merging"]
+    assert merging["generator_calls_in_flight"] == 2 and 0 < merging["generator_calls"] <= merging["requests"]
     assert info["latents"] == manifest["model"]["latents"]
 
 
-def _batch_histogram(url: str) -> tuple[float, float]:
-    """(batches, batches of exactly one request) so far, from the adaptive batch size histogram."""
+def _batches(url: str) -> float:
+    """ONNX Runtime calls so far: observations of the generator's adaptive batch size histogram."""
     metrics = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
-
-    def value(pattern: str) -> float:
-        return sum(float(v) for v in re.findall(pattern + r'\{[^}]*method_name="generate"[^}]*\} (\S+)', metrics, re.M))
-
-    return value(r"^bentoml_service_adaptive_batch_size_count"), value(r'^bentoml_service_adaptive_batch_size_bucket\{le="1.0",[^}]*')
+    pattern = r'^bentoml_service_adaptive_batch_size_count\{[^}]*method_name="generate"[^}]*\} (\S+)'
+    return sum(float(v) for v in re.findall(pattern, metrics, re.M))
 
 
 def test_concurrent_requests_each_get_their_own_images(service_url, reference):
@@ -261,13 +260,33 @@ def test_concurrent_requests_each_get_their_own_images(service_url, reference):
         async with httpx.AsyncClient(timeout=TIMEOUT, limits=httpx.Limits(max_connections=64)) as client:
             return await asyncio.gather(*(client.post(f"{service_url}/sample/raw", json={"seed": s, "n": n}) for s, n in requests))
 
-    batches_before, singles_before = _batch_histogram(service_url)
+    batches_before = _batches(service_url)
     responses = asyncio.run(burst())
-    batches_after, singles_after = _batch_histogram(service_url)
+    batches_after = _batches(service_url)
     for (seed, n), r in zip(requests, responses):
         assert r.status_code == 200, r.text
         assert r.headers["x-seed"] == str(seed)
         images = np.frombuffer(r.content, np.uint8).reshape(tuple(int(d) for d in r.headers["x-shape"].split(",")))
         assert max_level_diff(images, reference(seed, n)) <= 1
-    # The burst really was batched: some generator call served more than one request.
-    assert (batches_after - batches_before) > (singles_after - singles_before)
+    # The burst really was batched: fewer ONNX Runtime calls than requests (merged at the entry, the generator or both).
+    assert 0 < batches_after - batches_before < len(requests)
+
+
+def test_batching_off_serves_each_request_in_its_own_call(start_service, reference):
+    """DCGAN_MAX_BATCH=1: no merging at the entry and no batchable API, so a burst makes one generator call per request."""
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT, limits=httpx.Limits(max_connections=16)) as client:
+            return await asyncio.gather(*(client.post(f"{url}/sample/raw", json={"seed": 2000 + i, "n": 2}) for i in range(16)))
+
+    with start_service({"DCGAN_MAX_BATCH": "1"}) as server:
+        assert httpx.get(f"{server.url}/info", timeout=TIMEOUT).json()["batching"]["max_batch_size"] == 1
+        responses = asyncio.run(burst(server.url))
+        info = httpx.get(f"{server.url}/info", timeout=TIMEOUT).json()
+        metrics = httpx.get(f"{server.url}/metrics", timeout=TIMEOUT).text
+    for i, r in enumerate(responses):
+        assert r.status_code == 200, r.text
+        images = np.frombuffer(r.content, np.uint8).reshape(tuple(int(d) for d in r.headers["x-shape"].split(",")))
+        assert max_level_diff(images, reference(2000 + i, 2)) <= 1
+    assert info["merging"]["generator_calls"] == info["merging"]["requests"] == 16
+    assert "bentoml_service_adaptive_batch_size_count" not in metrics

@@ -78,6 +78,6 @@ def test_corrupted_model_in_the_store_stops_startup(serve_to_exit, service_artif
     _one_line_error(*serve_to_exit(bentoml_home=home), f"model {tag} is unusable", "does not match its manifest hash")
 
 
-@pytest.mark.parametrize(("name", "value"), [("DCGAN_MAX_N", "many"), ("DCGAN_MAX_INFLIGHT", "0"), ("DCGAN_MAX_BATCH", "1")])
+@pytest.mark.parametrize(("name", "value"), [("DCGAN_MAX_N", "many"), ("DCGAN_MAX_INFLIGHT", "0"), ("DCGAN_MAX_BATCH", "0"), ("DCGAN_GENERATOR_CALLS", "0")])
 def test_bad_setting_stops_startup(serve_to_exit, name, value):
     _one_line_error(*serve_to_exit({name: value}), name)
