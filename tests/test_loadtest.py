@@ -204,3 +204,42 @@ def test_fp32_artifact_drops_only_the_fp16_model_and_still_verifies(service_arti
     files = verify(derived)["files"]  # hashes of everything left still match
     assert ONNX in files and ONNX_FP16 not in files and set(files) == set(source) - {ONNX_FP16}
     assert run.fp32_artifact(service_artifact, tmp_path) == derived  # made once, reused for the next n mix
+
+
+def _lv(n_mix: str, users: int, images_per_s: float, p99_ms: float, failures: int = 0) -> dict:
+    return {"n_mix": n_mix, "users": users, "images_per_s": images_per_s, "p99_ms": p99_ms, "failures": failures}
+
+
+def test_goal_verdicts_from_a_constructed_report():
+    """Each goal divides the right levels: n=1 at 32 users, saturated n=16, batching off, the ceiling."""
+    from loadtest.report import goals
+
+    report = {
+        "targets": [
+            {"name": "bentoml", "levels": [_lv("1", 32, 450, 200), _lv("16", 16, 900, 400), _lv("16", 64, 800, 900)]},
+            {"name": "bentoml-maxbatch4", "levels": [_lv("1", 32, 200, 150)]},
+            {"name": "bentoml-maxbatch1", "levels": [_lv("1", 32, 150, 250)]},
+            {"name": "baseline-t1", "levels": [_lv("1", 32, 300, 250), _lv("16", 64, 950, 500, failures=2)]},
+            {"name": "baseline-tdefault", "levels": [_lv("1", 32, 200, 150)]},
+        ],
+        "ceiling": {"ort_ceiling": {"images_per_s": 1000.0, "form": "ort-cpu", "batch": 64}},
+        "soak": {"growth": 0.12, "minutes": 10, "first_mib": 100, "last_mib": 112},
+    }
+    verdicts = {g["goal"]: (g["status"], g["measured"]) for g in goals(report)}
+    status, measured = verdicts["vs the fastest baseline, n=1 at 32 users"]
+    assert status == "met" and measured.startswith("1.50x") and "baseline-t1" in measured  # the faster baseline
+    status, measured = verdicts["vs the fastest baseline, n=16 saturated (best level of each)"]
+    assert status == "MISSED" and measured.startswith("0.95x")  # 900 (our best level) vs 950
+    status, measured = verdicts["batching on vs off (DCGAN_MAX_BATCH=1), n=1 at 32 users"]
+    assert status == "met" and measured.startswith("3.00x")  # against max batch 1, not 4
+    assert verdicts["n=16 saturated vs in-process ONNX Runtime ceiling"][0] == "met"  # 90% >= 60%
+    status, measured = verdicts["zero failed requests at every level"]
+    assert status == "MISSED" and "baseline-t1 n=16 u=64: 2" in measured
+    assert verdicts["soak: resident memory growth, first vs last minute"][0] == "MISSED"
+
+
+def test_goals_say_what_was_not_measured():
+    from loadtest.report import goals
+
+    verdicts = goals({"targets": [{"name": "bentoml", "levels": [_lv("1", 32, 450, 200)]}]})
+    assert all(g["status"].startswith("not measured") for g in verdicts if g["goal"] != "zero failed requests at every level")
