@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import psutil
 import pytest
+
+from loadtest.servers import free_port, wait_ready
+from training.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 180  # two worker processes import bentoml + onnxruntime on a shared 2-core box
@@ -40,12 +40,6 @@ class ServiceServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_env(bentoml_home: Path, artifact_dir: Path, overrides: dict[str, str] | None = None) -> dict[str, str]:
@@ -85,7 +79,7 @@ def _stop(process: subprocess.Popen) -> None:
 def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) -> Iterator[ServiceServer]:
     """Start `bentoml serve service:svc`, wait for /readyz, yield, then stop it; fail fast with its log if it dies."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = workdir / "serve.log"
     with open(log_path, "wb") as log:
@@ -98,18 +92,10 @@ def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) 
         )
     server = ServiceServer(url, process, log_path, artifact_dir)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {process.returncode} before it was ready; its log:\n{server.log()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"bentoml serve not ready after {READY_TIMEOUT_S} s; its log:\n{server.log()}")
-            time.sleep(0.5)
+        try:
+            wait_ready(url, process, log_path, READY_TIMEOUT_S)
+        except UserError as e:
+            pytest.fail(f"bentoml serve: {e}\nits whole log:\n{server.log()}")
         yield server
     finally:
         _stop(process)
@@ -172,7 +158,7 @@ def serve_to_exit(service_artifact, tmp_path):
     def run(env: dict[str, str] | None = None, artifact_dir: Path | None = None, bentoml_home: Path | None = None):
         home = bentoml_home or tmp_path / "bentoml"
         process = subprocess.Popen(
-            _serve_argv(_free_port()),
+            _serve_argv(free_port()),
             cwd=REPO,
             env=service_env(home, artifact_dir or service_artifact, env),
             stdout=subprocess.PIPE,

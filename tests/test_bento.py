@@ -23,11 +23,9 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +37,8 @@ import yaml
 from PIL import Image
 
 from export.artifact import MANIFEST, MODEL_NAME, ONNX, file_sha256, latents_for_seed, to_uint8, verify
+from loadtest.servers import free_port, wait_ready
+from training.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -89,12 +89,6 @@ def deployment_env(container: dict) -> dict[str, str]:
             assert ref["resource"] == "limits.cpu" and ref.get("divisor", "1") == "1", e
             env[e["name"]] = str(cpu_cores(container["resources"]["limits"]["cpu"]))
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def can_isolate() -> bool:
@@ -201,18 +195,10 @@ def server(built, image_python, tmp_path_factory):
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"bento not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+        try:
+            wait_ready(url, proc, log, READY_TIMEOUT_S)
+        except UserError as e:
+            pytest.fail(f"the bento's server: {e}")
         yield Server(url, log, isolated, pod_env)
     finally:
         proc.terminate()

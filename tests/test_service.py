@@ -233,9 +233,10 @@ def test_metrics_have_the_adaptive_batch_size_histogram(service_url):
 
 
 def test_info_reports_manifest_provider_and_batching(service_url, manifest):
+    model = post(service_url, "/sample", {"seed": 1}).json()["model"]
     info = httpx.get(f"{service_url}/info", timeout=TIMEOUT).json()
     assert info["manifest"] == manifest
-    assert info["model"] == post(service_url, "/sample", {"seed": 1}).json()["model"]
+    assert info["model"] == model
     assert info["provider"] in ort.get_available_providers()
     assert info["model_file"] in manifest["files"]
     assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000, "max_batch_wait_ms": 10}
