@@ -18,12 +18,14 @@ from bentoml.exceptions import ServiceUnavailable
 from export.artifact import to_uint8
 from service.batching import bound_batch_wait
 from service.model_source import GeneratorModel, verified_manifest
+from service.request_timer import release_request_timers
 from service.runtime import open_runtime, warm_up
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
 MODEL = GeneratorModel(SETTINGS.model_tag, default_artifact=SETTINGS.default_artifact)
 bound_batch_wait(SETTINGS.max_batch_wait_ms)  # before BentoML builds this service's dispatcher
+release_request_timers()  # before BentoML builds this service's app (entry.py imports this module too)
 BATCHING = (
     {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
     if SETTINGS.max_batch_size > 1
