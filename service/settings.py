@@ -39,7 +39,9 @@ class ServiceSettings:
     max_n: int  # DCGAN_MAX_N: most images one request may ask for
     max_batch_size: int  # DCGAN_MAX_BATCH: most images in one ONNX Runtime call (adaptive batching cap; 1 = batching off)
     max_latency_ms: int  # DCGAN_MAX_LATENCY_MS: queueing budget; past it the generator sheds load (503)
-    max_batch_wait_ms: int  # DCGAN_MAX_BATCH_WAIT_MS: longest an idle generator holds a batch open for more requests
+    # DCGAN_MAX_BATCH_WAIT_MS: longest an idle generator holds a batch open for more requests. 0: batches form only
+    # from what queued while the model was busy; the entry has already merged its waiting requests (coalesce.py).
+    max_batch_wait_ms: int
     max_inflight: int  # DCGAN_MAX_INFLIGHT: requests in progress at the entry; more get 429 at once
     generator_calls: int  # DCGAN_GENERATOR_CALLS: generator calls an entry worker keeps in flight; later requests wait and are merged
     ort_threads: int  # DCGAN_ORT_THREADS: ONNX Runtime intra-op threads on CPU
@@ -54,7 +56,7 @@ class ServiceSettings:
             max_n=_env_int("DCGAN_MAX_N", 64, 1),
             max_batch_size=_env_int("DCGAN_MAX_BATCH", 128, 1),
             max_latency_ms=_env_int("DCGAN_MAX_LATENCY_MS", 5000, 1),
-            max_batch_wait_ms=_env_int("DCGAN_MAX_BATCH_WAIT_MS", 10, 0),
+            max_batch_wait_ms=_env_int("DCGAN_MAX_BATCH_WAIT_MS", 0, 0),
             max_inflight=_env_int("DCGAN_MAX_INFLIGHT", 256, 1),
             generator_calls=_env_int("DCGAN_GENERATOR_CALLS", 2, 1),
             ort_threads=_env_int("DCGAN_ORT_THREADS", cores, 1),

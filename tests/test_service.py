@@ -239,7 +239,7 @@ def test_info_reports_manifest_provider_and_batching(service_url, manifest):
     assert info["model"] == model
     assert info["provider"] in ort.get_available_providers()
     assert info["model_file"] in manifest["files"]
-    assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000, "max_batch_wait_ms": 10}
+    assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000, "max_batch_wait_ms": 0}
     assert info["limits"]["max_n"] == 64
     merging = info["merging"]
     assert merging["generator_calls_in_flight"] == 2 and 0 < merging["generator_calls"] <= merging["requests"]
