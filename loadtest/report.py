@@ -143,7 +143,7 @@ def markdown(report: dict) -> str:
     ]
     if report.get("interrupted"):
         lines += ["", "**Interrupted: partial results.**"]
-    if report["targets"]:
+    if any(t["levels"] for t in report["targets"]):  # a soak has a target but no sweep levels
         lines += [
             "",
             "## Sweep",

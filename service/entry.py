@@ -42,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from export.artifact import LATENTS, latents_for_seed
 from service.coalesce import Coalescer
 from service.generator import Generator
+from service.heap import freeze_startup_heap
 from service.http_guard import RETRY_AFTER_S, AdmissionLimit, RequestGuard
 from service.images import animation_bytes, grid, png_bytes
 from service.interpolate import interpolation_latents
@@ -154,6 +155,7 @@ class DCGAN:
         self._described: dict | None = None  # the generator's describe(), fetched once
         # Concurrent requests share generator calls (service/coalesce.py); the generator batches across workers.
         self._merged = Coalescer(self._call_generator, SETTINGS.max_batch_size, SETTINGS.generator_calls)
+        freeze_startup_heap()
 
     async def _describe(self) -> dict:
         if self._described is None:

@@ -17,6 +17,7 @@ from bentoml.exceptions import ServiceUnavailable
 
 from export.artifact import to_uint8
 from service.batching import bound_batch_wait
+from service.heap import freeze_startup_heap
 from service.model_source import GeneratorModel, verified_manifest
 from service.request_timer import release_request_timers
 from service.runtime import open_runtime, warm_up
@@ -71,8 +72,10 @@ class Generator:
         self.manifest = verified_manifest(stored.path, self.tag)
         self.runtime = open_runtime(Path(stored.path), self.manifest, SETTINGS.ort_threads)
         warm_up(self.runtime, self.manifest)
+        frozen = freeze_startup_heap()
         logger.info(
-            "serving %s (%s) on %s, threads=%s", self.tag, self.runtime.model_file, self.runtime.provider, self.runtime.threads
+            "serving %s (%s) on %s, threads=%s; %d start-up objects frozen out of full GCs",
+            self.tag, self.runtime.model_file, self.runtime.provider, self.runtime.threads, frozen,
         )
 
     # DCGAN_MAX_BATCH=1 turns batching off (BentoML's batchable API needs a cap of 2 or more): each call runs alone.
