@@ -25,7 +25,6 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 @dataclass(frozen=True)
 class Scrape:
-    batch_requests: float = 0.0  # histogram _sum: requests merged into batched calls, all calls so far
     batch_calls: float = 0.0  # histogram _count: batched ONNX Runtime calls so far
     has_batching: bool = False
     # endpoint -> (seconds, count) of successful (200) requests, e.g. "/sample", "/generate"
@@ -33,18 +32,22 @@ class Scrape:
 
 
 def parse(metrics_text: str) -> Scrape:
-    """Sum each series over its label sets (workers, methods); durations only for HTTP 200."""
-    batch = {"sum": 0.0, "count": 0.0}
+    """Sum each series over its label sets (workers, methods); durations only for HTTP 200.
+
+    The batch histogram's _sum (items per batched call) is not read: with entry-side merging its
+    items are internal /generate calls, not client requests, which are counted at /sample instead.
+    """
+    batch_calls = 0.0
     has_batching = False
     durations: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for name, labels_text, value in _SAMPLE.findall(metrics_text):
         labels = dict(_LABEL.findall(labels_text or ""))
-        if name in (f"{BATCH_HISTOGRAM}_sum", f"{BATCH_HISTOGRAM}_count"):
-            batch[name.rsplit("_", 1)[1]] += float(value)
+        if name == f"{BATCH_HISTOGRAM}_count":
+            batch_calls += float(value)
             has_batching = True
         elif name in (f"{DURATION_HISTOGRAM}_sum", f"{DURATION_HISTOGRAM}_count") and labels.get("http_response_code") == "200":
             durations[labels.get("endpoint", "?")][name.endswith("_count")] += float(value)
-    return Scrape(batch["sum"], batch["count"], has_batching, {k: (v[0], v[1]) for k, v in durations.items()})
+    return Scrape(batch_calls, has_batching, {k: (v[0], v[1]) for k, v in durations.items()})
 
 
 def _count(before: Scrape, after: Scrape, endpoint: str) -> float:
