@@ -68,6 +68,17 @@ def test_same_seed_same_weights_and_resume_is_bit_exact(tmp_path):
     assert steps == [2, 4, 5, 6, 8]  # the resumed run logs on without gaps or repeats
 
 
+def test_lr_decay_is_linear_to_zero_and_may_be_set_on_resume(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(straight, "--steps", "8", "--lr-decay-start", "4")
+    lrs = [json.loads(line)["lr"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([2e-4, 2e-4, 2e-4 * 3 / 4, 2e-4 / 4])  # steps 2, 4, 6, 8 of 8: (8 - i) / (8 - 4) from i = 4
+    train(split, "--steps", "5")  # constant lr so far: the same steps as the straight run's first five
+    assert main(["--resume", str(split), "--steps", "8", "--lr-decay-start", "4", "--quiet"]) == 0
+    assert_bit_identical(weights(straight / "generator.safetensors"), weights(split / "generator.safetensors"))
+    assert json.loads((split / "config.json").read_text())["lr_decay_start"] == 4
+
+
 def test_different_seed_different_weights(tmp_path):
     train(tmp_path / "a", "--steps", "1", "--seed", "1")
     train(tmp_path / "b", "--steps", "1", "--seed", "2")

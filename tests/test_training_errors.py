@@ -54,6 +54,10 @@ def test_nz_not_positive():
     assert_one_line_error(run_cli("--nz", "0"), "nz")
 
 
+def test_negative_lr_decay_start():
+    assert_one_line_error(run_cli("--lr-decay-start", "-1"), "--lr-decay-start must be >= 0")
+
+
 def test_unknown_flag_and_bad_choice():
     assert_one_line_error(run_cli("--arch", "resnet"), "invalid choice")
     assert_one_line_error(run_cli("--stepz", "3"), "unrecognized")

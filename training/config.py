@@ -35,6 +35,7 @@ class TrainConfig:
     beta2: float = 0.999
     steps: int = 0  # generator updates; 0 = use epochs
     epochs: int = 20  # passes over the data when steps is 0
+    lr_decay_start: int = 0  # 0 = constant lr; S > 0: both lrs fall linearly from lr at step S to 0 at the last step
     # generator weight averaging; BatchNorm statistics are recomputed for the averaged weights
     ema: bool = True
     ema_decay: float = 0.999
@@ -59,6 +60,8 @@ class TrainConfig:
             raise UserError("give a positive --steps or --epochs")
         if self.lr <= 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
+        if self.lr_decay_start < 0:
+            raise UserError(f"--lr-decay-start must be >= 0 (0 = constant learning rate), got {self.lr_decay_start}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.log_every <= 0 or self.checkpoint_every <= 0 or self.sample_every < 0:

@@ -217,8 +217,18 @@ class Trainer:
         z = torch.randn(self.global_batch, self.cfg.nz, generator=self.data_rng)  # (global batch, nz)
         return z[r * b:(r + 1) * b].to(self.device)
 
+    def lr_factor(self) -> float:
+        """Multiplier of --lr for the step about to run: 1, then linear to 0 from lr_decay_start on."""
+        start = self.cfg.lr_decay_start
+        if not start or self.step < start or start >= self.total_steps:
+            return 1.0
+        return (self.total_steps - self.step) / (self.total_steps - start)
+
     def train_step(self) -> dict:
         cfg = self.cfg
+        self.lr = cfg.lr * self.lr_factor()
+        for group in (*self.opt_g.param_groups, *self.opt_d.param_groups):
+            group["lr"] = self.lr  # also what unrolling's copy of D's update uses
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp)
         for _ in range(self.objective.d_steps):
             real = self.next_batch()
@@ -281,7 +291,7 @@ class Trainer:
                         stats, extra = self.replica_row(stats)
                     dt = time.perf_counter() - t0
                     row = {k: round(float(v), 5) for k, v in stats.items()}
-                    row.update(step=self.step, epoch=self.epoch,
+                    row.update(step=self.step, epoch=self.epoch, lr=float(f"{self.lr:.6g}"),
                                images_per_s=round((self.step - n0) * self.global_batch / dt, 1), **extra)
                     if main:
                         log.write(json.dumps(row) + "\n")

@@ -37,7 +37,8 @@ from training.models import DISCRIMINATOR_NORMS, GENERATOR_ARCHS
 from training.objectives import COMBINATIONS_HELP, LOSS_DEFAULTS, LOSSES
 
 # settings that may change when resuming: they do not alter the trajectory of training
-RESUMABLE = {"steps", "epochs", "log_every", "checkpoint_every", "sample_every", "eval_every"}
+# the schedule of the steps still to come may change on --resume; everything else is the run's trajectory
+RESUMABLE = {"steps", "epochs", "lr_decay_start", "log_every", "checkpoint_every", "sample_every", "eval_every"}
 
 HELP = {
     "data": "'mnist' (the 5,000 bundled digits, no download) or a path: a folder of PNG/JPEG images "
@@ -63,6 +64,9 @@ HELP = {
     "beta2": "Adam beta2",
     "steps": "generator updates to train for; 0 = use --epochs",
     "epochs": "passes over the data (when --steps is 0)",
+    "lr_decay_start": "step from which both learning rates fall linearly to 0 at the last step; 0 = constant. "
+                      "May be set on --resume, e.g. --resume RUN --steps 16000 --lr-decay-start 11000 to finish a run "
+                      "with a decay",
     "ema": "keep an exponential moving average of G's weights; generator.safetensors holds it",
     "ema_decay": "EMA decay per step",
     "seed": "seeds weights, data order, latents and dropout: same seed, same run",
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
             trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data), **world})
             batch = f"{dist.world_size} processes x {cfg.batch_size}" if dist.enabled else f"{cfg.batch_size}"
             print(f"run dir: {run_dir}  ({len(data)} images, {trainer.total_steps} steps of {batch}, "
-                  f"device {trainer.device}, resuming at step {trainer.step})", flush=True)
+                  f"device {trainer.device}" + (f", resuming at step {trainer.step})" if ns.resume else ")"), flush=True)
         signum = trainer.fit(progress=not ns.quiet)
         # rank 0 writes last; a rank that tore the process group down before it got there aborts (gloo)
         dist.barrier()
