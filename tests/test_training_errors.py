@@ -58,6 +58,19 @@ def test_negative_lr_decay_start():
     assert_one_line_error(run_cli("--lr-decay-start", "-1"), "--lr-decay-start must be >= 0")
 
 
+def test_resume_refuses_to_rewrite_the_lr_of_steps_taken(tmp_path):
+    constant, decaying = tmp_path / "constant", tmp_path / "decaying"
+    assert run_cli(*TINY, "--steps", "3", "--out", str(constant)).returncode == 0
+    # a decay from step 1 of 6 scales the 0-based step 2 by (6 - 2) / (6 - 1): the third step, already taken
+    assert_one_line_error(run_cli("--resume", str(constant), "--steps", "6", "--lr-decay-start", "1"),
+                          "would change the learning rate of step 3", "constant lr -> decay from step 1 to 6")
+    assert run_cli(*TINY, "--steps", "4", "--lr-decay-start", "1", "--out", str(decaying)).returncode == 0
+    log = (decaying / "metrics.jsonl").read_text()
+    assert_one_line_error(run_cli("--resume", str(decaying), "--steps", "6"), "decay from step 1 to 4 -> decay from step 1 to 6")
+    assert (decaying / "metrics.jsonl").read_text() == log  # the refusal touched nothing
+    assert run_cli("--resume", str(constant), "--steps", "6", "--lr-decay-start", "3").returncode == 0  # from here on: allowed
+
+
 def test_unknown_flag_and_bad_choice():
     assert_one_line_error(run_cli("--arch", "resnet"), "invalid choice")
     assert_one_line_error(run_cli("--stepz", "3"), "unrecognized")

@@ -77,6 +77,11 @@ def latest(run_dir: Path) -> Path:
     return stems[-1].with_suffix("")
 
 
+def step_of(stem: Path) -> int:
+    """The step a checkpoint holds, from its name (step-00001234)."""
+    return int(Path(stem).name.split("-", 1)[1])
+
+
 def load(stem: Path, modules: dict, optimizers: dict, data_rng: torch.Generator, rank: int = 0,
          world_size: int = 1) -> dict:
     """Restore modules, optimizers and RNGs in place (this rank's global RNG); returns {step, epoch, position, order}."""

@@ -52,6 +52,14 @@ class StopFlag:
             signal.signal(s, h)
 
 
+def lr_factor(step: int, decay_start: int, total_steps: int) -> float:
+    """Multiplier of --lr for step `step` (0-based) of `total_steps`: 1, then linear to 0 from decay_start on
+    (decay_start 0, or at or past the end: constant)."""
+    if not decay_start or step < decay_start or decay_start >= total_steps:
+        return 1.0
+    return (total_steps - step) / (total_steps - decay_start)
+
+
 class Trainer:
     """One process's trainer; under torchrun (`dist` from training.distributed.setup) one rank of the job."""
 
@@ -218,11 +226,8 @@ class Trainer:
         return z[r * b:(r + 1) * b].to(self.device)
 
     def lr_factor(self) -> float:
-        """Multiplier of --lr for the step about to run: 1, then linear to 0 from lr_decay_start on."""
-        start = self.cfg.lr_decay_start
-        if not start or self.step < start or start >= self.total_steps:
-            return 1.0
-        return (self.total_steps - self.step) / (self.total_steps - start)
+        """Multiplier of --lr for the step about to run."""
+        return lr_factor(self.step, self.cfg.lr_decay_start, self.total_steps)
 
     def train_step(self) -> dict:
         cfg = self.cfg

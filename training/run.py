@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from training import rundir
+from training import checkpoint, rundir
 from training.config import TrainConfig, read_config_file
 from training.data import DATA_FORMATS
 from training.errors import OneLineErrorParser, UserError, cli_main
@@ -36,8 +36,8 @@ from training.fileio import read_json
 from training.models import DISCRIMINATOR_NORMS, GENERATOR_ARCHS
 from training.objectives import COMBINATIONS_HELP, LOSS_DEFAULTS, LOSSES
 
-# settings that may change when resuming: they do not alter the trajectory of training
-# the schedule of the steps still to come may change on --resume; everything else is the run's trajectory
+# settings that may change when resuming: bookkeeping, and the schedule of the steps still to come
+# (their number, a learning-rate decay), as long as the steps already taken keep theirs
 RESUMABLE = {"steps", "epochs", "lr_decay_start", "log_every", "checkpoint_every", "sample_every", "eval_every"}
 
 HELP = {
@@ -65,8 +65,8 @@ HELP = {
     "steps": "generator updates to train for; 0 = use --epochs",
     "epochs": "passes over the data (when --steps is 0)",
     "lr_decay_start": "step from which both learning rates fall linearly to 0 at the last step; 0 = constant. "
-                      "May be set on --resume, e.g. --resume RUN --steps 16000 --lr-decay-start 11000 to finish a run "
-                      "with a decay",
+                      "May be set on --resume from a step not yet trained, e.g. --resume RUN --steps 16000 "
+                      "--lr-decay-start 11000 to finish a run with a decay; a decay under way keeps it and --steps",
     "ema": "keep an exponential moving average of G's weights; generator.safetensors holds it",
     "ema_decay": "EMA decay per step",
     "seed": "seeds weights, data order, latents and dropout: same seed, same run",
@@ -132,6 +132,21 @@ def new_run_dir(out: str | None) -> Path:
     return run_dir
 
 
+def check_schedule_kept(saved: dict, trainer, done: int) -> None:
+    """A resume may reshape the learning-rate schedule of the steps to come, never of those taken: the
+    config must keep describing the run (e.g. --steps changed while a decay is under way would not)."""
+    from training.loop import lr_factor
+
+    old = (saved.get("lr_decay_start", 0), saved.get("steps") or saved.get("epochs", 0) * trainer.steps_per_epoch)
+    new = (trainer.cfg.lr_decay_start, trainer.total_steps)
+    schedule = lambda start, total: f"decay from step {start} to {total}" if 0 < start < total else "constant lr"  # noqa: E731
+    for i in range(done):
+        if lr_factor(i, *old) != lr_factor(i, *new):
+            raise UserError(f"--resume at step {done} would change the learning rate of step {i + 1}, already trained "
+                            f"({schedule(*old)} -> {schedule(*new)}); a new decay must start at step >= {done}, and a "
+                            "decay under way keeps its --lr-decay-start and --steps")
+
+
 @cli_main
 def main(argv=None) -> int:
     ns, explicit = parse(argv)
@@ -172,6 +187,7 @@ def main(argv=None) -> int:
             run_dir = Path(dist.broadcast_text(str(new_run_dir(ns.out)) if dist.is_main else None))
         trainer = Trainer(cfg, data, run_dir, dist)
         if ns.resume:
+            check_schedule_kept(saved, trainer, checkpoint.step_of(checkpoint.latest(run_dir)))
             trainer.resume()
         if dist.is_main:
             world = {"world_size": dist.world_size} if dist.enabled else {}
