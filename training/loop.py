@@ -105,6 +105,7 @@ class Trainer:
                             "lower --batch-size")
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
         self.step, self.epoch, self.position = 0, 0, 0
+        self.lr = cfg.lr  # of the latest step (--lr-decay-start lowers it)
         self.order = torch.randperm(len(data), generator=self.data_rng)
         # collapse detector: coverage figures every eval_every steps; generator.* keeps the best
         self.checks = self._coverage_checks_apply()
@@ -225,13 +226,9 @@ class Trainer:
         z = torch.randn(self.global_batch, self.cfg.nz, generator=self.data_rng)  # (global batch, nz)
         return z[r * b:(r + 1) * b].to(self.device)
 
-    def lr_factor(self) -> float:
-        """Multiplier of --lr for the step about to run."""
-        return lr_factor(self.step, self.cfg.lr_decay_start, self.total_steps)
-
     def train_step(self) -> dict:
         cfg = self.cfg
-        self.lr = cfg.lr * self.lr_factor()
+        self.lr = cfg.lr * lr_factor(self.step, cfg.lr_decay_start, self.total_steps)
         for group in (*self.opt_g.param_groups, *self.opt_d.param_groups):
             group["lr"] = self.lr  # also what unrolling's copy of D's update uses
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp)
