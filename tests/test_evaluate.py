@@ -12,7 +12,7 @@ import torch
 
 from training import rundir
 from training.classifier import load_classifier, predict, to_input
-from training.evaluate import DigitEvaluator, main
+from training.evaluate import DigitEvaluator, main, mean_figures
 from training.metrics import (class_histogram, classes_covered, classifier_score, feature_statistics,
                               frechet_distance, kl_to_uniform, modes_hit)
 from training.models import GeneratorConfig, build_generator, init_weights
@@ -95,12 +95,26 @@ def test_evaluate_cli_on_a_run_dir(tmp_path, capsys):
     assert rows["real training digits (floor)"]["classes"] == 10
     untrained = rows["generator (EMA)"]
     assert untrained["fd"] > 5 * report["floor_fd"]  # an untrained generator is far from the digits
-    assert sum(untrained["histogram"]) == 200
+    # three draws of latents by default (seeds 0, 1, 2): the row is their mean, each draw's FD kept
+    assert report["draws"] == 3 and sum(untrained["histogram"]) == 600
+    fds = untrained["fd_draws"]
+    assert len(set(fds)) == 3 and untrained["fd"] == pytest.approx(sum(fds) / 3, abs=1e-3)
+    assert main([str(tmp_path), "--samples", "200", "--draws", "1", "--seed", "2", "--json", str(tmp_path / "one.json")]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())["figures"]["generator (EMA)"]
+    assert one["fd_draws"] == [fds[2]]  # draw i is seed + i, whatever else was drawn
+
+
+def test_mean_figures_known_answer():
+    a = {"classes": 10, "class_kl": 0.01, "score": 8.0, "fd": 2.0, "histogram": [1, 2], "samples": 3}
+    b = {"classes": 9, "class_kl": 0.03, "score": 9.0, "fd": 4.0, "histogram": [3, 0], "samples": 3}
+    assert mean_figures([a, b]) == {"classes": 9, "class_kl": 0.02, "score": 8.5, "fd": 3.0, "histogram": [4, 2],
+                                    "samples": 6, "fd_draws": [2.0, 4.0]}
 
 
 @pytest.mark.parametrize("args, message", [
     (["{tmp}/missing"], "holds no generator"),
     (["{tmp}", "--samples", "5"], "--samples must be >= 100"),
+    (["{tmp}", "--draws", "0"], "--draws must be >= 1"),
     (["{tmp}", "--classifier", "{tmp}/nope"], "no MNIST classifier"),
 ])
 def test_evaluate_cli_bad_input_one_line(tmp_path, capsys, args, message):
