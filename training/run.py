@@ -200,16 +200,17 @@ def main(argv=None) -> int:
         dist.barrier()
     finally:
         distributed.close(dist)
-    if not dist.is_main:
-        return 128 + signum if signum else 0
-    if signum:
+    code = 128 + signum if signum else 0
+    if dist.is_main and signum:
         launcher = f"torchrun ... ({dist.world_size} processes) -m" if dist.enabled else "python -m"
         print(f"stopped by signal {signum} at step {trainer.step}; checkpoint written. "
               f"Continue with: {launcher} training.run --resume {run_dir}", file=sys.stderr)
-        return 128 + signum
-    print(f"done: {trainer.step} steps. generator: {run_dir / (rundir.GENERATOR + '.safetensors')}  "
-          f"samples: {run_dir / rundir.SAMPLES}")
-    return 0
+    elif dist.is_main:
+        print(f"done: {trainer.step} steps. generator: {run_dir / (rundir.GENERATOR + '.safetensors')}  "
+              f"samples: {run_dir / rundir.SAMPLES}")
+    if dist.enabled:
+        distributed.exit_rank(code)  # all written; see exit_rank for why not a normal return
+    return code
 
 
 if __name__ == "__main__":
