@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training.metrics import mixture_figures
-from training.toy import METHODS, ToyConfig, main, mixture, sample_mixture, train_toy
+from training.toy import METHODS, NETS, Maxout, ToyConfig, main, mixture, sample_mixture, train_toy
 
 
 
@@ -74,6 +74,39 @@ def test_toy_cli_table_and_json(tmp_path, capsys):
     report = json.loads(out.read_text())["ring"]
     assert len(report["runs"]) == 4 and set(report["summary"]) == {"gan", "wgan-gp"}
     assert {r["loss"] for r in report["runs"]} == {"nonsaturating", "wgan-gp"}
+
+
+def test_maxout_takes_each_units_largest_piece():
+    m = Maxout(1, 2, 3)  # unit 0: pieces x, 2x, 3x; unit 1: -x, -2x, -3x
+    with torch.no_grad():
+        m.linear.weight.copy_(torch.tensor([[1.0], [2.0], [3.0], [-1.0], [-2.0], [-3.0]]))
+        m.linear.bias.zero_()
+    assert torch.equal(m(torch.tensor([[1.0], [-1.0]])), torch.tensor([[3.0, -1.0], [-1.0, 3.0]]))
+
+
+def test_pacgan_nets_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "toy.json"
+    assert main(["--mixture", "grid", "--nets", "pacgan", "--methods", "gan", "--steps", "30", "--seeds", "0",
+                 "--json", str(out)]) == 0
+    assert "gan, PacGAN nets" in capsys.readouterr().out
+    run = json.loads(out.read_text())["grid"]["runs"][0]
+    assert {k: run[k] for k in NETS["pacgan"]} == NETS["pacgan"] and run["nets"] == "pacgan"
+    assert run["g_hidden"] == 400 and run["maxout"] == 5 and run["batch_size"] == 100
+    # an explicit flag wins over the preset
+    assert main(["--nets", "pacgan", "--methods", "gan", "--steps", "5", "--seeds", "0", "--batch-size", "32",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["ring"]["runs"][0]["batch_size"] == 32
+
+
+def test_averaged_batchnorm_generator_gets_its_own_statistics():
+    """The EMA copy of a BatchNorm G never runs in train mode: its running statistics must be
+    recomputed for the averaged weights, or it is evaluated with the initial mean 0 / var 1."""
+    cfg = replace(ToyConfig(), mixture="grid", steps=40, ema=0.9, nets="pacgan", **NETS["pacgan"])
+    G, figures = train_toy(cfg)
+    bns = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(bns) == 4 and not G.training
+    assert all(bn.running_mean.abs().sum() > 0 and not torch.allclose(bn.running_var, torch.ones(400)) for bn in bns)
+    assert 0 <= figures["high_quality"] <= 1
 
 
 @pytest.mark.parametrize("args, message", [

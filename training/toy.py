@@ -6,10 +6,16 @@ generator and discriminator, trained with the very objectives of the DCGAN train
 (training/objectives.py). Figures from 2,500 samples (training/metrics.py: modes captured,
 % high-quality within 3 std, reverse KL over modes), averaged over seeds.
 
+Two sets of networks (--nets): `metz` (default), Metz et al.'s 2D setting (256-d latent, D 2 x 128
+ReLU, G lr 1e-3), harsh on the plain loss; `pacgan`, the networks of PacGAN's table 1 (2-d latent,
+G 4 x 400 with BatchNorm, D 3 x 200 maxout with 5 pieces, lr 1e-4, batch 100), where its published
+GAN row comes from.
+
 Examples:
   python -m training.toy                                   # ring, gan/unrolled/wgan-gp, 3 seeds
   python -m training.toy --mixture grid --steps 20000 --seeds 0 1 2
   python -m training.toy --methods gan unrolled --steps 1500 --seeds 0 --json toy.json
+  python -m training.toy --mixture grid --nets pacgan --methods gan --steps 20000
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from training.ema import EMA
+from training.ema import EMA, recompute_batchnorm
 from training.errors import OneLineErrorParser, UserError, cli_main
 from training.fileio import atomic_write_json
 from training.metrics import mixture_figures
@@ -43,6 +49,15 @@ METHODS = {
     "wgan-gp": dict(loss="wgan-gp", unroll=0, lr_d=5e-4, lr_g=5e-4, betas=(0.5, 0.9), g_hidden=128, g_layers=2),
 }
 
+# --nets -> what it sets over METHODS' settings (ToyConfig fields). pacgan: PacGAN section 5.1 / its
+# appendix (the 2D experiments of VEEGAN): generator 4 x 400 ReLU with BatchNorm on a 2-d Gaussian
+# latent, discriminator 3 x 200 LinearMaxout with 5 pieces, Adam lr 1e-4, batch 100.
+NETS = {
+    "metz": {},
+    "pacgan": dict(nz=2, g_hidden=400, g_layers=4, g_batchnorm=True, hidden=200, d_layers=3, maxout=5,
+                   batch_size=100, lr_d=1e-4, lr_g=1e-4),
+}
+
 # Published figures (modes, % high quality, reverse KL): PacGAN table 1 (ring radius 1 std 0.01 and
 # grid as ours, 400 epochs of 100,000 samples; 10 runs), VEEGAN table 1 (ring as ours).
 PUBLISHED = {
@@ -59,12 +74,16 @@ class ToyConfig:
     unroll: int = 0  # Metz et al. use 5 or 10 steps
     steps: int = 10000  # generator updates
     batch_size: int = 256  # Metz et al. use 512; 256 for the CPU budget here
+    nets: str = "metz"  # which NETS preset made these settings (recorded in the JSON)
     nz: int = 256  # latent size, as Metz et al.
-    hidden: int = 128  # units per hidden layer of D (2 hidden layers, as Metz et al.)
+    hidden: int = 128  # units per hidden layer of D
+    d_layers: int = 2  # hidden layers of D (2, as Metz et al.)
+    maxout: int = 0  # pieces per maxout unit of D's hidden layers; 0 = ReLU
     # G deeper than Metz et al.'s 2 x 128 (PacGAN's has 4 x 400): with 2 x 128, unrolling covered the
     # ring but plateaued near 90% high-quality; the sharper transitions between modes of 4 x 256 pass 95%
     g_hidden: int = 256  # units per hidden layer of G
     g_layers: int = 4  # hidden layers of G
+    g_batchnorm: bool = False  # BatchNorm after each hidden layer of G
     lr_d: float = 1e-4
     lr_g: float = 1e-3
     betas: tuple = (0.5, 0.999)
@@ -90,30 +109,55 @@ def sample_mixture(centers: torch.Tensor, std: float, n: int, g: torch.Generator
     return centers[which] + std * torch.randn(n, 2, generator=g)
 
 
-def mlp(n_in: int, hidden: int, n_out: int, layers: int = 2) -> nn.Sequential:
-    """n_in -> hidden (x layers, ReLU) -> n_out; 2 layers are G and D of Metz et al.'s 2D experiment."""
+class Maxout(nn.Module):
+    """Linear to n_out x pieces, then the max over each unit's pieces (Goodfellow et al. 2013).
+    (B, n_in) -> (B, n_out)"""
+
+    def __init__(self, n_in: int, n_out: int, pieces: int):
+        super().__init__()
+        self.linear, self.n_out, self.pieces = nn.Linear(n_in, n_out * pieces), n_out, pieces
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).view(-1, self.n_out, self.pieces).amax(-1)
+
+
+def mlp(n_in: int, hidden: int, n_out: int, layers: int = 2, batchnorm: bool = False, maxout: int = 0) -> nn.Sequential:
+    """n_in -> hidden (x layers: Linear [+ BatchNorm] + ReLU, or Maxout with `maxout` pieces) -> n_out.
+
+    2 ReLU layers are G and D of Metz et al.'s 2D experiment."""
     sizes = [n_in] + [hidden] * layers
-    blocks = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+    blocks = []
+    for a, b in zip(sizes, sizes[1:]):
+        blocks += [Maxout(a, b, maxout)] if maxout else [nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batchnorm else []), nn.ReLU()]
     return nn.Sequential(*blocks, nn.Linear(hidden, n_out))
 
 
 class Critic(nn.Module):
     """The discriminator MLP returning one score per point, (B, 2) -> (B,), as objectives expect."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, layers: int = 2, maxout: int = 0):
         super().__init__()
-        self.net = mlp(2, hidden, 1)
+        self.net = mlp(2, hidden, 1, layers, maxout=maxout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
 
 
 def evaluate_toy(G: nn.Module, cfg: ToyConfig) -> dict:
-    """Figures of EVAL_SAMPLES samples from fixed latents (own generator: training RNGs untouched)."""
+    """Figures of EVAL_SAMPLES samples from fixed latents (own generator: training RNGs untouched),
+    G in eval mode (BatchNorm: running statistics), restored to its mode after."""
     centers, std = mixture(cfg.mixture)
+    was_training = G.training
     with torch.no_grad():
         z = torch.randn(EVAL_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(10_000 + cfg.seed))
-        return mixture_figures(G(z), centers, std)
+        figures = mixture_figures(G.eval()(z), centers, std)
+    G.train(was_training)
+    return figures
+
+
+def averaged(ema: EMA, cfg: ToyConfig) -> nn.Module:
+    """The EMA generator, BatchNorm statistics (if any) recomputed for its averaged weights."""
+    return recompute_batchnorm(ema.model, cfg.nz, torch.device("cpu"))
 
 
 def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
@@ -123,7 +167,8 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
     centers, std = mixture(cfg.mixture)
     torch.manual_seed(cfg.seed)  # weights, and the gradient penalty's interpolation weights
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)
-    G, D = mlp(cfg.nz, cfg.g_hidden, 2, cfg.g_layers), Critic(cfg.hidden)
+    G = mlp(cfg.nz, cfg.g_hidden, 2, cfg.g_layers, batchnorm=cfg.g_batchnorm)
+    D = Critic(cfg.hidden, cfg.d_layers, cfg.maxout)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     objective = build_objective(cfg.loss, cfg.unroll, opt_d)
@@ -150,10 +195,10 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
         if ema:
             ema.update(G, step)
         if log_every and step % log_every == 0:
-            print(f"    step {step}: {evaluate_toy(G, cfg)}" + (f" EMA {evaluate_toy(ema.model, cfg)}" if ema else ""),
+            print(f"    step {step}: {evaluate_toy(G, cfg)}" + (f" EMA {evaluate_toy(averaged(ema, cfg), cfg)}" if ema else ""),
                   flush=True)
     seconds = time.perf_counter() - t0
-    G = ema.model if ema else G
+    G = averaged(ema, cfg) if ema else G
     return G, {**evaluate_toy(G, cfg), "seconds": round(seconds, 1)}
 
 
@@ -175,7 +220,7 @@ def format_table(mixture_name: str, results: dict, cfg_by_method: dict, seeds: l
     for method, s in results.items():
         m, h, r = s["modes"], s["high_quality"], s["reverse_kl"]
         c = cfg_by_method[method]
-        label = f"{method}{f' K={c.unroll}' if c.unroll else ''}, G {c.g_layers}x{c.g_hidden}"
+        label = f"{method}{f' K={c.unroll}' if c.unroll else ''}, " + ("PacGAN nets" if c.nets == "pacgan" else f"G {c.g_layers}x{c.g_hidden}")
         lines.append(f"{label:<28} {c.steps:>6} "
                      f"{m['mean']:>5.1f} ({m['min']:.0f}..{m['max']:.0f}) "
                      f"{100 * h['mean']:>8.1f} ({100 * h['min']:.1f}..{100 * h['max']:.1f}) "
@@ -204,10 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=d.steps, help=f"generator updates per run (default: {d.steps})")
     p.add_argument("--unroll", type=int, default=METHODS["unrolled"]["unroll"],
                    help="inner D steps of the unrolled method (default: 5)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"samples per step (default: {d.batch_size})")
-    p.add_argument("--hidden", type=int, default=d.hidden, help=f"units per hidden layer of D (default: {d.hidden})")
-    p.add_argument("--g-hidden", type=int, help=f"units per hidden layer of G (default: {d.g_hidden}; wgan-gp: 128)")
-    p.add_argument("--g-layers", type=int, help=f"hidden layers of G (default: {d.g_layers}; wgan-gp: 2)")
+    p.add_argument("--nets", choices=tuple(NETS), default=d.nets,
+                   help="metz: Metz et al.'s 2D setting (256-d latent, D 2x128, G lr 1e-3; the default); pacgan: "
+                        "PacGAN table 1's networks (2-d latent, G 4x400 with BatchNorm, D 3x200 maxout-5, lr 1e-4, "
+                        "batch 100). The flags below override either")
+    p.add_argument("--batch-size", type=int, help=f"samples per step (default: {d.batch_size}; pacgan: 100)")
+    p.add_argument("--hidden", type=int, help=f"units per hidden layer of D (default: {d.hidden}; pacgan: 200)")
+    p.add_argument("--g-hidden", type=int, help=f"units per hidden layer of G (default: {d.g_hidden}; wgan-gp: 128; pacgan: 400)")
+    p.add_argument("--g-layers", type=int, help=f"hidden layers of G (default: {d.g_layers}; wgan-gp: 2; pacgan: 4)")
     p.add_argument("--ema", type=float, default=d.ema,
                    help=f"decay of the moving average of G's weights that is evaluated; 0 = raw G (default: {d.ema})")
     p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=d.lr_decay,
@@ -220,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.steps, args.batch_size, args.hidden, args.g_hidden or 1, args.g_layers or 1, args.unroll) <= 0:
+    if min(args.steps, args.batch_size or 1, args.hidden or 1, args.g_hidden or 1, args.g_layers or 1, args.unroll) <= 0:
         raise UserError("--steps, --batch-size, --hidden, --g-hidden, --g-layers and --unroll must be > 0")
     if not 0 <= args.ema < 1 or args.log_every < 0:
         raise UserError("--ema must be in [0, 1) and --log-every >= 0")
@@ -229,10 +278,13 @@ def main(argv=None) -> int:
     for mix in args.mixture:
         results, cfgs, runs = {}, {}, []
         for method in args.methods:
-            settings = dict(METHODS[method], unroll=args.unroll if method == "unrolled" else 0)
-            settings.update({k: v for k, v in (("g_hidden", args.g_hidden), ("g_layers", args.g_layers)) if v})
-            cfg = replace(ToyConfig(), mixture=mix, steps=args.steps, batch_size=args.batch_size, hidden=args.hidden,
-                          ema=args.ema, lr_decay=args.lr_decay, **settings)
+            # precedence: the method's settings, then the --nets preset, then explicit flags
+            settings = dict(METHODS[method], unroll=args.unroll if method == "unrolled" else 0, nets=args.nets,
+                            **NETS[args.nets])
+            flags = (("g_hidden", args.g_hidden), ("g_layers", args.g_layers), ("batch_size", args.batch_size),
+                     ("hidden", args.hidden))
+            settings.update({k: v for k, v in flags if v})
+            cfg = replace(ToyConfig(), mixture=mix, steps=args.steps, ema=args.ema, lr_decay=args.lr_decay, **settings)
             rows = []
             for seed in args.seeds:
                 _, figures = train_toy(replace(cfg, seed=seed), args.log_every)
