@@ -128,7 +128,10 @@ def mlp(n_in: int, hidden: int, n_out: int, layers: int = 2, batchnorm: bool = F
     sizes = [n_in] + [hidden] * layers
     blocks = []
     for a, b in zip(sizes, sizes[1:]):
-        blocks += [Maxout(a, b, maxout)] if maxout else [nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batchnorm else []), nn.ReLU()]
+        if maxout:
+            blocks.append(Maxout(a, b, maxout))
+        else:
+            blocks += [nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batchnorm else []), nn.ReLU()]
     return nn.Sequential(*blocks, nn.Linear(hidden, n_out))
 
 
@@ -220,7 +223,8 @@ def format_table(mixture_name: str, results: dict, cfg_by_method: dict, seeds: l
     for method, s in results.items():
         m, h, r = s["modes"], s["high_quality"], s["reverse_kl"]
         c = cfg_by_method[method]
-        label = f"{method}{f' K={c.unroll}' if c.unroll else ''}, " + ("PacGAN nets" if c.nets == "pacgan" else f"G {c.g_layers}x{c.g_hidden}")
+        nets = "PacGAN nets" if c.nets == "pacgan" else f"G {c.g_layers}x{c.g_hidden}"
+        label = f"{method}{f' K={c.unroll}' if c.unroll else ''}, {nets}"
         lines.append(f"{label:<28} {c.steps:>6} "
                      f"{m['mean']:>5.1f} ({m['min']:.0f}..{m['max']:.0f}) "
                      f"{100 * h['mean']:>8.1f} ({100 * h['min']:.1f}..{100 * h['max']:.1f}) "
