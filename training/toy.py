@@ -15,6 +15,7 @@ Examples:
   python -m training.toy                                   # ring, gan/unrolled/wgan-gp, 3 seeds
   python -m training.toy --mixture grid --steps 20000 --seeds 0 1 2
   python -m training.toy --methods gan unrolled --steps 1500 --seeds 0 --json toy.json
+  python -m training.toy --methods unrolled --batch-size 512 --steps 20000   # the ring goal (README)
   python -m training.toy --mixture grid --nets pacgan --methods gan --steps 20000
 """
 
@@ -73,7 +74,9 @@ class ToyConfig:
     loss: str = "nonsaturating"
     unroll: int = 0  # Metz et al. use 5 or 10 steps
     steps: int = 10000  # generator updates
-    batch_size: int = 256  # Metz et al. use 512; 256 for the CPU budget here
+    # Metz et al. use 512; 256 halves the CPU cost. Unrolling at 256 left ring seed 1 collapsed; at 512
+    # over 20,000 steps it covered 8/8 ring modes at >= 94% high quality on every seed (README)
+    batch_size: int = 256
     nets: str = "metz"  # which NETS preset made these settings (recorded in the JSON)
     nz: int = 256  # latent size, as Metz et al.
     hidden: int = 128  # units per hidden layer of D
