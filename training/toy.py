@@ -15,7 +15,7 @@ Examples:
   python -m training.toy                                   # ring, gan/unrolled/wgan-gp, 3 seeds
   python -m training.toy --mixture grid --steps 20000 --seeds 0 1 2
   python -m training.toy --methods gan unrolled --steps 1500 --seeds 0 --json toy.json
-  python -m training.toy --methods unrolled --batch-size 512 --steps 20000   # the ring goal (README)
+  python -m training.toy --batch-size 512 --steps 20000     # Metz et al.'s batch: both remedies meet the ring goal
   python -m training.toy --mixture grid --nets pacgan --methods gan --steps 20000
 """
 
