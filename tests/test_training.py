@@ -138,3 +138,29 @@ def test_larger_sizes_train(tmp_path, size):
     train(run, "--steps", "1", "--image-size", str(size), "--batch-size", "4", "--arch", "convtranspose")
     g_cfg, g, _ = rundir.load_generator(run)
     assert g(torch.randn(2, 100)).shape == (2, 1, size, size)
+
+
+def test_init_from_fine_tunes_from_the_source_weights_with_new_settings(tmp_path):
+    source, tuned, fresh = tmp_path / "source", tmp_path / "tuned", tmp_path / "fresh"
+    train(source, "--steps", "3")
+    # a learning rate too small to move a weight: after one step the networks are the source's
+    common = ["--steps", "1", "--lr", "1e-20", "--seed", "7", "--augment", "translation,cutout"]
+    train(tuned, *common, "--init-from", str(source))
+    train(fresh, *common)
+    src = weights(source / "checkpoints" / "step-00000003.safetensors")
+    for other, same in [(tuned, True), (fresh, False)]:
+        ckpt = weights(other / "checkpoints" / "step-00000001.safetensors")
+        # the parameters (BatchNorm's running statistics move with any forward pass)
+        params = [k for k in src if k.startswith(("G.", "D.")) and "running_" not in k and "num_batches" not in k]
+        assert len(params) > 10
+        assert all(torch.allclose(ckpt[k], src[k], atol=1e-6) == same for k in params), other.name
+    tuned_ckpt = weights(tuned / "checkpoints" / "step-00000001.safetensors")
+    assert tuned_ckpt["opt_d.state.0.step"].item() == 4, "the Adam moments continue the source's (3 steps + 1)"
+    cfg = json.loads((tuned / "config.json").read_text())
+    src_cfg = json.loads((source / "config.json").read_text())
+    assert cfg["init_from"] == str(source) and cfg["augment"] == "translation,cutout" and cfg["lr"] == 1e-20
+    assert cfg["init_checkpoint"]["step"] == 3 and cfg["init_checkpoint"]["checkpoint"].endswith("step-00000003")
+    assert cfg["command"][:-1] == src_cfg["command"] and "--init-from" in cfg["command"][-1]
+    # resuming the fine-tune keeps its record of where it started
+    assert main(["--resume", str(tuned), "--steps", "2", "--quiet"]) == 0
+    assert json.loads((tuned / "config.json").read_text())["init_checkpoint"] == cfg["init_checkpoint"]

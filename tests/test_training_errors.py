@@ -105,3 +105,24 @@ def test_corrupted_checkpoint_is_detected_not_loaded(tiny_run, tmp_path):
     data[-10] ^= 0xFF
     ckpt.write_bytes(bytes(data))
     assert_one_line_error(run_cli("--resume", str(run), "--steps", "4"), "corrupted")
+
+
+def test_bad_augment_policy():
+    assert_one_line_error(run_cli(*TINY, "--steps", "1", "--augment", "color,flip"), "--augment", "'flip'",
+                          "color, translation, cutout")
+
+
+def test_init_from_needs_a_run_dir_with_checkpoints_and_the_same_networks(tiny_run, tmp_path):
+    assert_one_line_error(run_cli(*TINY, "--steps", "1", "--init-from", str(tmp_path)), "--init-from", "not a run dir")
+    no_ckpt = tmp_path / "no-ckpt"
+    no_ckpt.mkdir()
+    (no_ckpt / "config.json").write_text((tiny_run / "config.json").read_text())
+    assert_one_line_error(run_cli(*TINY, "--steps", "1", "--init-from", str(no_ckpt), "--out", str(tmp_path / "a")),
+                          "no checkpoints")
+    wider = [*TINY[:1], "16", *TINY[2:]]  # --ngf 16 against the source's 8
+    assert_one_line_error(run_cli(*wider, "--steps", "1", "--init-from", str(tiny_run), "--out", str(tmp_path / "b")),
+                          "does not match this run's networks")
+
+
+def test_resume_refuses_to_switch_augmentation_on(tiny_run):
+    assert_one_line_error(run_cli("--resume", str(tiny_run), "--augment", "cutout"), "augment")

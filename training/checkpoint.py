@@ -91,17 +91,37 @@ def load(stem: Path, modules: dict, optimizers: dict, data_rng: torch.Generator,
         how = f"torchrun with {saved_world} processes in all" if saved_world > 1 else "one process (no torchrun)"
         raise UserError(f"checkpoint {stem} was written by {saved_world} process(es), not {world_size}: the global batch "
                         f"and the data shards would change; resume it with {how}")
-    try:
-        for name, m in modules.items():
-            head = f"{name}."
-            m.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
-        for name, o in optimizers.items():
-            o.load_state_dict(_unflatten_optimizer(name, meta["optimizers"][name], tensors))
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise UserError(f"checkpoint {stem} does not match this run's networks ({str(e).splitlines()[0]})") from None
+    _restore(stem, meta, tensors, modules, optimizers)
     own = "rng." if rank == 0 else f"rng.rank{rank}."
     torch.set_rng_state(tensors[own + "torch"])
     data_rng.set_state(tensors["rng.data"])
     if own + "cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors[own + "cuda"])
     return {"step": meta["step"], "epoch": meta["epoch"], "position": meta["position"], "order": tensors["data.order"]}
+
+
+def _restore(stem: Path, meta: dict, tensors: dict, modules: dict, optimizers: dict, keep_groups: bool = False) -> None:
+    """Load the modules' weights and the optimizers' state; keep_groups: keep each optimizer's own
+    hyperparameters (lr, betas) and take only its per-parameter state (Adam's moments and step)."""
+    try:
+        for name, m in modules.items():
+            head = f"{name}."
+            m.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+        for name, o in optimizers.items():
+            sd = _unflatten_optimizer(name, meta["optimizers"][name], tensors)
+            if keep_groups:
+                sd["param_groups"] = o.state_dict()["param_groups"]
+            o.load_state_dict(sd)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"checkpoint {stem} does not match this run's networks ({str(e).splitlines()[0]})") from None
+
+
+def load_networks(stem: Path, modules: dict, optimizers: dict) -> dict:
+    """For a fine-tune (--init-from): the weights and Adam moments of a checkpoint, nothing of its schedule.
+
+    The step count, data order and RNG streams stay this run's own, and so do the optimizers'
+    hyperparameters. Returns the checkpoint's JSON (its step, its sha256).
+    """
+    meta, tensors = rundir.load_weights(stem, f"checkpoint {stem}")
+    _restore(stem, meta, tensors, modules, optimizers, keep_groups=True)
+    return meta

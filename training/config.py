@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.augment import parse_policy
 from training.errors import UserError
 from training.objectives import check_combination
 
@@ -28,6 +29,7 @@ class TrainConfig:
     # objective (Goodfellow et al. 2014's non-saturating loss: G maximises log D(G(z))); see objectives.py
     loss: str = "nonsaturating"  # or "wgan-gp" (Gulrajani et al. 2017)
     unroll: int = 0  # Metz et al. 2016: G's loss through K differentiable Adam steps of D; 0 = off
+    augment: str = ""  # DiffAugment (Zhao et al. 2020) of D's inputs, e.g. "color,translation,cutout"; "" = none
     # optimisation (Radford et al. 2015: Adam lr 2e-4, betas (0.5, 0.999))
     batch_size: int = 64
     lr: float = 2e-4
@@ -36,6 +38,8 @@ class TrainConfig:
     steps: int = 0  # generator updates; 0 = use epochs
     epochs: int = 20  # passes over the data when steps is 0
     lr_decay_start: int = 0  # 0 = constant lr; S > 0: both lrs fall linearly from lr at step S to 0 at the last step
+    # a fine-tune: start from another run's latest checkpoint (G, D, EMA weights, Adam moments), not from init
+    init_from: str = ""
     # generator weight averaging; BatchNorm statistics are recomputed for the averaged weights
     ema: bool = True
     ema_decay: float = 0.999
@@ -71,6 +75,10 @@ class TrainConfig:
         if self.eval_every < 0:
             raise UserError(f"--eval-every must be >= 0, got {self.eval_every}")
         check_combination(self.loss, self.unroll, self.d_norm)
+        try:
+            parse_policy(self.augment)
+        except ValueError as e:
+            raise UserError(f"--augment: {e}") from None
         if self.sync_bn and self.unroll and self.d_norm == "batchnorm":
             # unrolling differentiates D's gradient; SyncBatchNorm's backward is not differentiable
             # (pytorch/pytorch#61222: "derivative for batch_norm_backward_elemt is not implemented")

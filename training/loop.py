@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from training import checkpoint, rundir
+from training.augment import DiffAugment
 from training.config import TrainConfig
 from training.data import Dataset, to_unit_range
 from training.distributed import Dist, check_sync_batchnorm, data_parallel, rank_seed, replica_checksum
@@ -93,7 +94,8 @@ class Trainer:
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
-        self.objective = build_objective(cfg.loss, cfg.unroll, self.opt_d)  # unrolling replays opt_d's update
+        # unrolling replays opt_d's update; --augment transforms every batch D sees (training/augment.py)
+        self.objective = build_objective(cfg.loss, cfg.unroll, self.opt_d, augment=DiffAugment(cfg.augment))
         self.ema = EMA(self.G, cfg.ema_decay) if cfg.ema else None
         # 64 fixed latents: sample grids are comparable across epochs
         self.fixed_noise = torch.randn(64, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 3)).to(self.device)
@@ -143,6 +145,14 @@ class Trainer:
                 self.top_classes = max(r["eval"]["classes"] for r in evals)
                 best = min(evals, key=lambda r: r["eval"]["fd"])  # the earliest of equals, as `<` keeps
                 self.best, self.last_eval_step = (best["eval"]["fd"], best["step"]), evals[-1]["step"]
+
+    def init_from(self, source: Path) -> dict:
+        """A fine-tune: weights and Adam moments from `source`'s latest checkpoint; this run keeps its own step
+        count (0), schedule, data order and RNG streams; the EMA's warm-up restarts with the step count (it
+        follows the raw weights closely for the first ~100 steps). Returns {"run", "checkpoint", "step", "sha256"}."""
+        stem = checkpoint.latest(source)
+        meta = checkpoint.load_networks(stem, self._modules(), {"opt_g": self.opt_g, "opt_d": self.opt_d})
+        return {"run": str(source), "checkpoint": str(stem), "step": meta["step"], "sha256": meta["weights_sha256"]}
 
     def inference_generator(self, raw: bool = False) -> torch.nn.Module:
         """A generator ready for inference: a copy with BatchNorm statistics recomputed for its own weights."""

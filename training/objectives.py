@@ -7,6 +7,10 @@ callable on a batch that returns one score per sample, shape (B,).
   --loss nonsaturating           Goodfellow et al. 2014 (the article's)
   --loss nonsaturating --unroll K   Metz et al. 2016: G's loss through D advanced K Adam steps
   --loss wgan-gp                 Gulrajani et al. 2017: critic, gradient penalty, n_critic 5
+
+Every objective takes an `augment` callable (training/augment.py, DiffAugment) that it applies to
+each batch of images before D sees it, real or generated, in the D and the G step alike (and in
+unrolling's inner steps); the identity by default.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class DiscriminatorStats:
     d_g_z: torch.Tensor  # mean D(G(z)) before the D update, same units
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class NonSaturating:
     """Goodfellow et al. 2014: D maximises log D(x) + log(1 - D(G(z))); G maximises log D(G(z)).
 
@@ -71,15 +79,18 @@ class NonSaturating:
 
     d_steps = 1  # discriminator updates per generator update
 
+    def __init__(self, augment=_identity):
+        self.augment = augment
+
     def discriminator_loss(self, D, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorStats:
-        real_logits = D(real).float()  # (B,)
-        fake_logits = D(fake).float()  # (B,)
+        real_logits = D(self.augment(real)).float()  # (B,)
+        fake_logits = D(self.augment(fake)).float()  # (B,)
         loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
         return DiscriminatorStats(loss, real_logits.detach().sigmoid().mean(), fake_logits.detach().sigmoid().mean())
 
     def generator_loss(self, D, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        logits = D(fake).float()  # (B,)
+        logits = D(self.augment(fake)).float()  # (B,)
         return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
 
@@ -87,12 +98,14 @@ class WassersteinGP:
     """Gulrajani et al. 2017: the critic minimises E[D(G(z))] - E[D(x)] + lambda E[(||grad D(x_hat)|| - 1)^2].
 
     x_hat are random interpolates between real and fake samples; G minimises -E[D(G(z))]. The
-    critic takes `d_steps` (n_critic) updates per generator update, each on a fresh batch.
+    critic takes `d_steps` (n_critic) updates per generator update, each on a fresh batch. With
+    augmentation the interpolates are taken between the augmented real and fake samples.
     """
 
-    def __init__(self, gp_weight: float = 10.0, n_critic: int = 5):
+    def __init__(self, gp_weight: float = 10.0, n_critic: int = 5, augment=_identity):
         self.gp_weight = gp_weight
         self.d_steps = n_critic
+        self.augment = augment
 
     def gradient_penalty(self, D, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         # one mixing weight per sample, broadcast over the other dims: (B, 1, 1, 1) or (B, 1)
@@ -104,13 +117,14 @@ class WassersteinGP:
         return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
 
     def discriminator_loss(self, D, real: torch.Tensor, fake: torch.Tensor) -> DiscriminatorStats:
+        real, fake = self.augment(real), self.augment(fake)
         real_scores = D(real).float()  # (B,)
         fake_scores = D(fake).float()  # (B,)
         loss = fake_scores.mean() - real_scores.mean() + self.gp_weight * self.gradient_penalty(D, real, fake)
         return DiscriminatorStats(loss, real_scores.detach().mean(), fake_scores.detach().mean())
 
     def generator_loss(self, D, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        return -D(fake).float().mean()
+        return -D(self.augment(fake)).float().mean()
 
 
 class Unrolled:
@@ -185,10 +199,14 @@ class Unrolled:
         return self.base.generator_loss(call(params), fake, real)
 
 
-def build_objective(loss: str, unroll: int = 0, d_optimizer: torch.optim.Optimizer | None = None):
-    """The objective for `--loss` and `--unroll`; unrolling needs D's optimizer (it replays its update)."""
+def build_objective(loss: str, unroll: int = 0, d_optimizer: torch.optim.Optimizer | None = None,
+                    augment=_identity):
+    """The objective for `--loss` and `--unroll`; unrolling needs D's optimizer (it replays its update).
+
+    augment: applied to every image batch before D (training/augment.py); the identity by default.
+    """
     check_combination(loss, unroll)
-    base = WassersteinGP() if loss == "wgan-gp" else NonSaturating()
+    base = WassersteinGP(augment=augment) if loss == "wgan-gp" else NonSaturating(augment=augment)
     if unroll:
         if d_optimizer is None:
             raise ValueError("unrolling needs the discriminator's optimizer")

@@ -6,6 +6,8 @@ Examples:
   python -m training.run --data ./faces --image-size 64   # a folder of PNG/JPEG images
   python -m training.run --config my.yaml --seed 3        # a JSON/YAML config; flags override it
   python -m training.run --resume runs/mnist --steps 6000 # continue a run (same weights as never stopping)
+  python -m training.run --init-from runs/mnist --augment color,translation,cutout --steps 4000 \
+      --lr-decay-start 2000 --out runs/mnist-ft          # a fine-tune: new settings and schedule, its weights
   python -m training.run --dry-run                        # one real iteration end to end (smoke test)
 
 Several GPUs (DistributedDataParallel; --batch-size is per process, the global batch N x it):
@@ -57,6 +59,12 @@ HELP = {
             "--d-norm layernorm --dropout 0, each applied only where not set). " + COMBINATIONS_HELP,
     "unroll": "Unrolled GAN (Metz et al. 2016): G's loss through K differentiable Adam steps of a copy of D; "
               "0 = off; nonsaturating only. Each G step costs about K+1 D steps with double backward",
+    "augment": "DiffAugment (Zhao et al. 2020) of every batch the discriminator sees, real and generated, in the D "
+               "and G steps: a comma-separated list of color, translation, cutout (the paper's policy for little data: "
+               "color,translation,cutout); '' = none. Counters a discriminator that memorises a small dataset",
+    "init_from": "a run dir: start this new run from its latest checkpoint (G, D and EMA weights, Adam moments) "
+                 "instead of fresh weights, with this run's own steps, schedule, data order and settings (e.g. "
+                 "--augment, --lr); the networks' shapes must match. Its commands head this run's config.json",
     "batch_size": "images per step, per process: under torchrun each of the N processes trains on its own "
                   "--batch-size images, so a step's global batch is N x --batch-size",
     "lr": "Adam learning rate (both networks)",
@@ -176,6 +184,11 @@ def main(argv=None) -> int:
             cfg.steps = 1
         cfg.validate()
         command = []
+        if cfg.init_from:
+            source = Path(cfg.init_from)
+            if not (source / rundir.CONFIG).is_file():
+                raise UserError(f"--init-from {source}: not a run dir (no {rundir.CONFIG}); pass a folder training.run wrote")
+            command = read_json(source / rundir.CONFIG, "run config").get("command", [])
     command = command + [shlex.join(["python", "-m", "training.run", *(sys.argv[1:] if argv is None else argv)])]
 
     # one process, or this process's rank of the job torchrun started (training/distributed.py)
@@ -189,12 +202,20 @@ def main(argv=None) -> int:
         if ns.resume:
             check_schedule_kept(saved, trainer, checkpoint.step_of(checkpoint.latest(run_dir)))
             trainer.resume()
+            init = {"init_checkpoint": saved["init_checkpoint"]} if "init_checkpoint" in saved else {}
+        elif cfg.init_from:
+            init = {"init_checkpoint": trainer.init_from(Path(cfg.init_from))}
+        else:
+            init = {}
         if dist.is_main:
             world = {"world_size": dist.world_size} if dist.enabled else {}
-            trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data), **world})
+            trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data), **init,
+                                  **world})
             batch = f"{dist.world_size} processes x {cfg.batch_size}" if dist.enabled else f"{cfg.batch_size}"
             print(f"run dir: {run_dir}  ({len(data)} images, {trainer.total_steps} steps of {batch}, "
-                  f"device {trainer.device}" + (f", resuming at step {trainer.step})" if ns.resume else ")"), flush=True)
+                  f"device {trainer.device}" + (f", resuming at step {trainer.step})" if ns.resume else
+                                                f", from {init['init_checkpoint']['checkpoint']})" if init else ")"),
+                  flush=True)
         signum = trainer.fit(progress=not ns.quiet)
         # rank 0 writes last; a rank that tore the process group down before it got there aborts (gloo)
         dist.barrier()
