@@ -14,7 +14,7 @@ from training import rundir
 from training.classifier import load_classifier, predict, to_input
 from training.evaluate import DigitEvaluator, main, mean_figures
 from training.metrics import (class_histogram, classes_covered, classifier_score, feature_statistics,
-                              frechet_distance, kl_to_uniform, modes_hit)
+                              frechet_distance, kl_to_uniform, modes_hit, unclear_share)
 from training.models import GeneratorConfig, build_generator, init_weights
 
 
@@ -41,6 +41,14 @@ def test_classifier_score_known_answers():
     assert classifier_score(one_class) == pytest.approx(1.0, rel=1e-6)
     unsure = torch.full((30, 10), 0.1)
     assert classifier_score(unsure) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_unclear_share_known_answers():
+    assert unclear_share(torch.eye(10).repeat(3, 1)) == 0.0  # one-hot: entropy 0
+    assert unclear_share(torch.full((30, 10), 0.1)) == 1.0  # uniform: entropy ln 10 = 2.3 nats
+    # (0.9, 0.1): 0.325 nats, clear; (0.7, 0.3): 0.611 nats, unclear
+    two = torch.tensor([[0.9, 0.1]] * 3 + [[0.7, 0.3]])
+    assert unclear_share(two) == pytest.approx(0.25)
 
 
 def test_frechet_distance_known_answers():
@@ -79,6 +87,8 @@ def test_collapsed_images_score_as_collapsed(evaluator):
     f = evaluator.figures(one_class)
     assert f["classes"] == 1 and f["class_kl"] == pytest.approx(math.log(10), abs=0.01)
     assert f["score"] == pytest.approx(1.0, abs=0.01)
+    assert f["unclear"] in (0.0, 1.0)  # 1,000 copies of one image: all clear or all unclear
+    assert 0 < evaluator.floor(1000)["unclear"] < 0.06  # real digits: a few are ambiguous even to the classifier
     assert f["fd"] > 10 * evaluator.floor(1000)["fd"]
 
 
@@ -105,10 +115,10 @@ def test_evaluate_cli_on_a_run_dir(tmp_path, capsys):
 
 
 def test_mean_figures_known_answer():
-    a = {"classes": 10, "class_kl": 0.01, "score": 8.0, "fd": 2.0, "histogram": [1, 2], "samples": 3}
-    b = {"classes": 9, "class_kl": 0.03, "score": 9.0, "fd": 4.0, "histogram": [3, 0], "samples": 3}
-    assert mean_figures([a, b]) == {"classes": 9, "class_kl": 0.02, "score": 8.5, "fd": 3.0, "histogram": [4, 2],
-                                    "samples": 6, "fd_draws": [2.0, 4.0]}
+    a = {"classes": 10, "class_kl": 0.01, "score": 8.0, "unclear": 0.1, "fd": 2.0, "histogram": [1, 2], "samples": 3}
+    b = {"classes": 9, "class_kl": 0.03, "score": 9.0, "unclear": 0.2, "fd": 4.0, "histogram": [3, 0], "samples": 3}
+    assert mean_figures([a, b]) == {"classes": 9, "class_kl": 0.02, "score": 8.5, "unclear": 0.15, "fd": 3.0,
+                                    "histogram": [4, 2], "samples": 6, "fd_draws": [2.0, 4.0]}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,6 +4,7 @@ With the project's MNIST classifier (training/classifier.py, artifacts/mnist-cla
   classes    classes covered, of 10: classes holding at least half the uniform share of samples
   class KL   KL(class histogram || uniform), nats; 0 is perfectly balanced
   score      Inception-Score-like: exp E KL(p(y|x) || p(y)) with our classifier; 10 at best
+  unclear    share of samples whose prediction entropy is above 0.5 nats (no one clear digit)
   FD         Frechet distance in the classifier's 128-d penultimate features, against the
              1,000 held-out real digits (the FID formula, not the Inception-v3 FID)
 The floor: the same figures for as many real training digits (the classifier's training split).
@@ -31,7 +32,7 @@ from training.classifier import DEFAULT_DIR, bundled_digits, load_classifier, pr
 from training.errors import OneLineErrorParser, UserError, cli_main
 from training.fileio import atomic_write_json
 from training.metrics import (class_histogram, classes_covered, classifier_score, feature_statistics,
-                              frechet_distance, kl_to_uniform)
+                              frechet_distance, kl_to_uniform, unclear_share)
 
 GENERATOR_LAST = "generator_last"  # the last EMA generator, where generator.* holds the best evaluated one
 STEMS = (rundir.GENERATOR, rundir.GENERATOR_RAW, GENERATOR_LAST)
@@ -63,6 +64,7 @@ class DigitEvaluator:
             "classes": classes_covered(counts),
             "class_kl": round(kl_to_uniform(counts), 5),
             "score": round(classifier_score(probs), 4),
+            "unclear": round(unclear_share(probs), 4),
             "fd": round(frechet_distance(feature_statistics(features), self.reference), 4),
             "histogram": counts.tolist(),
             "samples": len(images),
@@ -105,18 +107,19 @@ def mean_figures(draws: list[dict]) -> dict:
     class KL, score and FD, the summed histogram, and each draw's FD."""
     mean = lambda key: sum(d[key] for d in draws) / len(draws)  # noqa: E731
     return {"classes": min(d["classes"] for d in draws), "class_kl": round(mean("class_kl"), 5),
-            "score": round(mean("score"), 4), "fd": round(mean("fd"), 4),
+            "score": round(mean("score"), 4), "unclear": round(mean("unclear"), 4), "fd": round(mean("fd"), 4),
             "histogram": [sum(c) for c in zip(*(d["histogram"] for d in draws))],
             "samples": sum(d["samples"] for d in draws), "fd_draws": [d["fd"] for d in draws]}
 
 
 def format_table(rows: dict[str, dict], floor_fd: float) -> str:
-    lines = [f"{'':<30} {'classes':>7} {'class KL':>9} {'score':>7} {'FD':>9} {'FD/floor':>9} {'range':>13} {'step':>6}",
-             "-" * 98]
+    lines = [f"{'':<30} {'classes':>7} {'class KL':>9} {'score':>7} {'unclear':>8} {'FD':>9} {'FD/floor':>9} "
+             f"{'range':>13} {'step':>6}", "-" * 107]
     for name, f in rows.items():
         fds = f.get("fd_draws", [f["fd"]])
         spread = f"{min(fds) / floor_fd:.2f}..{max(fds) / floor_fd:.2f}" if len(fds) > 1 else ""
-        lines.append(f"{name:<30} {f['classes']:>4}/10 {f['class_kl']:>9.4f} {f['score']:>7.3f} {f['fd']:>9.3f} "
+        lines.append(f"{name:<30} {f['classes']:>4}/10 {f['class_kl']:>9.4f} {f['score']:>7.3f} "
+                     f"{f['unclear']:>7.1%} {f['fd']:>9.3f} "
                      f"{f['fd'] / floor_fd:>8.2f}x {spread:>13} {str(f.get('step', '')):>6}")
     return "\n".join(lines)
 

@@ -53,6 +53,17 @@ def classifier_score(probs: torch.Tensor) -> float:
     return float(torch.exp((p * (p.log() - marginal.log())).sum(1).mean()))
 
 
+UNCLEAR_NATS = 0.5  # a prediction entropy above this is an unclear sample (3% of real training digits)
+
+
+def unclear_share(probs: torch.Tensor, nats: float = UNCLEAR_NATS) -> float:
+    """Share of samples whose predicted class distribution has entropy above `nats`: samples the
+    classifier cannot read as one digit. The classifier score counts them through the mean entropy;
+    this says whether its gap is many slightly unsure samples or a few unreadable ones. probs: (N, K)."""
+    p = probs.double().clamp_min(1e-12)
+    return float((-(p * p.log()).sum(1) > nats).double().mean())
+
+
 # --- Frechet distance ------------------------------------------------------------------------------
 def feature_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(N, F) -> mean (F,) and covariance (F, F), float64."""
