@@ -95,9 +95,6 @@ class DiffAugment:
         self.names = parse_policy(policy)
         self.transforms = [t for n in self.names for t in POLICIES[n]]
 
-    def __bool__(self) -> bool:
-        return bool(self.transforms)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.transforms:
             return x

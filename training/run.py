@@ -61,7 +61,9 @@ HELP = {
               "0 = off; nonsaturating only. Each G step costs about K+1 D steps with double backward",
     "augment": "DiffAugment (Zhao et al. 2020) of every batch the discriminator sees, real and generated, in the D "
                "and G steps: a comma-separated list of color, translation, cutout (the paper's policy for little data: "
-               "color,translation,cutout); '' = none. Counters a discriminator that memorises a small dataset",
+               "color,translation,cutout); '' = none. Meant for a discriminator that memorises a small dataset; at "
+               "this fixed strength it slowed learning on the bundled digits (README: 'DiffAugment against a "
+               "memorising discriminator')",
     "init_from": "a run dir: start this new run from its latest checkpoint (G, D and EMA weights, Adam moments) "
                  "instead of fresh weights, with this run's own steps, schedule, data order and settings (e.g. "
                  "--augment, --lr); the networks' shapes must match. Its commands head this run's config.json",
@@ -212,10 +214,10 @@ def main(argv=None) -> int:
             trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data), **init,
                                   **world})
             batch = f"{dist.world_size} processes x {cfg.batch_size}" if dist.enabled else f"{cfg.batch_size}"
+            start = (f", resuming at step {trainer.step}" if ns.resume
+                     else f", from {init['init_checkpoint']['checkpoint']}" if init else "")
             print(f"run dir: {run_dir}  ({len(data)} images, {trainer.total_steps} steps of {batch}, "
-                  f"device {trainer.device}" + (f", resuming at step {trainer.step})" if ns.resume else
-                                                f", from {init['init_checkpoint']['checkpoint']})" if init else ")"),
-                  flush=True)
+                  f"device {trainer.device}{start})", flush=True)
         signum = trainer.fit(progress=not ns.quiet)
         # rank 0 writes last; a rank that tore the process group down before it got there aborts (gloo)
         dist.barrier()
