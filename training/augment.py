@@ -92,8 +92,7 @@ class DiffAugment:
     """x (B, C, H, W) -> the same batch, each image transformed independently; identity for no policy."""
 
     def __init__(self, policy: str = ""):
-        self.names = parse_policy(policy)
-        self.transforms = [t for n in self.names for t in POLICIES[n]]
+        self.transforms = [t for n in parse_policy(policy) for t in POLICIES[n]]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.transforms:
