@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training.metrics import mixture_figures
-from training.toy import METHODS, NETS, Maxout, ToyConfig, main, mixture, sample_mixture, train_toy
+from training.toy import METHODS, NETS, Critic, Maxout, ToyConfig, main, mixture, sample_mixture, train_toy
 
 
 
@@ -98,6 +98,28 @@ def test_pacgan_nets_from_the_cli(tmp_path, capsys):
     assert json.loads(out.read_text())["ring"]["runs"][0]["batch_size"] == 32
 
 
+def test_packed_critic_scores_each_run_of_pack_points_as_one_input():
+    torch.manual_seed(0)
+    D = Critic(hidden=8, layers=2, pack=4)
+    assert D.net[0].in_features == 8  # 4 points x 2 coordinates
+    x = torch.randn(12, 2)
+    scores = D(x)
+    assert scores.shape == (3,)  # (B, 2) -> (B / pack,)
+    # the second pack is points 4..7, concatenated in order
+    assert torch.allclose(scores[1], D.net(x[4:8].reshape(1, 8)).squeeze())
+    assert not torch.allclose(scores[1], D.net(x[4:8].flip(0).reshape(1, 8)).squeeze())  # order matters: a real concat
+
+
+def test_pacgan_method_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "toy.json"
+    assert main(["--mixture", "grid", "--nets", "pacgan", "--methods", "gan", "pacgan", "--pack", "2", "--steps", "20",
+                 "--seeds", "0", "--json", str(out)]) == 0
+    assert "pacgan pack 2, PacGAN nets" in capsys.readouterr().out
+    runs = json.loads(out.read_text())["grid"]["runs"]
+    assert [(r["method"], r["pack"]) for r in runs] == [("gan", 1), ("pacgan", 2)]  # --pack is the pacgan method's only
+    assert runs[1]["lr_g"] == NETS["pacgan"]["lr_g"] and all(math.isfinite(r["high_quality"]) for r in runs)
+
+
 def test_averaged_batchnorm_generator_gets_its_own_statistics():
     """The EMA copy of a BatchNorm G never runs in train mode: its running statistics must be
     recomputed for the averaged weights, or it is evaluated with the initial mean 0 / var 1."""
@@ -113,6 +135,8 @@ def test_averaged_batchnorm_generator_gets_its_own_statistics():
     (["--steps", "0"], "must be > 0"),
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
     (["--mixture", "spiral"], "invalid choice"),
+    (["--methods", "gan", "pacgan", "--pack", "3"], "--pack 3 must divide the batch of 256"),
+    (["--pack", "0"], "must be > 0"),
 ])
 def test_toy_cli_bad_input_one_line(capsys, args, message):
     with pytest.raises(SystemExit) as e:

@@ -6,6 +6,10 @@ generator and discriminator, trained with the very objectives of the DCGAN train
 (training/objectives.py). Figures from 2,500 samples (training/metrics.py: modes captured,
 % high-quality within 3 std, reverse KL over modes), averaged over seeds.
 
+Methods: gan (the non-saturating loss), unrolled (Metz et al.), wgan-gp (Gulrajani et al.), and
+pacgan (Lin et al. 2018: the non-saturating loss with a discriminator that judges --pack samples at
+once, concatenated; the remedy behind the published PacGAN4 rows; opt-in, not one of the article's).
+
 Two sets of networks (--nets): `metz` (default), Metz et al.'s 2D setting (256-d latent, D 2 x 128
 ReLU, G lr 1e-3), harsh on the plain loss; `pacgan`, the networks of PacGAN's table 1 (2-d latent,
 G 4 x 400 with BatchNorm, D 3 x 200 maxout with 5 pieces, lr 1e-4, batch 100), where its published
@@ -17,6 +21,7 @@ Examples:
   python -m training.toy --methods gan unrolled --steps 1500 --seeds 0 --json toy.json
   python -m training.toy --batch-size 512 --steps 20000     # Metz et al.'s batch: both remedies meet the ring goal
   python -m training.toy --mixture grid --nets pacgan --methods gan --steps 20000
+  python -m training.toy --mixture grid --nets pacgan --methods gan pacgan --steps 80000 --seeds 0
 """
 
 from __future__ import annotations
@@ -48,7 +53,10 @@ METHODS = {
     "gan": dict(loss="nonsaturating", unroll=0, lr_d=1e-4, lr_g=1e-3, betas=(0.5, 0.999)),
     "unrolled": dict(loss="nonsaturating", unroll=5, lr_d=1e-4, lr_g=1e-3, betas=(0.5, 0.999)),
     "wgan-gp": dict(loss="wgan-gp", unroll=0, lr_d=5e-4, lr_g=5e-4, betas=(0.5, 0.9), g_hidden=128, g_layers=2),
+    # PacGAN (Lin et al. 2018): the GAN's settings, D sees packs of 4 (their PacGAN4; --pack changes it)
+    "pacgan": dict(loss="nonsaturating", unroll=0, pack=4, lr_d=1e-4, lr_g=1e-3, betas=(0.5, 0.999)),
 }
+ARTICLE_METHODS = ("gan", "unrolled", "wgan-gp")  # the default: the article's loss and its two remedies
 
 # --nets -> what it sets over METHODS' settings (ToyConfig fields). pacgan: PacGAN section 5.1 / its
 # appendix (the 2D experiments of VEEGAN): generator 4 x 400 ReLU with BatchNorm on a 2-d Gaussian
@@ -82,6 +90,7 @@ class ToyConfig:
     hidden: int = 128  # units per hidden layer of D
     d_layers: int = 2  # hidden layers of D (2, as Metz et al.)
     maxout: int = 0  # pieces per maxout unit of D's hidden layers; 0 = ReLU
+    pack: int = 1  # PacGAN: D scores packs of this many samples, concatenated (its input is 2 x pack); 1 = off
     # G deeper than Metz et al.'s 2 x 128 (PacGAN's has 4 x 400): with 2 x 128, unrolling covered the
     # ring but plateaued near 90% high-quality; the sharper transitions between modes of 4 x 256 pass 95%
     g_hidden: int = 256  # units per hidden layer of G
@@ -139,14 +148,19 @@ def mlp(n_in: int, hidden: int, n_out: int, layers: int = 2, batchnorm: bool = F
 
 
 class Critic(nn.Module):
-    """The discriminator MLP returning one score per point, (B, 2) -> (B,), as objectives expect."""
+    """The discriminator MLP returning one score per point, (B, 2) -> (B,), as objectives expect.
 
-    def __init__(self, hidden: int, layers: int = 2, maxout: int = 0):
+    With pack > 1 (PacGAN) it scores packs: each run of `pack` consecutive points of the batch,
+    all real or all generated, is one input of 2 x pack numbers, (B, 2) -> (B / pack,); the
+    objectives average over whatever scores D returns. The batch must divide by pack."""
+
+    def __init__(self, hidden: int, layers: int = 2, maxout: int = 0, pack: int = 1):
         super().__init__()
-        self.net = mlp(2, hidden, 1, layers, maxout=maxout)
+        self.pack = pack
+        self.net = mlp(2 * pack, hidden, 1, layers, maxout=maxout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+        return self.net(x.reshape(-1, 2 * self.pack)).squeeze(1)
 
 
 def evaluate_toy(G: nn.Module, cfg: ToyConfig) -> dict:
@@ -174,7 +188,7 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
     torch.manual_seed(cfg.seed)  # weights, and the gradient penalty's interpolation weights
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)
     G = mlp(cfg.nz, cfg.g_hidden, 2, cfg.g_layers, batchnorm=cfg.g_batchnorm)
-    D = Critic(cfg.hidden, cfg.d_layers, cfg.maxout)
+    D = Critic(cfg.hidden, cfg.d_layers, cfg.maxout, cfg.pack)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     objective = build_objective(cfg.loss, cfg.unroll, opt_d)
@@ -227,7 +241,7 @@ def format_table(mixture_name: str, results: dict, cfg_by_method: dict, seeds: l
         m, h, r = s["modes"], s["high_quality"], s["reverse_kl"]
         c = cfg_by_method[method]
         nets = "PacGAN nets" if c.nets == "pacgan" else f"G {c.g_layers}x{c.g_hidden}"
-        label = f"{method}{f' K={c.unroll}' if c.unroll else ''}, {nets}"
+        label = f"{method}{f' K={c.unroll}' if c.unroll else ''}{f' pack {c.pack}' if c.pack > 1 else ''}, {nets}"
         lines.append(f"{label:<28} {c.steps:>6} "
                      f"{m['mean']:>5.1f} ({m['min']:.0f}..{m['max']:.0f}) "
                      f"{100 * h['mean']:>8.1f} ({100 * h['min']:.1f}..{100 * h['max']:.1f}) "
@@ -244,18 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="2D mode-collapse benchmark: train MLP GANs on a ring of 8 or a 5x5 grid of Gaussians with "
                     "each method and print modes captured, % high-quality samples and reverse KL beside the "
                     "published figures. Methods: gan (non-saturating), unrolled (non-saturating through --unroll "
-                    "Adam steps of D, Metz et al. 2016), wgan-gp (Gulrajani et al. 2017).",
+                    "Adam steps of D, Metz et al. 2016), wgan-gp (Gulrajani et al. 2017), pacgan (Lin et al. 2018: "
+                    "non-saturating, D judges --pack samples at once; not one of the article's remedies, opt-in).",
         epilog=__doc__.split("Examples:", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = ToyConfig()
     p.add_argument("--mixture", nargs="+", choices=MIXTURES, default=["ring"], help="which mixtures (default: ring)")
-    p.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(METHODS),
-                   help=f"which methods (default: all: {' '.join(METHODS)})")
+    p.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(ARTICLE_METHODS),
+                   help=f"which methods (default: the article's loss and its remedies: {' '.join(ARTICLE_METHODS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"generator updates per run (default: {d.steps})")
     p.add_argument("--unroll", type=int, default=METHODS["unrolled"]["unroll"],
                    help="inner D steps of the unrolled method (default: 5)")
+    p.add_argument("--pack", type=int, default=METHODS["pacgan"]["pack"],
+                   help="samples per discriminator input of the pacgan method; the batch must divide by it (default: 4)")
     p.add_argument("--nets", choices=tuple(NETS), default=d.nets,
                    help="metz: Metz et al.'s 2D setting (256-d latent, D 2x128, G lr 1e-3; the default); pacgan: "
                         "PacGAN table 1's networks (2-d latent, G 4x400 with BatchNorm, D 3x200 maxout-5, lr 1e-4, "
@@ -276,22 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.steps, args.batch_size or 1, args.hidden or 1, args.g_hidden or 1, args.g_layers or 1, args.unroll) <= 0:
-        raise UserError("--steps, --batch-size, --hidden, --g-hidden, --g-layers and --unroll must be > 0")
+    if min(args.steps, args.batch_size or 1, args.hidden or 1, args.g_hidden or 1, args.g_layers or 1, args.unroll,
+           args.pack) <= 0:
+        raise UserError("--steps, --batch-size, --hidden, --g-hidden, --g-layers, --unroll and --pack must be > 0")
     if not 0 <= args.ema < 1 or args.log_every < 0:
         raise UserError("--ema must be in [0, 1) and --log-every >= 0")
     torch.set_num_threads(1)  # tiny MLPs: threads cost more than they give
     report = {}
+    cfg_by_method = {}
+    for method in args.methods:  # all settled (and refused) before any training
+        # precedence: the method's settings, then the --nets preset, then explicit flags
+        settings = dict(METHODS[method], unroll=args.unroll if method == "unrolled" else 0,
+                        pack=args.pack if method == "pacgan" else 1, nets=args.nets, **NETS[args.nets])
+        flags = (("g_hidden", args.g_hidden), ("g_layers", args.g_layers), ("batch_size", args.batch_size),
+                 ("hidden", args.hidden))
+        settings.update({k: v for k, v in flags if v})
+        cfg = replace(ToyConfig(), steps=args.steps, ema=args.ema, lr_decay=args.lr_decay, **settings)
+        if cfg.batch_size % cfg.pack:
+            raise UserError(f"--pack {cfg.pack} must divide the batch of {cfg.batch_size} "
+                            "(PacGAN packs whole batches); pick --batch-size or --pack to fit")
+        cfg_by_method[method] = cfg
     for mix in args.mixture:
         results, cfgs, runs = {}, {}, []
         for method in args.methods:
-            # precedence: the method's settings, then the --nets preset, then explicit flags
-            settings = dict(METHODS[method], unroll=args.unroll if method == "unrolled" else 0, nets=args.nets,
-                            **NETS[args.nets])
-            flags = (("g_hidden", args.g_hidden), ("g_layers", args.g_layers), ("batch_size", args.batch_size),
-                     ("hidden", args.hidden))
-            settings.update({k: v for k, v in flags if v})
-            cfg = replace(ToyConfig(), mixture=mix, steps=args.steps, ema=args.ema, lr_decay=args.lr_decay, **settings)
+            cfg = replace(cfg_by_method[method], mixture=mix)
             rows = []
             for seed in args.seeds:
                 _, figures = train_toy(replace(cfg, seed=seed), args.log_every)
