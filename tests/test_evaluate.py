@@ -112,6 +112,15 @@ def test_evaluate_cli_on_a_run_dir(tmp_path, capsys):
     assert main([str(tmp_path), "--samples", "200", "--draws", "1", "--seed", "2", "--json", str(tmp_path / "one.json")]) == 0
     one = json.loads((tmp_path / "one.json").read_text())["figures"]["generator (EMA)"]
     assert one["fd_draws"] == [fds[2]]  # draw i is seed + i, whatever else was drawn
+    # --latent-scale: the same seed's latents, scaled; 1 is the default draw itself
+    assert main([str(tmp_path), "--samples", "200", "--draws", "1", "--seed", "2", "--latent-scale", "1",
+                 "--json", str(tmp_path / "same.json")]) == 0
+    assert json.loads((tmp_path / "same.json").read_text())["figures"]["generator (EMA)"]["fd_draws"] == [fds[2]]
+    assert main([str(tmp_path), "--samples", "200", "--draws", "1", "--seed", "2", "--latent-scale", "0.5",
+                 "--json", str(tmp_path / "half.json")]) == 0
+    half = json.loads((tmp_path / "half.json").read_text())
+    assert half["latent_scale"] == 0.5 and half["figures"]["generator (EMA)"]["fd_draws"] != [fds[2]]
+    assert "latents scaled by 0.5" in capsys.readouterr().out
 
 
 def test_mean_figures_known_answer():
@@ -125,6 +134,7 @@ def test_mean_figures_known_answer():
     (["{tmp}/missing"], "holds no generator"),
     (["{tmp}", "--samples", "5"], "--samples must be >= 100"),
     (["{tmp}", "--draws", "0"], "--draws must be >= 1"),
+    (["{tmp}", "--latent-scale", "0"], "--latent-scale must be in (0, 10]"),
     (["{tmp}", "--classifier", "{tmp}/nope"], "no MNIST classifier"),
 ])
 def test_evaluate_cli_bad_input_one_line(tmp_path, capsys, args, message):

@@ -16,6 +16,7 @@ Examples:
   python -m training.evaluate runs/default-v1                 # generator, generator_raw, generator_last
   python -m training.evaluate runs/default-v1 --samples 4000 --json eval.json
   python -m training.evaluate runs/default-v1 --draws 1 --seed 7  # one set of latents, seed 7
+  python -m training.evaluate runs/default-v1 --latent-scale 0.8  # latents from N(0, 0.8^2 I): the truncation trick
 """
 
 from __future__ import annotations
@@ -79,10 +80,12 @@ class DigitEvaluator:
 
 
 @torch.no_grad()
-def generate(G: torch.nn.Module, nz: int, n: int, seed: int, device: torch.device, batch: int = 500) -> torch.Tensor:
-    """n samples from fixed latents (own torch.Generator: no global RNG touched). (n, C, H, W)"""
+def generate(G: torch.nn.Module, nz: int, n: int, seed: int, device: torch.device, batch: int = 500,
+             latent_scale: float = 1.0) -> torch.Tensor:
+    """n samples from fixed latents (own torch.Generator: no global RNG touched), z ~ N(0, latent_scale^2 I).
+    (n, C, H, W)"""
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, nz, generator=g)
+    z = latent_scale * torch.randn(n, nz, generator=g)
     G.eval()
     return torch.cat([G(chunk.to(device)) for chunk in z.split(batch)])
 
@@ -143,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first draw's latents; draw i uses seed + i (default: 0)")
     p.add_argument("--classifier", default=str(DEFAULT_DIR), metavar="DIR", help="classifier folder (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="where to write the figures (default: RUN_DIR/evaluation.json)")
+    p.add_argument("--latent-scale", type=float, default=1.0, metavar="PSI",
+                   help="draw the latents from N(0, PSI^2 I) instead of the N(0, I) the generator was trained on and "
+                        "is served with: the scaling form of the truncation trick, PSI < 1 trades variety for "
+                        "typicality (default: 1)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(default: cpu)")
     return p
 
@@ -155,6 +162,8 @@ def main(argv=None) -> int:
         raise UserError(f"--samples must be >= 100 for a meaningful Frechet distance, got {args.samples}")
     if args.draws < 1:
         raise UserError(f"--draws must be >= 1, got {args.draws}")
+    if not 0 < args.latent_scale <= 10:
+        raise UserError(f"--latent-scale must be in (0, 10], got {args.latent_scale}; 1 draws the latents as trained")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available")
     stems = [s for s in STEMS if (run_dir / f"{s}.json").is_file()]
@@ -167,17 +176,20 @@ def main(argv=None) -> int:
     for stem in stems:
         cfg, G, meta = rundir.load_generator(run_dir, stem)
         G = G.to(device)
-        f = mean_figures([evaluator.figures(generate(G, cfg.nz, args.samples, args.seed + i, device))
+        f = mean_figures([evaluator.figures(generate(G, cfg.nz, args.samples, args.seed + i, device,
+                                                     latent_scale=args.latent_scale))
                           for i in range(args.draws)])
         rows[f"{stem} ({'EMA' if meta.get('ema') else 'raw'})"] = {**f, "step": meta.get("step")}
     floor_fd = rows["real training digits (floor)"]["fd"]
+    scaled = "" if args.latent_scale == 1 else f", latents scaled by {args.latent_scale}"
     print(f"{run_dir}: {args.samples} samples per draw, mean of {args.draws} draw(s) (latent seeds {args.seed}.."
-          f"{args.seed + args.draws - 1}); FD against {len(evaluator.meta['held_out_indices'])} held-out real digits; "
+          f"{args.seed + args.draws - 1}){scaled}; FD against {len(evaluator.meta['held_out_indices'])} held-out real digits; "
           f"classifier held-out accuracy {evaluator.meta['held_out_accuracy']:.4f}")
     print(format_table(rows, floor_fd))
     out = Path(args.json) if args.json else run_dir / EVALUATION
     atomic_write_json(out, {"run_dir": str(run_dir), "samples": args.samples, "seed": args.seed, "draws": args.draws,
-                            "classifier": str(args.classifier), "floor_fd": floor_fd, "figures": rows,
+                            "latent_scale": args.latent_scale, "classifier": str(args.classifier), "floor_fd": floor_fd,
+                            "figures": rows,
                             "command": "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)})
     print(f"wrote {out}")
     return 0
