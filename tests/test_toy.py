@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from training.metrics import mixture_figures
-from training.toy import METHODS, NETS, Critic, Maxout, ToyConfig, main, mixture, sample_mixture, train_toy
+from training.toy import (METHODS, NETS, Critic, Maxout, ToyConfig, init_normal, main, mixture, mlp, sample_mixture,
+                          train_toy)
 
 
 
@@ -118,6 +119,21 @@ def test_pacgan_method_from_the_cli(tmp_path, capsys):
     runs = json.loads(out.read_text())["grid"]["runs"]
     assert [(r["method"], r["pack"]) for r in runs] == [("gan", 1), ("pacgan", 2)]  # --pack is the pacgan method's only
     assert runs[1]["lr_g"] == NETS["pacgan"]["lr_g"] and all(math.isfinite(r["high_quality"]) for r in runs)
+    # PacGAN's code's optimiser and init: --beta1 and --init reach every method's settings
+    assert main(["--nets", "pacgan", "--methods", "gan", "pacgan", "--steps", "2", "--seeds", "0", "--beta1", "0.8",
+                 "--init", "normal", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["ring"]["runs"]
+    assert all(r["betas"] == [0.8, 0.999] and r["init"] == "normal" for r in runs)
+
+
+def test_normal_init_is_pacgans():
+    torch.manual_seed(0)
+    G, D = mlp(2, 400, 2, 2, batchnorm=True), Critic(200, 3, maxout=5, pack=4)
+    init_normal(G, D)
+    linears = [m for net in (G, D) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 + 4  # G: 2 hidden + out; D: 3 maxout linears + out
+    assert all(not m.bias.detach().any() for m in linears)
+    assert linears[1].weight.std().item() == pytest.approx(0.02, rel=0.02)  # 400 x 400 draws of N(0, 0.02)
 
 
 def test_pacgan_draws_batch_size_packs_per_step(monkeypatch):
@@ -146,6 +162,7 @@ def test_averaged_batchnorm_generator_gets_its_own_statistics():
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
     (["--mixture", "spiral"], "invalid choice"),
     (["--pack", "0"], "must be > 0"),
+    (["--beta1", "1.0"], "--beta1 must be in [0, 1)"),
 ])
 def test_toy_cli_bad_input_one_line(capsys, args, message):
     with pytest.raises(SystemExit) as e:

@@ -101,6 +101,9 @@ class ToyConfig:
     lr_d: float = 1e-4
     lr_g: float = 1e-3
     betas: tuple = (0.5, 0.999)
+    # "torch": PyTorch's default Linear init; "normal": N(0, 0.02) weights and zero biases, as PacGAN's
+    # code (and DCGAN's) initialise every layer
+    init: str = "torch"
     lr_decay: bool = True  # both learning rates decay linearly to 0, as Gulrajani et al.'s CIFAR-10 runs
     ema: float = 0.999  # the figures are of an exponential moving average of G's weights; 0 = the raw G
     seed: int = 0
@@ -166,6 +169,15 @@ class Critic(nn.Module):
         return self.net(x.reshape(-1, 2 * self.pack)).squeeze(1)
 
 
+def init_normal(*nets: nn.Module) -> None:
+    """N(0, 0.02) weights and zero biases for every Linear layer, as PacGAN's code (global torch RNG)."""
+    for net in nets:
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+
 def evaluate_toy(G: nn.Module, cfg: ToyConfig) -> dict:
     """Figures of EVAL_SAMPLES samples from fixed latents (own generator: training RNGs untouched),
     G in eval mode (BatchNorm: running statistics), restored to its mode after."""
@@ -192,6 +204,8 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)
     G = mlp(cfg.nz, cfg.g_hidden, 2, cfg.g_layers, batchnorm=cfg.g_batchnorm)
     D = Critic(cfg.hidden, cfg.d_layers, cfg.maxout, cfg.pack)
+    if cfg.init == "normal":
+        init_normal(G, D)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     objective = build_objective(cfg.loss, cfg.unroll, opt_d)
@@ -286,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help=f"units per hidden layer of D (default: {d.hidden}; pacgan: 200)")
     p.add_argument("--g-hidden", type=int, help=f"units per hidden layer of G (default: {d.g_hidden}; wgan-gp: 128; pacgan: 400)")
     p.add_argument("--g-layers", type=int, help=f"hidden layers of G (default: {d.g_layers}; wgan-gp: 2; pacgan: 4)")
+    p.add_argument("--beta1", type=float, help="Adam beta1 of both networks (default: 0.5, the methods' own; "
+                   "PacGAN's code uses 0.8)")
+    p.add_argument("--init", choices=("torch", "normal"), default=d.init,
+                   help="torch: PyTorch's default Linear init; normal: N(0, 0.02) weights and zero biases, as "
+                        "PacGAN's code (default: torch)")
     p.add_argument("--ema", type=float, default=d.ema,
                    help=f"decay of the moving average of G's weights that is evaluated; 0 = raw G (default: {d.ema})")
     p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=d.lr_decay,
@@ -303,6 +322,8 @@ def main(argv=None) -> int:
         raise UserError("--steps, --batch-size, --hidden, --g-hidden, --g-layers, --unroll and --pack must be > 0")
     if not 0 <= args.ema < 1 or args.log_every < 0:
         raise UserError("--ema must be in [0, 1) and --log-every >= 0")
+    if args.beta1 is not None and not 0 <= args.beta1 < 1:
+        raise UserError(f"--beta1 must be in [0, 1), got {args.beta1}")
     torch.set_num_threads(1)  # tiny MLPs: threads cost more than they give
     report = {}
     cfg_by_method = {}
@@ -313,7 +334,10 @@ def main(argv=None) -> int:
         flags = (("g_hidden", args.g_hidden), ("g_layers", args.g_layers), ("batch_size", args.batch_size),
                  ("hidden", args.hidden))
         settings.update({k: v for k, v in flags if v})
-        cfg_by_method[method] = replace(ToyConfig(), steps=args.steps, ema=args.ema, lr_decay=args.lr_decay, **settings)
+        if args.beta1 is not None:
+            settings["betas"] = (args.beta1, settings["betas"][1])
+        cfg_by_method[method] = replace(ToyConfig(), steps=args.steps, ema=args.ema, lr_decay=args.lr_decay,
+                                        init=args.init, **settings)
     for mix in args.mixture:
         results, cfgs, runs = {}, {}, []
         for method in args.methods:
