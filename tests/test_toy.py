@@ -114,8 +114,10 @@ def test_packed_critic_scores_each_run_of_pack_points_as_one_input():
 def test_pacgan_method_from_the_cli(tmp_path, capsys):
     out = tmp_path / "toy.json"
     assert main(["--mixture", "grid", "--nets", "pacgan", "--methods", "gan", "pacgan", "--pack", "2", "--steps", "20",
-                 "--seeds", "0", "--json", str(out)]) == 0
-    assert "pacgan pack 2, PacGAN nets" in capsys.readouterr().out
+                 "--seeds", "0", "--log-every", "10", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pacgan pack 2, PacGAN nets" in text
+    assert text.count("    step 20: D(x) 0.") == 2  # a log line per run, with D's mean outputs (probabilities)
     runs = json.loads(out.read_text())["grid"]["runs"]
     assert [(r["method"], r["pack"]) for r in runs] == [("gan", 1), ("pacgan", 2)]  # --pack is the pacgan method's only
     assert runs[1]["lr_g"] == NETS["pacgan"]["lr_g"] and all(math.isfinite(r["high_quality"]) for r in runs)

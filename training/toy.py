@@ -198,7 +198,9 @@ def averaged(ema: EMA, cfg: ToyConfig) -> nn.Module:
 def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
     """Train G and D on the mixture; returns (G, figures of EVAL_SAMPLES samples + seconds).
 
-    log_every > 0 prints the figures every that many steps (to see where a budget pays)."""
+    log_every > 0 prints the figures every that many steps (to see where a budget pays), with the
+    mean D(x) and D(G(z)) of D's steps since the last line (probabilities; critic scores for wgan-gp):
+    a discriminator at chance reads 0.5 and 0.5."""
     centers, std = mixture(cfg.mixture)
     torch.manual_seed(cfg.seed)  # weights, and the gradient penalty's interpolation weights
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)
@@ -214,6 +216,7 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
               for o in (opt_g, opt_d)]
     t0 = time.perf_counter()
     n = cfg.batch_size * cfg.pack  # samples per step: batch_size packs of `pack`
+    d_sums = torch.zeros(2)  # D(x), D(G(z)) summed over the steps since the last log line
     for step in range(1, cfg.steps + 1):
         for _ in range(objective.d_steps):
             real = sample_mixture(centers, std, n, data_rng)
@@ -228,13 +231,17 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
         loss_g.backward()
         opt_g.step()
         D.requires_grad_(True)
-        for d in decays:
-            d.step()
+        for schedule in decays:
+            schedule.step()
         if ema:
             ema.update(G, step)
-        if log_every and step % log_every == 0:
-            print(f"    step {step}: {evaluate_toy(G, cfg)}" + (f" EMA {evaluate_toy(averaged(ema, cfg), cfg)}" if ema else ""),
-                  flush=True)
+        if log_every:
+            d_sums += torch.stack([d.d_x, d.d_g_z]).float()
+            if step % log_every == 0:
+                d_x, d_g_z = (d_sums / log_every).tolist()
+                d_sums.zero_()
+                print(f"    step {step}: D(x) {d_x:.3f} D(G(z)) {d_g_z:.3f} {evaluate_toy(G, cfg)}"
+                      + (f" EMA {evaluate_toy(averaged(ema, cfg), cfg)}" if ema else ""), flush=True)
     seconds = time.perf_counter() - t0
     G = averaged(ema, cfg) if ema else G
     return G, {**evaluate_toy(G, cfg), "seconds": round(seconds, 1)}
