@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from training.metrics import mixture_figures
-from training.toy import (METHODS, NETS, Critic, Maxout, ToyConfig, init_normal, main, mixture, mlp, sample_mixture,
-                          train_toy)
+from training.models import init_weights
+from training.toy import METHODS, NETS, Critic, Maxout, ToyConfig, main, mixture, mlp, sample_mixture, train_toy
 
 
 
@@ -129,13 +129,20 @@ def test_pacgan_method_from_the_cli(tmp_path, capsys):
 
 
 def test_normal_init_is_pacgans():
+    """--init normal reuses the DCGAN trainer's init: on the toy nets, every Linear (maxout's included)
+    gets N(0, 0.02) weights and zero biases, as PacGAN's code; and train_toy applies it."""
     torch.manual_seed(0)
     G, D = mlp(2, 400, 2, 2, batchnorm=True), Critic(200, 3, maxout=5, pack=4)
-    init_normal(G, D)
+    init_weights(G)
+    init_weights(D)
     linears = [m for net in (G, D) for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 3 + 4  # G: 2 hidden + out; D: 3 maxout linears + out
     assert all(not m.bias.detach().any() for m in linears)
     assert linears[1].weight.std().item() == pytest.approx(0.02, rel=0.02)  # 400 x 400 draws of N(0, 0.02)
+    one_step = replace(ToyConfig(), steps=1, ema=0.0, g_hidden=16, g_layers=1, hidden=16, batch_size=8)
+    first_std = lambda cfg: train_toy(cfg)[0][0].weight.std().item()  # noqa: E731 (G's 256 -> 16 layer, one step on)
+    assert first_std(replace(one_step, init="normal")) == pytest.approx(0.02, rel=0.1)
+    assert first_std(one_step) > 0.03  # PyTorch's default: U(-1/16, 1/16), std 0.036
 
 
 def test_pacgan_draws_batch_size_packs_per_step(monkeypatch):

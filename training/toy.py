@@ -42,6 +42,7 @@ from training.ema import EMA, recompute_batchnorm
 from training.errors import OneLineErrorParser, UserError, cli_main
 from training.fileio import atomic_write_json
 from training.metrics import mixture_figures
+from training.models import init_weights
 from training.objectives import build_objective
 
 MIXTURES = ("ring", "grid")
@@ -172,15 +173,6 @@ class Critic(nn.Module):
         return self.net(x.reshape(-1, 2 * self.pack)).squeeze(1)
 
 
-def init_normal(*nets: nn.Module) -> None:
-    """N(0, 0.02) weights and zero biases for every Linear layer, as PacGAN's code (global torch RNG)."""
-    for net in nets:
-        for m in net.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                nn.init.zeros_(m.bias)
-
-
 def evaluate_toy(G: nn.Module, cfg: ToyConfig) -> dict:
     """Figures of EVAL_SAMPLES samples from fixed latents (own generator: training RNGs untouched),
     G in eval mode (BatchNorm: running statistics), restored to its mode after."""
@@ -209,8 +201,9 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)
     G = mlp(cfg.nz, cfg.g_hidden, 2, cfg.g_layers, batchnorm=cfg.g_batchnorm)
     D = Critic(cfg.hidden, cfg.d_layers, cfg.maxout, cfg.pack)
-    if cfg.init == "normal":
-        init_normal(G, D)
+    if cfg.init == "normal":  # the DCGAN trainer's init: N(0, 0.02) Linear weights, zero biases (global RNG)
+        init_weights(G)
+        init_weights(D)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     objective = build_objective(cfg.loss, cfg.unroll, opt_d)
