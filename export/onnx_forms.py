@@ -81,7 +81,7 @@ def check_onnx(path: Path, cfg: GeneratorConfig) -> list[str]:
     """The artifact contract for one ONNX file; returns the problems found (empty = ok)."""
     try:
         onnx.checker.check_model(str(path), full_check=True)  # by path: also checks the file loads as saved
-    except onnx.checker.ValidationError as e:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:  # full_check also infers types
         return [f"{path.name}: onnx.checker: {str(e).splitlines()[0]}"]
     model = onnx.load(path, load_external_data=False)
     problems = []

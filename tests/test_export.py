@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 import onnxruntime as ort
 import pytest
 import torch
@@ -335,3 +336,14 @@ def test_committed_default_artifact_matches_its_manifest_and_parity():
     proc = run_cli("-m", "export.parity", str(DEFAULT_ARTIFACT))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.rstrip().endswith("parity ok")
+
+
+def test_an_onnx_file_that_fails_type_inference_is_a_problem_not_a_crash(tmp_path):
+    # a Cast to float16 whose output is declared float32: what a float16 conversion of a Cast once made
+    node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT16)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "broken.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    problems = onnx_forms.check_onnx(path, GeneratorConfig())
+    assert len(problems) == 1 and "onnx.checker" in problems[0], problems
