@@ -53,7 +53,7 @@ def export_run(
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the artifact is meant to be read by the service
         metadata = {
             "arch": cfg.arch, "nz": str(cfg.nz), "image_size": str(cfg.image_size), "channels": str(cfg.channels),
-            "ngf": str(cfg.ngf), "output_range": "[-1, 1]", "latents": LATENTS, "source_run": str(run_dir),
+            "ngf": str(cfg.ngf), "components": str(cfg.components), "output_range": "[-1, 1]", "latents": LATENTS, "source_run": str(run_dir),
             "config_sha256": sha256_file(config_path), "generator_sha256": meta["weights_sha256"],
         }
         # Each writer gets its own copy: exporters may touch module state, the parity reference must not change.

@@ -24,6 +24,7 @@ class TrainConfig:
     nz: int = 100  # latent size
     ngf: int = 64  # generator width
     ndf: int = 64  # discriminator width
+    components: int = 0  # latent components (models.ComponentLatent): K of the nz coordinates pick one; 0 = off
     dropout: float = 0.25  # discriminator dropout after each LeakyReLU (article)
     d_norm: str = "batchnorm"  # discriminator normalisation: batchnorm (article), layernorm or none (WGAN-GP critic)
     # objective (Goodfellow et al. 2014's non-saturating loss: G maximises log D(G(z))); see objectives.py
@@ -58,6 +59,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.nz <= 0:
             raise UserError(f"--nz must be > 0, got {self.nz}")
+        if self.components and not 2 <= self.components < self.nz:
+            raise UserError(f"--components must be 0 (off) or 2..{self.nz - 1} (fewer than --nz {self.nz}), got {self.components}")
         if self.batch_size <= 0:
             raise UserError(f"--batch-size must be > 0, got {self.batch_size}")
         if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):

@@ -76,7 +76,8 @@ class Trainer:
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # data order and latents, alike on every rank
         init_rng = torch.Generator().manual_seed(cfg.seed + 2)
 
-        self.g_cfg = GeneratorConfig(arch=cfg.arch, nz=cfg.nz, image_size=cfg.image_size, channels=channels, ngf=cfg.ngf)
+        self.g_cfg = GeneratorConfig(arch=cfg.arch, nz=cfg.nz, image_size=cfg.image_size, channels=channels, ngf=cfg.ngf,
+                                     components=cfg.components)
         self.G = build_generator(self.g_cfg)
         self.D = Discriminator(DiscriminatorConfig(image_size=cfg.image_size, channels=channels, ndf=cfg.ndf,
                                                    dropout=cfg.dropout, norm=cfg.d_norm))

@@ -52,6 +52,9 @@ class GeneratorConfig:
     image_size: int = 32  # output side; a power of two (32, 64, 128)
     channels: int = 1  # 1 = grayscale, 3 = RGB
     ngf: int = 64  # width of the last stage; earlier stages double it, capped at 8x
+    # latent components (ComponentLatent): the first K of the nz coordinates pick one of K components
+    # (one-hot of their argmax), the other nz - K are the Gaussian within it; 0 = off (the article's)
+    components: int = 0
 
     def __post_init__(self):
         if self.arch not in GENERATOR_ARCHS:
@@ -62,6 +65,8 @@ class GeneratorConfig:
             raise UserError(f"channels must be 1 or 3, got {self.channels}")
         if self.ngf <= 0:
             raise UserError(f"ngf must be > 0, got {self.ngf}")
+        if self.components and not 2 <= self.components < self.nz:
+            raise UserError(f"components must be 0 (off) or 2..nz-1 = {self.nz - 1}, got {self.components}")
         _check_size(self.image_size)
 
     def to_dict(self) -> dict:
@@ -104,6 +109,7 @@ class UpsampleGenerator(nn.Module):
         stages = _check_size(cfg.image_size)
         widths = _widths(cfg.ngf, stages)
         self.c0 = widths[0]
+        self.latent = ComponentLatent(cfg.components) if cfg.components else nn.Identity()  # (B, nz) -> (B, nz)
         self.project = nn.Linear(cfg.nz, self.c0 * 4 * 4)  # (B, nz) -> (B, c0*16)
         blocks = []
         c_in = self.c0
@@ -121,7 +127,7 @@ class UpsampleGenerator(nn.Module):
         self.to_image = nn.Sequential(nn.Conv2d(c_in, cfg.channels, 3, stride=1, padding=1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.project(z).view(z.shape[0], self.c0, 4, 4)  # (B, c0, 4, 4)
+        x = self.project(self.latent(z)).view(z.shape[0], self.c0, 4, 4)  # (B, c0, 4, 4)
         x = self.blocks(x)  # (B, ngf, H, W)
         return self.to_image(x)  # (B, channels, H, W), in [-1, 1]
 
@@ -134,6 +140,7 @@ class ConvTransposeGenerator(nn.Module):
         self.cfg = cfg
         stages = _check_size(cfg.image_size)
         widths = _widths(cfg.ngf, stages)
+        self.latent = ComponentLatent(cfg.components) if cfg.components else nn.Identity()  # (B, nz) -> (B, nz)
         layers = [
             # (B, nz, 1, 1) -> (B, widths[0], 4, 4)
             nn.ConvTranspose2d(cfg.nz, widths[0], 4, 1, 0, bias=False),
@@ -148,7 +155,7 @@ class ConvTransposeGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], -1, 1, 1))  # (B, channels, H, W)
+        return self.net(self.latent(z).view(z.shape[0], -1, 1, 1))  # (B, channels, H, W)
 
 
 class Discriminator(nn.Module):
@@ -177,6 +184,29 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x).flatten(1)).squeeze(1)  # (B,)
+
+
+class ComponentLatent(nn.Module):
+    """A disconnected latent from a connected one: z (B, K + d) -> [one-hot of argmax z[:, :K], z[:, K:]].
+
+    The argmax of K i.i.d. N(0, 1) coordinates is uniform over the K components, so a standard
+    Gaussian z still feeds the generator (and the service's latents stay as they are), while what the
+    layers after it see is K separate copies of a d-dimensional Gaussian: they can map the copies onto
+    separate modes with no latent landing between them (a mixture prior, as DeLiGAN, Gurumurthy et al.
+    2017, or Khayatkhoei et al. 2018). ArgMax, Equal and Where only: the same in TorchScript and ONNX,
+    and ties (float16) go to the first index everywhere. No weights: state dicts are unchanged."""
+
+    def __init__(self, components: int):
+        super().__init__()
+        self.components = components
+        self.register_buffer("index", torch.arange(components), persistent=False)  # (K,)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        select, rest = z[:, : self.components], z[:, self.components :]  # (B, K), (B, d)
+        # Where, not a Cast of the mask: float16 conversion of the ONNX graph (onnxconverter-common)
+        # retypes a Cast's output but not its `to`, which onnx.checker then rejects
+        one_hot = torch.where(select.argmax(1, keepdim=True) == self.index, 1.0, 0.0).to(z.dtype)  # (B, K)
+        return torch.cat([one_hot, rest], 1)  # (B, K + d)
 
 
 def build_generator(cfg: GeneratorConfig) -> nn.Module:

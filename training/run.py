@@ -52,6 +52,9 @@ HELP = {
     "nz": "latent vector size",
     "ngf": "generator width (channels of its last stage)",
     "ndf": "discriminator width (channels of its first block)",
+    "components": "latent components: the first K of the --nz latent coordinates become a one-hot of their argmax, "
+                  "so the generator sees K disconnected Gaussians instead of one (a mixture prior); the served "
+                  "latents stay N(0, I). 0 = off (the article's)",
     "dropout": "discriminator dropout probability (wgan-gp default: 0)",
     "d_norm": "discriminator normalisation after each block but the first (wgan-gp default: layernorm)",
     "loss": "nonsaturating (Goodfellow et al. 2014, the article's) or wgan-gp (Gulrajani et al. 2017: critic, "

@@ -42,7 +42,7 @@ from training.ema import EMA, recompute_batchnorm
 from training.errors import OneLineErrorParser, UserError, cli_main
 from training.fileio import atomic_write_json
 from training.metrics import mixture_figures
-from training.models import init_weights
+from training.models import ComponentLatent, init_weights
 from training.objectives import build_objective
 
 MIXTURES = ("ring", "grid")
@@ -108,6 +108,9 @@ class ToyConfig:
     # "torch": PyTorch's default Linear init; "normal": N(0, 0.02) weights and zero biases, as PacGAN's
     # code (and DCGAN's) initialise every layer
     init: str = "torch"
+    # latent components: G's input is nz + components standard normals, the first `components` turned
+    # into a one-hot of their argmax (models.ComponentLatent): K disconnected copies of the nz-d latent; 0 = off
+    components: int = 0
     lr_decay: bool = True  # both learning rates decay linearly to 0, as Gulrajani et al.'s CIFAR-10 runs
     ema: float = 0.999  # the figures are of an exponential moving average of G's weights; 0 = the raw G
     seed: int = 0
@@ -173,13 +176,24 @@ class Critic(nn.Module):
         return self.net(x.reshape(-1, 2 * self.pack)).squeeze(1)
 
 
+def latent_size(cfg: ToyConfig) -> int:
+    """Standard normals per generated point: nz, plus one per latent component."""
+    return cfg.nz + cfg.components
+
+
+def build_toy_generator(cfg: ToyConfig) -> nn.Module:
+    """The generator MLP, (B, latent_size) -> (B, 2), behind a ComponentLatent when components > 0."""
+    net = mlp(cfg.nz + cfg.components, cfg.g_hidden, 2, cfg.g_layers, batchnorm=cfg.g_batchnorm)
+    return nn.Sequential(ComponentLatent(cfg.components), net) if cfg.components else net
+
+
 def evaluate_toy(G: nn.Module, cfg: ToyConfig) -> dict:
     """Figures of EVAL_SAMPLES samples from fixed latents (own generator: training RNGs untouched),
     G in eval mode (BatchNorm: running statistics), restored to its mode after."""
     centers, std = mixture(cfg.mixture)
     was_training = G.training
     with torch.no_grad():
-        z = torch.randn(EVAL_SAMPLES, cfg.nz, generator=torch.Generator().manual_seed(10_000 + cfg.seed))
+        z = torch.randn(EVAL_SAMPLES, latent_size(cfg), generator=torch.Generator().manual_seed(10_000 + cfg.seed))
         figures = mixture_figures(G.eval()(z), centers, std)
     G.train(was_training)
     return figures
@@ -187,7 +201,7 @@ def evaluate_toy(G: nn.Module, cfg: ToyConfig) -> dict:
 
 def averaged(ema: EMA, cfg: ToyConfig) -> nn.Module:
     """The EMA generator, BatchNorm statistics (if any) recomputed for its averaged weights."""
-    return recompute_batchnorm(ema.model, cfg.nz, torch.device("cpu"))
+    return recompute_batchnorm(ema.model, latent_size(cfg), torch.device("cpu"))
 
 
 def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
@@ -199,7 +213,7 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
     centers, std = mixture(cfg.mixture)
     torch.manual_seed(cfg.seed)  # weights, and the gradient penalty's interpolation weights
     data_rng = torch.Generator().manual_seed(cfg.seed + 1)
-    G = mlp(cfg.nz, cfg.g_hidden, 2, cfg.g_layers, batchnorm=cfg.g_batchnorm)
+    G = build_toy_generator(cfg)
     D = Critic(cfg.hidden, cfg.d_layers, cfg.maxout, cfg.pack)
     if cfg.init == "normal":  # the DCGAN trainer's init: N(0, 0.02) Linear weights, zero biases (global RNG)
         init_weights(G)
@@ -216,7 +230,7 @@ def train_toy(cfg: ToyConfig, log_every: int = 0) -> tuple[nn.Module, dict]:
     for step in range(1, cfg.steps + 1):
         for _ in range(objective.d_steps):
             real = sample_mixture(centers, std, n, data_rng)
-            fake = G(torch.randn(n, cfg.nz, generator=data_rng))
+            fake = G(torch.randn(n, latent_size(cfg), generator=data_rng))
             d = objective.discriminator_loss(D, real, fake.detach())
             opt_d.zero_grad(set_to_none=True)
             d.loss.backward()
@@ -311,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "PacGAN's code (default: torch)")
     p.add_argument("--ema", type=float, default=d.ema,
                    help=f"decay of the moving average of G's weights that is evaluated; 0 = raw G (default: {d.ema})")
+    p.add_argument("--components", type=int, default=d.components, metavar="K",
+                   help="latent components: G reads K extra standard normals as a one-hot of their argmax, so "
+                        "its latent is K disconnected Gaussians (a mixture prior; 0 = off, the default)")
     p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=d.lr_decay,
                    help="decay both learning rates linearly to 0 over the run (default: on)")
     p.add_argument("--log-every", type=int, default=0, metavar="N", help="print the figures every N steps (default: off)")
@@ -324,6 +341,8 @@ def main(argv=None) -> int:
     if min(args.steps, args.batch_size or 1, args.hidden or 1, args.g_hidden or 1, args.g_layers or 1, args.unroll,
            args.pack) <= 0:
         raise UserError("--steps, --batch-size, --hidden, --g-hidden, --g-layers, --unroll and --pack must be > 0")
+    if args.components < 0 or args.components == 1:
+        raise UserError(f"--components must be 0 (off) or >= 2, got {args.components}")
     if not 0 <= args.ema < 1 or args.log_every < 0:
         raise UserError("--ema must be in [0, 1) and --log-every >= 0")
     if args.beta1 is not None and not 0 <= args.beta1 < 1:
@@ -341,7 +360,7 @@ def main(argv=None) -> int:
         if args.beta1 is not None:
             settings["betas"] = (args.beta1, settings["betas"][1])
         cfg_by_method[method] = replace(ToyConfig(), steps=args.steps, ema=args.ema, lr_decay=args.lr_decay,
-                                        init=args.init, **settings)
+                                        init=args.init, components=args.components, **settings)
     for mix in args.mixture:
         results, cfgs, runs = {}, {}, []
         for method in args.methods:
