@@ -183,7 +183,7 @@ def latent_size(cfg: ToyConfig) -> int:
 
 def build_toy_generator(cfg: ToyConfig) -> nn.Module:
     """The generator MLP, (B, latent_size) -> (B, 2), behind a ComponentLatent when components > 0."""
-    net = mlp(cfg.nz + cfg.components, cfg.g_hidden, 2, cfg.g_layers, batchnorm=cfg.g_batchnorm)
+    net = mlp(latent_size(cfg), cfg.g_hidden, 2, cfg.g_layers, batchnorm=cfg.g_batchnorm)
     return nn.Sequential(ComponentLatent(cfg.components), net) if cfg.components else net
 
 
