@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -60,8 +61,6 @@ def test_a_components_generator_exports_with_parity_in_every_form(tmp_path):
     assert (out / ONNX_FP16).exists() and json.loads((out / MANIFEST).read_text()) == manifest
     props = {p.key: p.value for p in onnx.load(out / ONNX).metadata_props}
     assert props["components"] == "5"
-    import onnxruntime as ort
-
     z = latents_for_seed(3, 64, 16)
     got = ort.InferenceSession(str(out / ONNX), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
     with torch.no_grad():
