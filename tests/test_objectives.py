@@ -75,6 +75,42 @@ def test_gradient_penalty_known_answers():
     assert wgan.d_steps == 5 and wgan.gp_weight == 10.0
 
 
+def test_r1_penalty_known_answers():
+    # a linear D(x) = w . x + b has gradient w at every x: D's loss grows by r1/2 ||w||^2 exactly
+    D = nn.Linear(3, 1)
+    with torch.no_grad():
+        D.weight.copy_(torch.tensor([[1.0, -2.0, 2.0]]))  # ||w||^2 = 9
+    d = lambda x: D(x).squeeze(1)  # noqa: E731
+    real, fake = torch.randn(16, 3), torch.randn(16, 3)
+    plain = NonSaturating().discriminator_loss(d, real, fake)
+    penalised = NonSaturating(r1=0.5).discriminator_loss(d, real, fake)
+    assert plain.grad_real is None
+    assert penalised.grad_real.item() == pytest.approx(9.0)
+    assert (penalised.loss - plain.loss).item() == pytest.approx(0.25 * 9.0, rel=1e-5)
+    # the penalty's gradient reaches D's weights: d/dw of r1/2 ||w||^2 is r1 w
+    D.zero_grad()
+    plain.loss.backward()
+    g_plain = D.weight.grad.clone()
+    D.zero_grad()
+    penalised.loss.backward()
+    assert torch.allclose(D.weight.grad - g_plain, 0.5 * D.weight.detach(), atol=1e-5)
+
+
+def test_r1_on_the_dcgan_discriminator_flattens_it_at_the_real_images():
+    # a few D steps with a strong penalty (the gradients of this tiny D are small: ||grad||^2 ~ 5e-4)
+    # leave D's gradient at the real batch smaller than without
+    G, D0 = dcgan_pair("batchnorm")
+    z, real = torch.randn(8, 8), torch.rand(8, 1, 8, 8) * 2 - 1
+    norms = {}
+    for r1 in (0.0, 1000.0):
+        D = copy.deepcopy(D0)
+        opt = torch.optim.Adam(D.parameters(), lr=1e-3)
+        for _ in range(20):
+            step_d_once(G, D, opt, NonSaturating(r1=r1), z, real)
+        norms[r1] = NonSaturating(r1=1.0).discriminator_loss(D, real, G(z).detach()).grad_real.item()
+    assert math.isfinite(norms[0.0]) and norms[1000.0] < 0.5 * norms[0.0]
+
+
 def step_d_once(G, D, opt_d, objective, z, real):
     d = objective.discriminator_loss(D, real, G(z).detach())
     opt_d.zero_grad(set_to_none=True)
@@ -160,6 +196,8 @@ def test_combinations():
         Unrolled(NonSaturating(), 5, torch.optim.Adam(D.parameters(), weight_decay=1e-4))
     check_combination("wgan-gp", 0, "layernorm")
     check_combination("nonsaturating", 10, "batchnorm")
+    check_combination("nonsaturating", 0, "batchnorm", r1=1.0)
+    assert build_objective("nonsaturating", r1=2.0).r1 == 2.0
 
 
 # --- the trainer's flags --------------------------------------------------------------------------
@@ -181,6 +219,15 @@ def test_wgan_gp_run_takes_its_defaults_unless_set(tmp_path):
     assert (cfg["lr"], cfg["beta2"], cfg["d_norm"]) == (3e-4, 0.9, "none")  # explicit flags win
 
 
+def test_r1_dcgan_run_logs_the_gradient_norm(tmp_path):
+    from training.run import main
+
+    assert main([*TINY, "--r1", "1", "--steps", "2", "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["r1"] == 1.0
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["grad_real"] > 0 and math.isfinite(r["loss_d"]) for r in rows)
+
+
 def test_unrolled_dcgan_run(tmp_path):
     from training.run import main
 
@@ -193,6 +240,10 @@ def test_unrolled_dcgan_run(tmp_path):
     (["--loss", "wgan-gp", "--unroll", "3"], "--unroll is not implemented for --loss wgan-gp"),
     (["--loss", "wgan-gp", "--d-norm", "batchnorm"], "needs a critic without BatchNorm"),
     (["--unroll", "-1"], "--unroll must be >= 0"),
+    (["--r1", "-1"], "--r1 must be >= 0"),
+    (["--r1", "nan"], "--r1 must be >= 0"),
+    (["--loss", "wgan-gp", "--r1", "1"], "wgan-gp has its own gradient penalty"),
+    (["--unroll", "2", "--r1", "1"], "--r1 is not implemented with --unroll"),
     (["--loss", "hinge"], "invalid choice"),
 ])
 def test_unsupported_combinations_get_one_line(tmp_path, capsys, args, message):

@@ -30,6 +30,7 @@ class TrainConfig:
     # objective (Goodfellow et al. 2014's non-saturating loss: G maximises log D(G(z))); see objectives.py
     loss: str = "nonsaturating"  # or "wgan-gp" (Gulrajani et al. 2017)
     unroll: int = 0  # Metz et al. 2016: G's loss through K differentiable Adam steps of D; 0 = off
+    r1: float = 0.0  # Mescheder et al. 2018: gamma of the R1 penalty on D's gradient at real images; 0 = off
     augment: str = ""  # DiffAugment (Zhao et al. 2020) of D's inputs, e.g. "color,translation,cutout"; "" = none
     # optimisation (Radford et al. 2015: Adam lr 2e-4, betas (0.5, 0.999))
     batch_size: int = 64
@@ -77,7 +78,7 @@ class TrainConfig:
             raise UserError(f"--channels must be 1 or 3, got {self.channels}")
         if self.eval_every < 0:
             raise UserError(f"--eval-every must be >= 0, got {self.eval_every}")
-        check_combination(self.loss, self.unroll, self.d_norm)
+        check_combination(self.loss, self.unroll, self.d_norm, self.r1)
         try:
             parse_policy(self.augment)
         except ValueError as e:

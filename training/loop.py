@@ -96,7 +96,7 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
         # unrolling replays opt_d's update; --augment transforms every batch D sees (training/augment.py)
-        self.objective = build_objective(cfg.loss, cfg.unroll, self.opt_d, augment=DiffAugment(cfg.augment))
+        self.objective = build_objective(cfg.loss, cfg.unroll, self.opt_d, augment=DiffAugment(cfg.augment), r1=cfg.r1)
         self.ema = EMA(self.G, cfg.ema_decay) if cfg.ema else None
         # 64 fixed latents: sample grids are comparable across epochs
         self.fixed_noise = torch.randn(64, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 3)).to(self.device)
@@ -265,7 +265,10 @@ class Trainer:
         self.step += 1
         if self.ema:
             self.ema.update(self.G, self.step)
-        return {"loss_d": d.loss.detach(), "loss_g": loss_g.detach(), "d_x": d.d_x, "d_g_z": d.d_g_z}
+        stats = {"loss_d": d.loss.detach(), "loss_g": loss_g.detach(), "d_x": d.d_x, "d_g_z": d.d_g_z}
+        if d.grad_real is not None:
+            stats["grad_real"] = d.grad_real  # with --r1: mean ||grad_x D(x)||^2 of the last D step
+        return stats
 
     # --- the loop ----------------------------------------------------------------------------
     def replica_row(self, stats: dict) -> tuple[dict, dict]:

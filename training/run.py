@@ -62,6 +62,10 @@ HELP = {
             "--d-norm layernorm --dropout 0, each applied only where not set). " + COMBINATIONS_HELP,
     "unroll": "Unrolled GAN (Metz et al. 2016): G's loss through K differentiable Adam steps of a copy of D; "
               "0 = off; nonsaturating only. Each G step costs about K+1 D steps with double backward",
+    "r1": "R1 penalty (Mescheder et al. 2018): D's loss adds GAMMA/2 times the mean squared norm of its gradient at "
+          "the real images, which keeps D from growing steep around a small dataset's digits; 0 = off (the article's). "
+          "nonsaturating loss only, not with --unroll. Costs a double backward through D each D step; metrics.jsonl "
+          "logs that squared norm as grad_real",
     "augment": "DiffAugment (Zhao et al. 2020) of every batch the discriminator sees, real and generated, in the D "
                "and G steps: a comma-separated list of color, translation, cutout (the paper's policy for little data: "
                "color,translation,cutout); '' = none. Meant for a discriminator that memorises a small dataset; at "
