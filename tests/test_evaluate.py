@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from training import rundir
 from training.classifier import load_classifier, predict, to_input
 from training.evaluate import DigitEvaluator, main, mean_figures
-from training.metrics import (class_histogram, classes_covered, classifier_score, feature_statistics,
-                              frechet_distance, kl_to_uniform, modes_hit, unclear_share)
+from training.metrics import (class_histogram, classes_covered, classifier_score, confused_pairs, feature_statistics,
+                              frechet_distance, kl_to_uniform, modes_hit, unclear_mask, unclear_share)
 from training.models import GeneratorConfig, build_generator, init_weights
 
 
@@ -49,6 +50,19 @@ def test_unclear_share_known_answers():
     # (0.9, 0.1): 0.325 nats, clear; (0.7, 0.3): 0.611 nats, unclear
     two = torch.tensor([[0.9, 0.1]] * 3 + [[0.7, 0.3]])
     assert unclear_share(two) == pytest.approx(0.25)
+
+
+def test_confused_pairs_known_answers():
+    # two samples between 4 and 9, one between 3 and 5 (either order of the two), two clear ones left out
+    probs = torch.zeros(5, 10)
+    probs[0, [4, 9]] = torch.tensor([0.6, 0.4])
+    probs[1, [9, 4]] = torch.tensor([0.5, 0.5])
+    probs[2, [5, 3]] = torch.tensor([0.7, 0.3])
+    probs[3, 1] = probs[4, 7] = 1.0
+    assert unclear_mask(probs).tolist() == [True, True, True, False, False]
+    assert confused_pairs(probs) == [(4, 9, 2), (3, 5, 1)]
+    assert confused_pairs(probs, top=1) == [(4, 9, 2)]
+    assert confused_pairs(torch.eye(10)) == []
 
 
 def test_frechet_distance_known_answers():
@@ -121,6 +135,20 @@ def test_evaluate_cli_on_a_run_dir(tmp_path, capsys):
     half = json.loads((tmp_path / "half.json").read_text())
     assert half["latent_scale"] == 0.5 and half["figures"]["generator (EMA)"]["fd_draws"] != [fds[2]]
     assert "latents scaled by 0.5" in capsys.readouterr().out
+    # --unclear-grid: the unclear samples of draw 1 of generator.*, as many as the unclear share counts
+    grid_png = tmp_path / "unclear.png"
+    assert main([str(tmp_path), "--samples", "200", "--draws", "1", "--unclear-grid", str(grid_png),
+                 "--json", str(tmp_path / "grid.json")]) == 0
+    report = json.loads((tmp_path / "grid.json").read_text())
+    grid = report["unclear_grid"]
+    assert grid["unclear"] == round(report["figures"]["generator (EMA)"]["unclear"] * 200) > 0
+    assert grid["shown"] == min(64, grid["unclear"]) and sum(n for _, _, n in grid["pairs"]) <= grid["unclear"]
+    with Image.open(grid_png) as im:
+        assert im.format == "PNG" and im.size[0] >= 34 * math.ceil(math.sqrt(grid["shown"]))
+    assert f"{grid['unclear']} of 200 samples unclear" in capsys.readouterr().out
+    # the held-out digits, which the classifier never trained on, read about as clear as the floor's
+    held = report["held_out_real"]
+    assert held["samples"] == 1000 and held["score"] > 9.0 and held["unclear"] < 0.06
 
 
 def test_mean_figures_known_answer():

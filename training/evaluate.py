@@ -7,7 +7,9 @@ With the project's MNIST classifier (training/classifier.py, artifacts/mnist-cla
   unclear    share of samples whose prediction entropy is above 0.5 nats (no one clear digit)
   FD         Frechet distance in the classifier's 128-d penultimate features, against the
              1,000 held-out real digits (the FID formula, not the Inception-v3 FID)
-The floor: the same figures for as many real training digits (the classifier's training split).
+The floor: the same figures for as many real training digits (the classifier's training split);
+the header also gives the score and unclear share of the 1,000 held-out digits, which the classifier
+never trained on (alike: the floor is not the classifier's memory of its training set).
 A generator's FD is compared as a multiple of the floor. Each generator is measured on --draws
 independent sets of latents (seeds --seed, --seed+1, ...) and the table gives the mean, with the
 range of FD/floor: with 4,000 samples, draws of one generator differed by up to a quarter in FD.
@@ -17,6 +19,7 @@ Examples:
   python -m training.evaluate runs/default-v1 --samples 4000 --json eval.json
   python -m training.evaluate runs/default-v1 --draws 1 --seed 7  # one set of latents, seed 7
   python -m training.evaluate runs/default-v1 --latent-scale 0.8  # latents from N(0, 0.8^2 I): the truncation trick
+  python -m training.evaluate runs/default-v1 --unclear-grid unclear.png  # look at the samples counted unclear
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from training import rundir
 from training.classifier import DEFAULT_DIR, bundled_digits, load_classifier, predict, to_input
 from training.errors import OneLineErrorParser, UserError, cli_main
 from training.fileio import atomic_write_json
-from training.metrics import (class_histogram, classes_covered, classifier_score, feature_statistics,
-                              frechet_distance, kl_to_uniform, unclear_share)
+from training.metrics import (class_histogram, classes_covered, classifier_score, confused_pairs, feature_statistics,
+                              frechet_distance, kl_to_uniform, unclear_mask, unclear_share)
+from training.plots import save_grid
 
 GENERATOR_LAST = "generator_last"  # the last EMA generator, where generator.* holds the best evaluated one
 STEMS = (rundir.GENERATOR, rundir.GENERATOR_RAW, GENERATOR_LAST)
@@ -50,8 +54,10 @@ class DigitEvaluator:
         images, labels = bundled_digits()
         self.train_images = images[self.meta["train_indices"]]  # (4000, 1, 32, 32) uint8
         held = images[self.meta["held_out_indices"]]
-        _, held_features = predict(self.model, to_input(held).to(self.device))
+        held_probs, held_features = predict(self.model, to_input(held).to(self.device))
         self.reference = feature_statistics(held_features)
+        self.held_out = {"score": round(classifier_score(held_probs), 4), "unclear": round(unclear_share(held_probs), 4),
+                         "samples": len(held)}
 
     def figures(self, images: torch.Tensor) -> dict:
         """images: (N, 1, H, W) in [-1, 1], any device; resized to the classifier's 32x32 when needed."""
@@ -150,8 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the latents from N(0, PSI^2 I) instead of the N(0, I) the generator was trained on and "
                         "is served with: the scaling form of the truncation trick, PSI < 1 trades variety for "
                         "typicality (default: 1)")
+    p.add_argument("--unclear-grid", metavar="PNG",
+                   help="also write a grid of up to 64 of the samples counted unclear (the first ones of the first "
+                        "draw of generator.*, in latent order) and print the class pairs the unclear samples sit between")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(default: cpu)")
     return p
+
+
+def write_unclear_grid(path: Path, evaluator: DigitEvaluator, images: torch.Tensor) -> dict:
+    """Up to 64 of `images`' unclear samples as a PNG grid; what was shown, and the confused class pairs."""
+    probs, _ = predict(evaluator.model, images.to(evaluator.device))
+    unclear = unclear_mask(probs).nonzero().flatten()
+    if len(unclear):
+        save_grid(path, images[unclear[:64]])
+    return {"path": str(path), "unclear": len(unclear), "of": len(images), "shown": min(64, len(unclear)),
+            "pairs": confused_pairs(probs)}
 
 
 @cli_main
@@ -173,23 +192,33 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     evaluator = DigitEvaluator(args.classifier, device)
     rows = {f"real training digits (floor)": evaluator.floor(args.samples)}
+    grid = None
     for stem in stems:
         cfg, G, meta = rundir.load_generator(run_dir, stem)
         G = G.to(device)
-        f = mean_figures([evaluator.figures(generate(G, cfg.nz, args.samples, args.seed + i, device,
-                                                     latent_scale=args.latent_scale))
-                          for i in range(args.draws)])
-        rows[f"{stem} ({'EMA' if meta.get('ema') else 'raw'})"] = {**f, "step": meta.get("step")}
+        draws = []
+        for i in range(args.draws):
+            images = generate(G, cfg.nz, args.samples, args.seed + i, device, latent_scale=args.latent_scale)
+            draws.append(evaluator.figures(images))
+            if args.unclear_grid and grid is None:
+                grid = {"generator": stem, **write_unclear_grid(Path(args.unclear_grid), evaluator, images)}
+        rows[f"{stem} ({'EMA' if meta.get('ema') else 'raw'})"] = {**mean_figures(draws), "step": meta.get("step")}
     floor_fd = rows["real training digits (floor)"]["fd"]
     scaled = "" if args.latent_scale == 1 else f", latents scaled by {args.latent_scale}"
     print(f"{run_dir}: {args.samples} samples per draw, mean of {args.draws} draw(s) (latent seeds {args.seed}.."
           f"{args.seed + args.draws - 1}){scaled}; FD against {len(evaluator.meta['held_out_indices'])} held-out real digits; "
-          f"classifier held-out accuracy {evaluator.meta['held_out_accuracy']:.4f}")
+          f"classifier held-out accuracy {evaluator.meta['held_out_accuracy']:.4f}; the held-out digits score "
+          f"{evaluator.held_out['score']:.3f} with {evaluator.held_out['unclear']:.1%} unclear")
     print(format_table(rows, floor_fd))
+    if grid:
+        pairs = ", ".join(f"{a}/{b} {n}" for a, b, n in grid["pairs"]) or "none"
+        where = f"{grid['shown']} of them in {grid['path']}" if grid["shown"] else "no grid written"
+        print(f"{grid['generator']}, draw 1: {grid['unclear']} of {grid['of']} samples unclear ({where}); "
+              f"the class pairs they sit between, most common first: {pairs}")
     out = Path(args.json) if args.json else run_dir / EVALUATION
     atomic_write_json(out, {"run_dir": str(run_dir), "samples": args.samples, "seed": args.seed, "draws": args.draws,
                             "latent_scale": args.latent_scale, "classifier": str(args.classifier), "floor_fd": floor_fd,
-                            "figures": rows,
+                            "held_out_real": evaluator.held_out, "figures": rows, "unclear_grid": grid,
                             "command": "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)})
     print(f"wrote {out}")
     return 0

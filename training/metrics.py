@@ -60,8 +60,24 @@ def unclear_share(probs: torch.Tensor, nats: float = UNCLEAR_NATS) -> float:
     """Share of samples whose predicted class distribution has entropy above `nats`: samples the
     classifier cannot read as one digit. The classifier score counts them through the mean entropy;
     this says whether its gap is many slightly unsure samples or a few unreadable ones. probs: (N, K)."""
+    return float(unclear_mask(probs, nats).double().mean())
+
+
+def unclear_mask(probs: torch.Tensor, nats: float = UNCLEAR_NATS) -> torch.Tensor:
+    """(N, K) softmax outputs -> (N,) bool: the samples unclear_share counts."""
     p = probs.double().clamp_min(1e-12)
-    return float((-(p * p.log()).sum(1) > nats).double().mean())
+    return -(p * p.log()).sum(1) > nats
+
+
+def confused_pairs(probs: torch.Tensor, top: int = 5, nats: float = UNCLEAR_NATS) -> list[tuple[int, int, int]]:
+    """The class pairs the unclear samples sit between: (a, b, count) of their two most probable classes
+    (a < b), most common first, at most `top`. probs: (N, K)."""
+    counts: dict[tuple[int, int], int] = {}
+    for a, b in probs[unclear_mask(probs, nats)].topk(2, dim=1).indices.tolist():
+        key = (min(a, b), max(a, b))
+        counts[key] = counts.get(key, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return [(a, b, n) for (a, b), n in ranked]
 
 
 # --- Frechet distance ------------------------------------------------------------------------------
