@@ -101,6 +101,7 @@ HELP = {
                "statistics get noisy. "
                "No effect in a single process",
 }
+METAVARS = {"r1": "GAMMA", "unroll": "K", "components": "K"}
 CHOICES = {"data_format": DATA_FORMATS, "arch": GENERATOR_ARCHS, "loss": LOSSES, "d_norm": DISCRIMINATOR_NORMS,
            "device": ("auto", "cpu", "cuda")}
 
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(f.name), help=help_,
-                           metavar=None if f.name in CHOICES else f.name.upper())
+                           metavar=None if f.name in CHOICES else METAVARS.get(f.name, f.name.upper()))
     return p
 
 
