@@ -50,8 +50,8 @@ def check_combination(loss: str, unroll: int, d_norm: str | None = None, r1: flo
         raise UserError(f"--loss {loss!r} is unknown; expected one of {LOSSES}")
     if unroll < 0:
         raise UserError(f"--unroll must be >= 0, got {unroll}")
-    if not r1 >= 0:  # also refuses NaN
-        raise UserError(f"--r1 must be >= 0 (0 = off), got {r1}")
+    if not 0 <= r1 < float("inf"):  # also refuses NaN
+        raise UserError(f"--r1 must be a finite number >= 0 (0 = off), got {r1}")
     if r1 and loss == "wgan-gp":
         raise UserError(f"--r1 is for the non-saturating loss; wgan-gp has its own gradient penalty ({COMBINATIONS_HELP})")
     if r1 and unroll:
@@ -87,8 +87,8 @@ class NonSaturating:
 
     With `r1` > 0, D's loss adds Mescheder et al. 2018's R1 penalty, r1/2 E||grad_x D(x)||^2 on the real
     images D sees (after augmentation, as ADA does), with the gradient of the logit: it keeps D from growing
-    steep around the real digits, which a D that memorises a small dataset does (the default run's
-    ||grad||^2 rose from about 28 at step 4,500 to 280 at 15,000). Taken from the loss's own forward
+    steep around the real digits, which a D that memorises a small dataset does (without it, the
+    bundled-digit run's ||grad||^2 rose from about 28 at step 4,500 to 280 at 15,000; README, "R1"). Taken from the loss's own forward
     (same dropout mask, one double backward), every D step.
     """
 
