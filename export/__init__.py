@@ -1,4 +1,5 @@
 """Export: run dir -> model artifact (ONNX + TorchScript + torch.export + manifest). `python -m export RUN_DIR`.
 
-This package's __init__ imports nothing heavy: `export.artifact` is torch-free and is read by service/.
+The artifact's format, its verification and the model-store registration live in contract/, which is
+torch-free so that service/ can read artifacts; export/ is the torch side that writes them.
 """

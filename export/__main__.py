@@ -6,10 +6,10 @@ import argparse
 import shlex
 import sys
 
-from export import onnx_forms
-from export.artifact import MODEL_NAME
+from common.cli import cli_main
+from contract.artifact import MODEL_NAME
+from export import onnx_export
 from export.build import ExportFailed, export_run
-from training.errors import cli_main
 
 
 def parse_args(argv):
@@ -23,15 +23,28 @@ def parse_args(argv):
         epilog="example: python -m export runs/mnist --out artifacts/default",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run dir written by `python -m training.run` (holds generator.json)")
-    parser.add_argument("--out", metavar="DIR", help="artifact folder to write; an earlier artifact there is replaced "
-                        "(default: RUN_DIR/artifact)")
-    parser.add_argument("--opset", type=int, default=onnx_forms.MIN_OPSET,
-                        help=f"ONNX opset, {onnx_forms.MIN_OPSET}..{onnx_forms.MAX_OPSET} (default: %(default)s, the most widely supported)")
-    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
-                        help="--fp16: write generator.fp16.onnx and fail if it misses its parity limits; --no-fp16: skip "
-                        "it (default: write it if it passes, else leave it out with a note)")
-    parser.add_argument("--no-register", dest="register", action="store_false",
-                        help=f"do not register the artifact in the BentoML model store (as {MODEL_NAME!r})")
+    parser.add_argument(
+        "--out", metavar="DIR", help="artifact folder to write; an earlier artifact there is replaced (default: RUN_DIR/artifact)"
+    )
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=onnx_export.MIN_OPSET,
+        help=f"ONNX opset, {onnx_export.MIN_OPSET}..{onnx_export.MAX_OPSET} (default: %(default)s, the most widely supported)",
+    )
+    parser.add_argument(
+        "--fp16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--fp16: write generator.fp16.onnx and fail if it misses its parity limits; --no-fp16: skip "
+        "it (default: write it if it passes, else leave it out with a note)",
+    )
+    parser.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help=f"do not register the artifact in the BentoML model store (as {MODEL_NAME!r})",
+    )
     return parser.parse_args(argv)
 
 
@@ -41,7 +54,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         out, manifest = export_run(
-            args.run_dir, args.out, opset=args.opset, fp16=args.fp16,
+            args.run_dir,
+            args.out,
+            opset=args.opset,
+            fp16=args.fp16,
             command=shlex.join(["python", "-m", "export", *argv]),
         )
     except ExportFailed as e:
@@ -50,13 +66,16 @@ def main(argv=None) -> None:
     print(f"artifact: {out} ({', '.join(sorted(manifest['files']))}, manifest.json)")
     if not args.register:
         return
-    from export.register import register  # bentoml is slow to import; only when registering
+    from contract.store import register  # bentoml is slow to import; only when registering
 
     try:
         tag = register(out)
     except Exception as e:  # the artifact is complete; say how to retry rather than show a traceback
-        print(f"error: artifact written to {out}, but registering it failed ({type(e).__name__}: {e}); "
-              f"retry with `python -m export.register {out}`", file=sys.stderr)
+        print(
+            f"error: artifact written to {out}, but registering it failed ({type(e).__name__}: {e}); "
+            f"retry with `python -m contract.store {out}`",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     print(f"registered: {tag} (bentoml models get {tag})")
 

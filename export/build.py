@@ -11,14 +11,15 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from common.cli import UserError
+from common.files import atomic_write_json, read_json
+from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
+from contract.latents import LATENTS
 from export import manifest as manifest_lib
-from export import onnx_forms, parity, torch_forms
-from export.artifact import EXPORTED_PROGRAM, LATENTS, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, verify
-from training.errors import UserError
-from training.fileio import atomic_write_json, read_json, sha256_file
+from export import onnx_export, parity, torch_export
 from training.rundir import CONFIG, load_generator
 
 
@@ -30,7 +31,7 @@ def export_run(
     run_dir: str | Path,
     out: str | Path | None = None,
     *,
-    opset: int = onnx_forms.MIN_OPSET,
+    opset: int = onnx_export.MIN_OPSET,
     fp16: bool | None = None,  # None: keep it if it passes its limits; True: required; False: skip
     command: str = "",
     limits: parity.Limits = parity.Limits(),
@@ -38,8 +39,10 @@ def export_run(
     log: Callable[[str], None] = print,
 ) -> tuple[Path, dict]:
     """Export RUN_DIR to OUT (default RUN_DIR/artifact). Returns (OUT, manifest)."""
-    if not onnx_forms.MIN_OPSET <= opset <= onnx_forms.MAX_OPSET:
-        raise UserError(f"--opset {opset} is not supported; use {onnx_forms.MIN_OPSET}..{onnx_forms.MAX_OPSET} (default {onnx_forms.MIN_OPSET})")
+    if not onnx_export.MIN_OPSET <= opset <= onnx_export.MAX_OPSET:
+        raise UserError(
+            f"--opset {opset} is not supported; use {onnx_export.MIN_OPSET}..{onnx_export.MAX_OPSET} (default {onnx_export.MIN_OPSET})"
+        )
     run_dir = Path(run_dir)
     cfg, module, meta = load_generator(run_dir)  # sha256-checked; UserError on a bad run dir
     config_path = run_dir / CONFIG
@@ -52,17 +55,25 @@ def export_run(
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the artifact is meant to be read by the service
         metadata = {
-            "arch": cfg.arch, "nz": str(cfg.nz), "image_size": str(cfg.image_size), "channels": str(cfg.channels),
-            "ngf": str(cfg.ngf), "components": str(cfg.components), "output_range": "[-1, 1]", "latents": LATENTS, "source_run": str(run_dir),
-            "config_sha256": sha256_file(config_path), "generator_sha256": meta["weights_sha256"],
+            "arch": cfg.arch,
+            "nz": str(cfg.nz),
+            "image_size": str(cfg.image_size),
+            "channels": str(cfg.channels),
+            "ngf": str(cfg.ngf),
+            "components": str(cfg.components),
+            "output_range": "[-1, 1]",
+            "latents": LATENTS,
+            "source_run": str(run_dir),
+            "config_sha256": file_sha256(config_path),
+            "generator_sha256": meta["weights_sha256"],
         }
         # Each writer gets its own copy: exporters may touch module state, the parity reference must not change.
-        onnx_forms.write_onnx(copy.deepcopy(module), cfg, tmp / ONNX, opset, metadata)
-        torch_forms.write_torchscript(copy.deepcopy(module), cfg.nz, tmp / TORCHSCRIPT)
-        torch_forms.write_program(copy.deepcopy(module), cfg.nz, tmp / EXPORTED_PROGRAM)
+        onnx_export.write_onnx(copy.deepcopy(module), cfg, tmp / ONNX, opset, metadata)
+        torch_export.write_torchscript(copy.deepcopy(module), cfg.nz, tmp / TORCHSCRIPT)
+        torch_export.write_program(copy.deepcopy(module), cfg.nz, tmp / EXPORTED_PROGRAM)
         if fp16 is not False:
             try:
-                clamped = onnx_forms.write_fp16(tmp / ONNX, tmp / ONNX_FP16)
+                clamped = onnx_export.write_fp16(tmp / ONNX, tmp / ONNX_FP16)
             except Exception as e:  # optional by default: a converter failure only drops this one file
                 (tmp / ONNX_FP16).unlink(missing_ok=True)
                 if fp16:
@@ -82,8 +93,15 @@ def export_run(
             raise ExportFailed(f"parity failed for {', '.join(sorted(report.failed()))}; no artifact written")
 
         manifest = manifest_lib.build(
-            tmp, cfg, opset, report.to_manifest(), run_dir=str(run_dir), run_config=run_config,
-            config_sha256=metadata["config_sha256"], generator_sha256=meta["weights_sha256"], export_command=command,
+            tmp,
+            cfg,
+            opset,
+            report.to_manifest(),
+            run_dir=str(run_dir),
+            run_config=run_config,
+            config_sha256=metadata["config_sha256"],
+            generator_sha256=meta["weights_sha256"],
+            export_command=command,
         )
         atomic_write_json(tmp / MANIFEST, manifest)
         verify(tmp)

@@ -1,13 +1,14 @@
-"""manifest.json of a model artifact (format export.artifact.FORMAT): what the service and users read."""
+"""manifest.json of a model artifact (format contract.artifact.FORMAT): what the service and users read."""
 
 from __future__ import annotations
 
 import platform
 import shlex
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from export.artifact import FORMAT, INPUT_NAME, LATENTS, MANIFEST, MODEL_NAME, OUTPUT_NAME, file_sha256
+from contract.artifact import FORMAT, INPUT_NAME, MANIFEST, MODEL_NAME, OUTPUT_NAME, file_sha256
+from contract.latents import LATENTS
 from training.models import GeneratorConfig
 from training.rundir import package_versions
 
@@ -36,8 +37,16 @@ def run_commands(run_config: dict) -> list[str]:
 
 
 def build(
-    artifact_dir: Path, cfg: GeneratorConfig, opset: int, parity: dict, *, run_dir: str, run_config: dict,
-    config_sha256: str, generator_sha256: str, export_command: str,
+    artifact_dir: Path,
+    cfg: GeneratorConfig,
+    opset: int,
+    parity: dict,
+    *,
+    run_dir: str,
+    run_config: dict,
+    config_sha256: str,
+    generator_sha256: str,
+    export_command: str,
 ) -> dict:
     files = sorted(p for p in artifact_dir.iterdir() if p.is_file() and p.name != MANIFEST)
     return {
@@ -55,5 +64,5 @@ def build(
             "generator_sha256": generator_sha256,
         },
         "commands": run_commands(run_config) + [export_command],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -6,7 +6,7 @@ rebuilt from the run dir named in the manifest when it is still there with the s
 otherwise from the weights inside generator.pt2 (same architecture code, training.models).
 
 Latents: fresh random ones at batch 1, 3 and 64 (the seed is printed; --seed repeats it) plus
-fixed seeds through export.artifact.latents_for_seed, the function the service uses.
+fixed seeds through contract.artifact.latents_for_seed, the function the service uses.
 
 Limits (max |diff| / mean |diff| vs eager float32), each on every latent batch:
   TorchScript, .pt2                 max <= 1e-6
@@ -22,27 +22,19 @@ import copy
 import dataclasses
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from export import onnx_forms, torch_forms
-from export.artifact import (
-    EXPORTED_PROGRAM,
-    INPUT_NAME,
-    ONNX,
-    ONNX_FP16,
-    TORCHSCRIPT,
-    ArtifactError,
-    latents_for_seed,
-    to_uint8,
-    verify,
-)
-from training.errors import UserError, cli_main
+from common.cli import UserError, cli_main
+from contract.artifact import EXPORTED_PROGRAM, INPUT_NAME, ONNX, ONNX_FP16, TORCHSCRIPT, ArtifactError, verify
+from contract.latents import latents_for_seed
+from contract.pixels import to_uint8
+from export import onnx_export, torch_export
 from training.models import GeneratorConfig, build_generator
 from training.rundir import load_generator
 
@@ -94,7 +86,7 @@ class Report:
         """Names of the forms (files, or "eager float32") that failed a limit or the contract."""
         return {r.form for r in self.rows if not r.ok} | {f for f, p in self.problems.items() if p}
 
-    def without(self, form: str) -> "Report":
+    def without(self, form: str) -> Report:
         return dataclasses.replace(
             self, rows=[r for r in self.rows if r.form != form], problems={f: p for f, p in self.problems.items() if f != form}
         )
@@ -102,13 +94,25 @@ class Report:
     def to_manifest(self) -> dict:
         return {
             "reference": self.reference,
-            "latents": {"fresh_seed": self.fresh_seed, "batches": list(BATCHES), "fixed_seeds": list(FIXED_SEEDS),
-                        "fixed_n": FIXED_N, "images": self.images},
+            "latents": {
+                "fresh_seed": self.fresh_seed,
+                "batches": list(BATCHES),
+                "fixed_seeds": list(FIXED_SEEDS),
+                "fixed_n": FIXED_N,
+                "images": self.images,
+            },
             "limits": dataclasses.asdict(self.limits),
             "onnx_checker": "check_model(full_check=True) passed",
             "rows": [
-                {"form": r.form, "runtime": r.runtime, "max_abs": _sig(r.max_abs), "mean_abs": _sig(r.mean_abs),
-                 "max_abs_vs_fp64": _sig(r.max_abs_fp64), "max_8bit_levels": r.levels, "ok": r.ok}
+                {
+                    "form": r.form,
+                    "runtime": r.runtime,
+                    "max_abs": _sig(r.max_abs),
+                    "mean_abs": _sig(r.mean_abs),
+                    "max_abs_vs_fp64": _sig(r.max_abs_fp64),
+                    "max_8bit_levels": r.levels,
+                    "ok": r.ok,
+                }
                 for r in self.rows
             ],
         }
@@ -124,8 +128,11 @@ class Report:
             "-" * len(head),
         ]
         for r in self.rows:
-            limits = [f"max<={r.limit_max:g}" if r.limit_max is not None else "", f"mean<={r.limit_mean:g}" if r.limit_mean is not None else "",
-                      f"8bit<={r.limit_levels}"]
+            limits = [
+                f"max<={r.limit_max:g}" if r.limit_max is not None else "",
+                f"mean<={r.limit_mean:g}" if r.limit_mean is not None else "",
+                f"8bit<={r.limit_levels}",
+            ]
             lines.append(
                 f"{r.form:<26}{r.runtime:<26}{_fmt(r.max_abs):>10}{_fmt(r.mean_abs):>10}{_fmt(r.max_abs_fp64):>12}"
                 f"{r.levels:>7}  {' '.join(x for x in limits if x):<31}{'ok' if r.ok else 'FAIL'}"
@@ -183,8 +190,12 @@ def latent_batches(nz: int, fresh_seed: int) -> list[np.ndarray]:
 
 
 def check(
-    artifact_dir: Path, module: torch.nn.Module, cfg: GeneratorConfig, reference: str,
-    fresh_seed: int | None = None, limits: Limits = Limits(),
+    artifact_dir: Path,
+    module: torch.nn.Module,
+    cfg: GeneratorConfig,
+    reference: str,
+    fresh_seed: int | None = None,
+    limits: Limits = Limits(),
 ) -> Report:
     """Run every form present in artifact_dir on the same latents and compare with eager PyTorch."""
     fresh_seed = secrets.randbelow(2**32) if fresh_seed is None else fresh_seed
@@ -199,16 +210,21 @@ def check(
 
     # (form, runtime, runner, limit_max, limit_mean)
     forms: list[tuple[str, str, Callable, float | None, float | None]] = [
-        (TORCHSCRIPT, torch_rt, _torch_runner(torch_forms.load_torchscript(artifact_dir / TORCHSCRIPT)), limits.torch_max, None),
-        (EXPORTED_PROGRAM, torch_rt, _torch_runner(torch_forms.load_program(artifact_dir / EXPORTED_PROGRAM).module()),
-         limits.torch_max, None),
+        (TORCHSCRIPT, torch_rt, _torch_runner(torch_export.load_torchscript(artifact_dir / TORCHSCRIPT)), limits.torch_max, None),
+        (
+            EXPORTED_PROGRAM,
+            torch_rt,
+            _torch_runner(torch_export.load_program(artifact_dir / EXPORTED_PROGRAM).module()),
+            limits.torch_max,
+            None,
+        ),
     ]
     problems = {}
     onnx_files = [(ONNX, limits.fp32_max, None)]
     if (artifact_dir / ONNX_FP16).is_file():
         onnx_files.append((ONNX_FP16, limits.fp16_max, limits.fp16_mean))
     for name, limit_max, limit_mean in onnx_files:
-        problems[name] = onnx_forms.check_onnx(artifact_dir / name, cfg)
+        problems[name] = onnx_export.check_onnx(artifact_dir / name, cfg)
         if problems[name]:
             continue  # a file that breaks the contract is not run
         for cuda in (False, True):
@@ -261,7 +277,7 @@ def reference_module(artifact_dir: Path, manifest: dict, run_dir: str | None) ->
         raise UserError(f"{artifact_dir / 'manifest.json'} has no source.generator config; re-export it")
     cfg = GeneratorConfig.from_dict(source["generator"])
     module = build_generator(cfg)
-    module.load_state_dict(torch_forms.load_program(artifact_dir / EXPORTED_PROGRAM).state_dict)
+    module.load_state_dict(torch_export.load_program(artifact_dir / EXPORTED_PROGRAM).state_dict)
     return cfg, module.eval(), f"eager PyTorch (training.models) with the weights in {EXPORTED_PROGRAM} (source run dir not available)"
 
 
@@ -274,8 +290,11 @@ def main(argv=None) -> None:
         "saved form against eager PyTorch. Prints a table; exits 1 if any check fails, 2 on bad input.",
     )
     parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="folder written by `python -m export` (holds manifest.json)")
-    parser.add_argument("--run-dir", help="run dir to rebuild the eager reference from (default: the manifest's source "
-                        "run dir if present, else the weights in generator.pt2)")
+    parser.add_argument(
+        "--run-dir",
+        help="run dir to rebuild the eager reference from (default: the manifest's source "
+        "run dir if present, else the weights in generator.pt2)",
+    )
     parser.add_argument("--seed", type=int, help="seed of the fresh random latents (default: a new one, printed)")
     args = parser.parse_args(argv)
     artifact_dir = Path(args.artifact_dir)

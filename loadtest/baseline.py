@@ -10,7 +10,6 @@ model inline: requests are served strictly one after another, with no batching.
 
 from __future__ import annotations
 
-import argparse
 import base64
 
 import torch
@@ -18,10 +17,11 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from export.artifact import latents_for_seed, to_uint8
-from loadtest.eager import load_eager
+from common.cli import OneLineErrorParser, cli_main
+from contract.latents import latents_for_seed
+from contract.pixels import to_uint8
+from loadtest.torch_eager import load_eager
 from service.images import png_bytes  # torch-free, light: the service's own encoder (PNG level 1)
-from training.errors import OneLineErrorParser, cli_main
 
 
 class SampleRequest(BaseModel):

@@ -18,11 +18,11 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
-from training.errors import UserError
+from common.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,15 +112,38 @@ def read_final(prefix: Path) -> tuple[int, int, list[dict]]:
 
 def locust_argv(url: str, users: int, n_mix: str, seconds: float, prefix: Path) -> list[str]:
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
-        "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{math.ceil(seconds)}s",
-        "--reset-stats", "--stop-timeout", str(STOP_TIMEOUT_S), "--only-summary",
-        "--csv", str(prefix), "--json-file", str(prefix), "--n-mix", n_mix, "--exit-code-on-error", "0",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        url,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(users),
+        "--run-time",
+        f"{math.ceil(seconds)}s",
+        "--reset-stats",
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+        "--only-summary",
+        "--csv",
+        str(prefix),
+        "--json-file",
+        str(prefix),
+        "--n-mix",
+        n_mix,
+        "--exit-code-on-error",
+        "0",
     ]
 
 
-def run_level(url: str, users: int, n_mix: str, seconds: float, prefix: Path,
-              while_running: Callable[[], None] | None = None, interval_s: float = 5.0) -> LevelStats:
+def run_level(
+    url: str, users: int, n_mix: str, seconds: float, prefix: Path, while_running: Callable[[], None] | None = None, interval_s: float = 5.0
+) -> LevelStats:
     """Run one level and return its statistics; its console output goes to PREFIX.log.
 
     `while_running`, if given, is called every `interval_s` seconds while locust runs (the soak samples memory with it).
@@ -130,7 +153,7 @@ def run_level(url: str, users: int, n_mix: str, seconds: float, prefix: Path,
     limit = seconds + STOP_TIMEOUT_S + 60  # the level, the users' last requests, start-up and shutdown
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(f"{prefix}.log", "wb") as log:
-        # cwd: the locustfile imports loadtest.checks from the repository root.
+        # cwd: the locustfile imports loadtest.response_checks from the repository root.
         process = subprocess.Popen(locust_argv(url, users, n_mix, seconds, prefix), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + limit
         try:
@@ -154,5 +177,10 @@ def run_level(url: str, users: int, n_mix: str, seconds: float, prefix: Path,
     stats = parse_stats_csv(Path(f"{prefix}_stats.csv"))
     requests, failures, reasons = read_final(prefix)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return replace(stats, requests_total=max(requests, stats.requests), failures=max(failures, stats.failures),
-                   failure_reasons=reasons, locust_cpu_s=cpu)
+    return replace(
+        stats,
+        requests_total=max(requests, stats.requests),
+        failures=max(failures, stats.failures),
+        failure_reasons=reasons,
+        locust_cpu_s=cpu,
+    )

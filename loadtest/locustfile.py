@@ -9,7 +9,7 @@ sends each equally often, "1:3,16:1" sends n=1 three times as often as n=16. Req
 A response counts as a success only if it is well-formed: HTTP 200, JSON content type, the request's
 seed and n echoed back, and exactly n base64 PNG images. Anything else is a failure, with its reason.
 Users wait for nothing between requests (closed loop): the offered load is set by the user count.
-Run it from the repository root (or with the project installed): it imports loadtest.checks.
+Run it from the repository root (or with the project installed): it imports loadtest.response_checks.
 """
 
 from __future__ import annotations
@@ -18,13 +18,18 @@ import random
 
 from locust import FastHttpUser, constant, events, task
 
-from loadtest.checks import MAX_SEED, parse_n_mix, problem_with
+from loadtest.response_checks import MAX_SEED, parse_n_mix, problem_with
 
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser) -> None:
-    parser.add_argument("--n-mix", type=str, env_var="LOCUST_N_MIX", default="1",
-                        help="images per request as n[:weight],... e.g. '1' or '1:3,16:1' (default: 1)")
+    parser.add_argument(
+        "--n-mix",
+        type=str,
+        env_var="LOCUST_N_MIX",
+        default="1",
+        help="images per request as n[:weight],... e.g. '1' or '1:3,16:1' (default: 1)",
+    )
 
 
 class SampleUser(FastHttpUser):

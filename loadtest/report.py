@@ -2,7 +2,7 @@
 
 The dict, built by loadtest.run:
     targets: [{"name", "label", "levels": [{"n_mix", "users", "images_per_s", "p99_ms", ...}], ...}]
-    ceiling: loadtest.bench's JSON (or None), soak: RSS samples and growth (or None)
+    ceiling: loadtest.backend_bench's JSON (or None), soak: RSS samples and growth (or None)
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def _ratio_goal(name: str, target: str, ours: dict | None, other: dict | None, f
         return _goal(name, target, None, False, missing)
     ratio = ours["images_per_s"] / other["images_per_s"]
     versus = f"{other['target']}: " if "target" in other else ""
-    measured = f"{ratio:.2f}x ({ours['images_per_s']:,.0f} at {ours['users']} users vs {versus}{other['images_per_s']:,.0f} at {other['users']})"
+    measured = (
+        f"{ratio:.2f}x ({ours['images_per_s']:,.0f} at {ours['users']} users vs {versus}{other['images_per_s']:,.0f} at {other['users']})"
+    )
     met = ratio >= factor
     if p99:
         a, b = ours["p99_ms"], other["p99_ms"]
@@ -62,7 +64,7 @@ def _off_label(name: str | None) -> str:
     """What the batching goal compares with: batching off, or the smallest cap measured."""
     if name is None or name == f"{MAXBATCH}1":
         return "off (DCGAN_MAX_BATCH=1)"
-    return f"max batch {name[len(MAXBATCH):]} (the closest to off measured)"
+    return f"max batch {name[len(MAXBATCH) :]} (the closest to off measured)"
 
 
 def goals(report: dict) -> list[dict]:
@@ -70,32 +72,78 @@ def goals(report: dict) -> list[dict]:
     ours1 = level(report, OURS, "1", GOAL_USERS)
     ours16 = saturated(report, OURS, "16")
     capped = [t["name"] for t in report["targets"] if t["name"].startswith(MAXBATCH)]
-    off_name = min(capped, key=lambda name: int(name[len(MAXBATCH):]), default=None)  # the closest to batching off
+    off_name = min(capped, key=lambda name: int(name[len(MAXBATCH) :]), default=None)  # the closest to batching off
     out = [
-        _ratio_goal(f"vs the fastest baseline, n=1 at {GOAL_USERS} users", ">= 1.5x images/s and lower p99", ours1,
-                    best_baseline(report, "1", GOAL_USERS), 1.5, "lower", f"needs --baseline and a {GOAL_USERS}-user level with --mix 1"),
-        _ratio_goal("vs the fastest baseline, n=16 saturated (best level of each)", ">= 1.0x images/s", ours16, best_baseline(report, "16", None),
-                    1.0, None, "needs --baseline and --mix 16"),
-        _ratio_goal(f"batching on vs {_off_label(off_name)}, n=1 at {GOAL_USERS} users", ">= 3x images/s, p99 no worse", ours1,
-                    off_name and level(report, off_name, "1", GOAL_USERS), 3.0, "no worse",
-                    f"needs --compare-max-batch and a {GOAL_USERS}-user level with --mix 1"),
+        _ratio_goal(
+            f"vs the fastest baseline, n=1 at {GOAL_USERS} users",
+            ">= 1.5x images/s and lower p99",
+            ours1,
+            best_baseline(report, "1", GOAL_USERS),
+            1.5,
+            "lower",
+            f"needs --baseline and a {GOAL_USERS}-user level with --mix 1",
+        ),
+        _ratio_goal(
+            "vs the fastest baseline, n=16 saturated (best level of each)",
+            ">= 1.0x images/s",
+            ours16,
+            best_baseline(report, "16", None),
+            1.0,
+            None,
+            "needs --baseline and --mix 16",
+        ),
+        _ratio_goal(
+            f"batching on vs {_off_label(off_name)}, n=1 at {GOAL_USERS} users",
+            ">= 3x images/s, p99 no worse",
+            ours1,
+            off_name and level(report, off_name, "1", GOAL_USERS),
+            3.0,
+            "no worse",
+            f"needs --compare-max-batch and a {GOAL_USERS}-user level with --mix 1",
+        ),
     ]
     ceiling = (report.get("ceiling") or {}).get("ort_ceiling")
-    measured = ours16 and ceiling and (f"{ours16['images_per_s'] / ceiling['images_per_s']:.0%} ({ours16['images_per_s']:,.0f} / "
-                                       f"{ceiling['images_per_s']:,.0f} images/s, {ceiling['form']} at batch {ceiling['batch']})")
-    out.insert(2, _goal("n=16 saturated vs in-process ONNX Runtime ceiling", ">= 60%", measured or None,
-                        bool(measured) and ours16["images_per_s"] >= 0.6 * ceiling["images_per_s"],
-                        "needs --mix 16 and a ceiling (not --ceiling none)"))
+    measured = (
+        ours16
+        and ceiling
+        and (
+            f"{ours16['images_per_s'] / ceiling['images_per_s']:.0%} ({ours16['images_per_s']:,.0f} / "
+            f"{ceiling['images_per_s']:,.0f} images/s, {ceiling['form']} at batch {ceiling['batch']})"
+        )
+    )
+    out.insert(
+        2,
+        _goal(
+            "n=16 saturated vs in-process ONNX Runtime ceiling",
+            ">= 60%",
+            measured or None,
+            bool(measured) and ours16["images_per_s"] >= 0.6 * ceiling["images_per_s"],
+            "needs --mix 16 and a ceiling (not --ceiling none)",
+        ),
+    )
     levels = [(t["name"], lv) for t in report["targets"] for lv in t["levels"]]
     failed = [f"{name} n={lv['n_mix']} u={lv['users']}: {lv['failures']}" for name, lv in levels if lv["failures"]]
-    out.append(_goal("zero failed requests at every level", "0", (", ".join(failed) or f"0 in {len(levels)} levels") if levels else None,
-                     not failed, "no levels ran"))
+    out.append(
+        _goal(
+            "zero failed requests at every level",
+            "0",
+            (", ".join(failed) or f"0 in {len(levels)} levels") if levels else None,
+            not failed,
+            "no levels ran",
+        )
+    )
     soak = report.get("soak")
-    out.append(_goal(
-        "soak: resident memory growth, first vs last minute", "< 10%",
-        f"{soak['growth']:+.1%} over {soak['minutes']:g} min ({soak['first_mib']:,.0f} -> {soak['last_mib']:,.0f} MiB)" if soak else None,
-        bool(soak) and soak["growth"] < 0.10, "run with --soak 10",
-    ))
+    out.append(
+        _goal(
+            "soak: resident memory growth, first vs last minute",
+            "< 10%",
+            f"{soak['growth']:+.1%} over {soak['minutes']:g} min ({soak['first_mib']:,.0f} -> {soak['last_mib']:,.0f} MiB)"
+            if soak
+            else None,
+            bool(soak) and soak["growth"] < 0.10,
+            "run with --soak 10",
+        )
+    )
     return out
 
 
@@ -113,10 +161,12 @@ def _row(target: dict, lv: dict, ceiling: dict | None) -> str:
     if None not in workers:
         cpu_ms += f" ({workers[0]:.1f} + {workers[1]:.1f})"
     share = f"{lv['images_per_s'] / ceiling['images_per_s']:.0%}" if ceiling else "-"
-    return (f"| {target['label']} | {lv['n_mix']} | {lv['users']} | {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} | {share} | "
-            f"{_ms(lv['p50_ms'])} | {_ms(lv['p95_ms'])} | {_ms(lv['p99_ms'])} | {lv['failures']} | {batch} | {merged} | "
-            f"{_cores(lv, 'server_cpu_s')} / {_cores(lv, 'locust_cpu_s')} | {cpu_ms} | {_ms(lv.get('server_sample_ms'))} | "
-            f"{_ms(lv.get('server_generate_ms'))} | {lv['load_avg_1m_before']:.1f} |")
+    return (
+        f"| {target['label']} | {lv['n_mix']} | {lv['users']} | {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} | {share} | "
+        f"{_ms(lv['p50_ms'])} | {_ms(lv['p95_ms'])} | {_ms(lv['p99_ms'])} | {lv['failures']} | {batch} | {merged} | "
+        f"{_cores(lv, 'server_cpu_s')} / {_cores(lv, 'locust_cpu_s')} | {cpu_ms} | {_ms(lv.get('server_sample_ms'))} | "
+        f"{_ms(lv.get('server_generate_ms'))} | {lv['load_avg_1m_before']:.1f} |"
+    )
 
 
 def markdown(report: dict) -> str:
@@ -149,7 +199,8 @@ def markdown(report: dict) -> str:
             "## Sweep",
             "",
             "| server | n | users | req/s | images/s | of ceiling | p50 | p95 | p99 | failures | requests (images) per batch "
-            "| requests per generator call | cores busy: server / locust | server CPU ms/request (entry + generator) | server-side /sample | of which /generate | load avg |",
+            "| requests per generator call | cores busy: server / locust | server CPU ms/request (entry + generator) "
+            "| server-side /sample | of which /generate | load avg |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for target in report["targets"]:
@@ -160,22 +211,39 @@ def markdown(report: dict) -> str:
             lines += [f"  - {note}" for note in target.get("notes", [])]
     if report.get("ceiling"):
         c = report["ceiling"]
-        lines += ["", "## In-process ceiling (`python -m loadtest.bench`)", "",
-                  f"images/s of the generator alone, median of three windows of {c['seconds_per_cell'] / 3:.2f} s; load average "
-                  f"{c['machine']['load_avg_1m']:.1f} when it started.", "", c["table"]]
+        lines += [
+            "",
+            "## In-process ceiling (`python -m loadtest.backend_bench`)",
+            "",
+            f"images/s of the generator alone, median of three windows of {c['seconds_per_cell'] / 3:.2f} s; load average "
+            f"{c['machine']['load_avg_1m']:.1f} when it started.",
+            "",
+            c["table"],
+        ]
     if report.get("soak"):
         s = report["soak"]
-        lines += ["", "## Soak", "",
-                  f"{s['users']} users, n mix {s['n_mix']}, {s['minutes']:g} min after a {s['warmup_s']:g} s warm-up; resident memory "
-                  f"of every server process sampled every {s['interval_s']:g} s (soak_rss.csv, soak_rss.png). Growth compares the "
-                  f"mean of the first and the last {s['window_s']:g} s; the slope is fitted over the second half.", "",
-                  "| process | first | last | growth | slope, second half |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Soak",
+            "",
+            f"{s['users']} users, n mix {s['n_mix']}, {s['minutes']:g} min after a {s['warmup_s']:g} s warm-up; resident memory "
+            f"of every server process sampled every {s['interval_s']:g} s (soak_rss.csv, soak_rss.png). Growth compares the "
+            f"mean of the first and the last {s['window_s']:g} s; the slope is fitted over the second half.",
+            "",
+            "| process | first | last | growth | slope, second half |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for p in [*s["processes"], {**s, "name": "**all**"}]:
-            lines.append(f"| {p['name']} | {p['first_mib']:,.1f} MiB | {p['last_mib']:,.1f} MiB | {p['growth']:+.1%} | "
-                         f"{p['late_slope_mib_per_min']:+.2f} MiB/min |")
+            lines.append(
+                f"| {p['name']} | {p['first_mib']:,.1f} MiB | {p['last_mib']:,.1f} MiB | {p['growth']:+.1%} | "
+                f"{p['late_slope_mib_per_min']:+.2f} MiB/min |"
+            )
         lv = s["level"]
-        lines += ["", f"Load during the soak: {lv['requests_per_s']:,.1f} req/s, {lv['images_per_s']:,.0f} images/s, "
-                  f"p99 {_ms(lv['p99_ms'])}, {lv['failures']} failed of {lv['requests']:,}."]
+        lines += [
+            "",
+            f"Load during the soak: {lv['requests_per_s']:,.1f} req/s, {lv['images_per_s']:,.0f} images/s, "
+            f"p99 {_ms(lv['p99_ms'])}, {lv['failures']} failed of {lv['requests']:,}.",
+        ]
     lines += ["", "## Goals", "", "| goal | target | measured | status |", "|---|---|---|---|"]
     lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in report["goals"]]
     for note in report.get("notes", []):
@@ -216,8 +284,10 @@ def plot_sweep(report: dict, path: Path) -> None:
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
         row[0].set_ylim(bottom=0)
-    fig.suptitle(f"{report['machine']['cpu_model']}, {report['machine']['cores']} cores (locust on the same cores), {report['created'][:10]}",
-                 fontsize=9)
+    fig.suptitle(
+        f"{report['machine']['cpu_model']}, {report['machine']['cores']} cores (locust on the same cores), {report['created'][:10]}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -26,19 +26,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager
 
 import psutil
 
-from export.artifact import MANIFEST, ONNX_FP16, ArtifactError, read_manifest
+from common.cli import OneLineErrorParser, UserError, cli_main
+from common.files import repo_relative
+from common.server import REPO, Server, check_loopback, existing, http_get, serve_baseline, serve_bentoml
+from contract.artifact import MANIFEST, ONNX_FP16, ArtifactError, read_manifest
 from loadtest import prometheus
 from loadtest import report as reporting
 from loadtest.locust_run import LevelStats, run_level
-from loadtest.checks import parse_n_mix
-from loadtest.servers import REPO, Server, check_loopback, existing, http_get, serve_baseline, serve_bentoml
-from training.errors import OneLineErrorParser, UserError, cli_main
+from loadtest.response_checks import parse_n_mix
 
 SOAK_INTERVAL_S = 5.0
 CUDA = "CUDAExecutionProvider"
@@ -49,7 +51,7 @@ class Target:
     name: str  # key in report.json ("bentoml", "bentoml-maxbatch2", "bentoml-fp32", "baseline", "external")
     label: str  # shown in tables and plots
     description: str
-    start: Callable[[], ContextManager[Server]]
+    start: Callable[[], AbstractContextManager[Server]]
     notes: list[str] = field(default_factory=list)
 
 
@@ -93,34 +95,73 @@ def parse_args(argv):
         "  python -m loadtest.run --soak 10 --out out/soak   # memory over 10 minutes at moderate load",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--artifact", type=Path, default=REPO / "artifacts" / "default",
-                        help="model artifact to serve (default: artifacts/default, the committed model)")
+    parser.add_argument(
+        "--artifact",
+        type=Path,
+        default=REPO / "artifacts" / "default",
+        help="model artifact to serve (default: artifacts/default, the committed model)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: out/loadtest-<UTC time>)")
     parser.add_argument("--users", default="1,4,16,32,64", help="concurrent users per level (default: %(default)s)")
-    parser.add_argument("--mix", action="append", dest="mixes", metavar="N_MIX",
-                        help="images per request as n[:weight],...; repeat for several sweeps (default: --mix 1 --mix 16)")
+    parser.add_argument(
+        "--mix",
+        action="append",
+        dest="mixes",
+        metavar="N_MIX",
+        help="images per request as n[:weight],...; repeat for several sweeps (default: --mix 1 --mix 16)",
+    )
     parser.add_argument("--duration", type=float, default=30, help="measured seconds per level (default: %(default)s)")
-    parser.add_argument("--warmup", type=float, help="seconds of unmeasured load on each server started, before measuring "
-                        "(default: 10; with --soak 60, so ONNX Runtime's arena has grown to the largest batches first)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds of unmeasured load on each server started, before measuring "
+        "(default: 10; with --soak 60, so ONNX Runtime's arena has grown to the largest batches first)",
+    )
     parser.add_argument("--host", help="load-test this running server instead of starting one, e.g. http://127.0.0.1:3000")
     parser.add_argument("--allow-non-loopback", action="store_true", help="let --host name a server on another machine")
-    parser.add_argument("--baseline", nargs="?", const="", metavar="MODEL",
-                        help="also sweep the FastAPI + torch eager baseline (loadtest/baseline.py) serving MODEL, a run dir "
-                        "or an artifact (default: the served artifact's generator.pt2)")
-    parser.add_argument("--baseline-threads", default="default,1", metavar="LIST",
-                        help="torch intra-op threads of the baselines, one baseline per entry: 'default' (torch's, one per core) "
-                        "or a number; the goals compare with the fastest at each level, since torch's own threads collapse "
-                        "when another process (locust) wants the same cores (default: %(default)s)")
-    parser.add_argument("--compare-max-batch", type=int, metavar="N", action="append", default=[],
-                        help="also sweep our service with DCGAN_MAX_BATCH=N (repeatable); 1 is batching off (no merging at "
-                        "the entry, no batchable API); the batching goal compares against the smallest N")
-    parser.add_argument("--compare-fp32", action="store_true",
-                        help="on a GPU, also sweep our service on the fp32 model (it serves generator.fp16.onnx on CUDA)")
-    parser.add_argument("--ceiling", default="run", metavar="run|none|PATH",
-                        help="in-process ceiling: run `python -m loadtest.bench` first (default), skip it, or read its --json file")
-    parser.add_argument("--soak", type=float, metavar="MINUTES",
-                        help="instead of the sweep: hold --soak-users on our server for MINUTES, sampling every server "
-                        "process's resident memory; reports growth from the first to the last minute")
+    parser.add_argument(
+        "--baseline",
+        nargs="?",
+        const="",
+        metavar="MODEL",
+        help="also sweep the FastAPI + torch eager baseline (loadtest/baseline.py) serving MODEL, a run dir "
+        "or an artifact (default: the served artifact's generator.pt2)",
+    )
+    parser.add_argument(
+        "--baseline-threads",
+        default="default,1",
+        metavar="LIST",
+        help="torch intra-op threads of the baselines, one baseline per entry: 'default' (torch's, one per core) "
+        "or a number; the goals compare with the fastest at each level, since torch's own threads collapse "
+        "when another process (locust) wants the same cores (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compare-max-batch",
+        type=int,
+        metavar="N",
+        action="append",
+        default=[],
+        help="also sweep our service with DCGAN_MAX_BATCH=N (repeatable); 1 is batching off (no merging at "
+        "the entry, no batchable API); the batching goal compares against the smallest N",
+    )
+    parser.add_argument(
+        "--compare-fp32",
+        action="store_true",
+        help="on a GPU, also sweep our service on the fp32 model (it serves generator.fp16.onnx on CUDA)",
+    )
+    parser.add_argument(
+        "--ceiling",
+        default="run",
+        metavar="run|none|PATH",
+        help="in-process ceiling: run `python -m loadtest.backend_bench` first (default), skip it, or read its --json file",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="instead of the sweep: hold --soak-users on our server for MINUTES, sampling every server "
+        "process's resident memory; reports growth from the first to the last minute",
+    )
     parser.add_argument("--soak-users", type=int, default=16, help="users during --soak (default: %(default)s)")
     args = parser.parse_args(argv)
     args.users = sorted(set(_int_list(args.users, "--users")))
@@ -146,8 +187,10 @@ def parse_args(argv):
         if args.soak:
             raise UserError("--soak samples the memory of the server processes it started; it cannot be used with --host")
     elif not (args.artifact / MANIFEST).is_file():
-        raise UserError(f"no model artifact at {args.artifact} (no {MANIFEST}); export one with `python -m export RUN_DIR --out DIR` "
-                        "and pass --artifact DIR")
+        raise UserError(
+            f"no model artifact at {args.artifact} (no {MANIFEST}); export one with `python -m export RUN_DIR --out DIR` "
+            "and pass --artifact DIR"
+        )
     return args
 
 
@@ -188,10 +231,12 @@ def _model_summary(artifact: Path) -> str:
     try:
         manifest = read_manifest(artifact)
     except ArtifactError:
-        return f"{artifact} (unreadable manifest)"
+        return f"{repo_relative(artifact)} (unreadable manifest)"
     m, src = manifest["model"], manifest.get("source", {})
     ngf = src.get("generator", {}).get("ngf")
-    return f"{artifact}: {m['arch']} generator, {m['image_size']}x{m['image_size']}x{m['channels']}, nz {m['nz']}" + (f", ngf {ngf}" if ngf else "")
+    return f"{repo_relative(artifact)}: {m['arch']} generator, {m['image_size']}x{m['image_size']}x{m['channels']}, nz {m['nz']}" + (
+        f", ngf {ngf}" if ngf else ""
+    )
 
 
 def fp32_artifact(artifact: Path, workdir: Path) -> Path:
@@ -217,25 +262,51 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
         def ours(name: str, artifact: Path, env: dict[str, str]):
             return lambda: serve_bentoml(artifact, homes / name, logs / f"{name}.log", env)
 
-        targets = [Target(reporting.OURS, "ours (BentoML, adaptive batching)", "`bentoml serve service:svc`, settings from the "
-                          "environment (defaults unless DCGAN_* are set)", ours(reporting.OURS, art, {}))]
+        targets = [
+            Target(
+                reporting.OURS,
+                "ours (BentoML, adaptive batching)",
+                "`bentoml serve service:svc`, settings from the environment (defaults unless DCGAN_* are set)",
+                ours(reporting.OURS, art, {}),
+            )
+        ]
         for n in sorted(set(args.compare_max_batch)) if not args.soak else []:
-            targets.append(Target(f"{reporting.MAXBATCH}{n}", "ours, batching off" if n == 1 else f"ours, max batch {n}",
-                                  f"the same service with DCGAN_MAX_BATCH={n}: " + ("each request its own generator call and ONNX "
-                                  "Runtime call" if n == 1 else f"at most {n} images per ONNX Runtime call"),
-                                  ours(f"{reporting.MAXBATCH}{n}", art, {"DCGAN_MAX_BATCH": str(n)})))
+            targets.append(
+                Target(
+                    f"{reporting.MAXBATCH}{n}",
+                    "ours, batching off" if n == 1 else f"ours, max batch {n}",
+                    f"the same service with DCGAN_MAX_BATCH={n}: "
+                    + (
+                        "each request its own generator call and ONNX Runtime call"
+                        if n == 1
+                        else f"at most {n} images per ONNX Runtime call"
+                    ),
+                    ours(f"{reporting.MAXBATCH}{n}", art, {"DCGAN_MAX_BATCH": str(n)}),
+                )
+            )
         if args.compare_fp32 and not args.soak:
-            targets.append(Target(f"{reporting.OURS}-fp32", "ours, fp32", "the same service on the artifact without "
-                                  "generator.fp16.onnx (fp32 on CUDA)", lambda: serve_bentoml(fp32_artifact(art, homes), homes /
-                                  "fp32", logs / "bentoml-fp32.log", {})))
+            targets.append(
+                Target(
+                    f"{reporting.OURS}-fp32",
+                    "ours, fp32",
+                    "the same service on the artifact without generator.fp16.onnx (fp32 on CUDA)",
+                    lambda: serve_bentoml(fp32_artifact(art, homes), homes / "fp32", logs / "bentoml-fp32.log", {}),
+                )
+            )
     if args.baseline is not None and not args.soak:
         model = Path(args.baseline) if args.baseline else args.artifact
         for threads in dict.fromkeys(args.baseline_threads):
             suffix, option = ("", "") if threads is None else (f"-t{threads}", f" --threads {threads}")
-            targets.append(Target(reporting.BASELINE + suffix, "baseline (FastAPI + torch eager, " + ("torch's threads)" if threads is None else f"{threads} thread{'s' * (threads > 1)})"),
-                                  f"`python -m loadtest.baseline {model}{option}`: one process, the model run inline in an async "
-                                  "handler, one request at a time, no batching",
-                                  lambda threads=threads, suffix=suffix: serve_baseline(model, logs / f"baseline{suffix}.log", threads)))
+            targets.append(
+                Target(
+                    reporting.BASELINE + suffix,
+                    "baseline (FastAPI + torch eager, "
+                    + ("torch's threads)" if threads is None else f"{threads} thread{'s' * (threads > 1)})"),
+                    f"`python -m loadtest.baseline {repo_relative(model)}{option}`: one process, the model run inline in an async "
+                    "handler, one request at a time, no batching",
+                    lambda threads=threads, suffix=suffix: serve_baseline(model, logs / f"baseline{suffix}.log", threads),
+                )
+            )
     return targets
 
 
@@ -275,13 +346,16 @@ def measure(server: Server, users: int, n_mix: str, seconds: float, prefix: Path
     cpu = sum(cpu_by_role.values()) if cpu_by_role else None
     per_request = 1000 / stats.requests_total if stats.requests_total else None
     return {
-        "n_mix": n_mix, "users": users, **stats.to_dict(),
+        "n_mix": n_mix,
+        "users": users,
+        **stats.to_dict(),
         **prometheus.level_figures(scrape_before, scrape_after, stats.mean_n),
         "server_cpu_s": cpu,
         # CPU per request: a figure that other processes on the machine disturb far less than throughput.
         "server_cpu_ms_per_request": cpu * per_request if cpu is not None and per_request else None,
         "server_cpu_ms_per_request_by_process": {role: c * per_request for role, c in cpu_by_role.items()} if per_request else {},
-        "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0],
+        "load_avg_1m_before": load_before,
+        "load_avg_1m_after": os.getloadavg()[0],
     }
 
 
@@ -321,11 +395,24 @@ def soak(server: Server, args, out: Path) -> dict:
     end = max((s["t_s"] for s in samples), default=0.0)
     first = lambda name: mean_mib(name, 0, window)  # noqa: E731
     last = lambda name: mean_mib(name, end - window, end)  # noqa: E731
-    processes = [{"name": n, "first_mib": first(n), "last_mib": last(n), "growth": last(n) / first(n) - 1,
-                  "late_slope_mib_per_min": late_slope(n)} for n in sorted({s["name"] for s in samples})]
-    return {"minutes": args.soak, "users": args.soak_users, "n_mix": args.mixes[0], "interval_s": SOAK_INTERVAL_S,
-            "window_s": window, "warmup_s": args.warmup, "first_mib": first(None), "last_mib": last(None),
-            "growth": last(None) / first(None) - 1, "late_slope_mib_per_min": late_slope(None), "processes": processes, "level": level}
+    processes = [
+        {"name": n, "first_mib": first(n), "last_mib": last(n), "growth": last(n) / first(n) - 1, "late_slope_mib_per_min": late_slope(n)}
+        for n in sorted({s["name"] for s in samples})
+    ]
+    return {
+        "minutes": args.soak,
+        "users": args.soak_users,
+        "n_mix": args.mixes[0],
+        "interval_s": SOAK_INTERVAL_S,
+        "window_s": window,
+        "warmup_s": args.warmup,
+        "first_mib": first(None),
+        "last_mib": last(None),
+        "growth": last(None) / first(None) - 1,
+        "late_slope_mib_per_min": late_slope(None),
+        "processes": processes,
+        "level": level,
+    }
 
 
 def get_ceiling(args, out: Path) -> dict | None:
@@ -333,8 +420,8 @@ def get_ceiling(args, out: Path) -> dict | None:
         return None
     if args.ceiling == "run":
         path = out / "bench.json"
-        say("ceiling: python -m loadtest.bench (no server running yet) ...")
-        argv = [sys.executable, "-m", "loadtest.bench", "--artifact", str(args.artifact), "--seconds", "1", "--json", str(path)]
+        say("ceiling: python -m loadtest.backend_bench (no server running yet) ...")
+        argv = [sys.executable, "-m", "loadtest.backend_bench", "--artifact", str(args.artifact), "--seconds", "1", "--json", str(path)]
         with open(out / "logs" / "bench.log", "wb") as log:
             done = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
@@ -344,8 +431,8 @@ def get_ceiling(args, out: Path) -> dict | None:
     try:
         bench = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"--ceiling {path}: cannot read a loadtest.bench JSON file ({e})") from None
-    from loadtest.bench import table
+        raise UserError(f"--ceiling {path}: cannot read a loadtest.backend_bench JSON file ({e})") from None
+    from loadtest.backend_bench import table
 
     return {**bench, "table": table(bench)}
 
@@ -363,8 +450,10 @@ def sweep_target(target: Target, args, out: Path, on_start: Callable[[Server], N
                 run_level(server.url, args.users[0], mix, args.warmup, out / "locust" / f"{target.name}_n{_mix_tag(mix)}_warmup")
             for users in args.users:
                 lv = measure(server, users, mix, args.duration, out / "locust" / f"{target.name}_n{_mix_tag(mix)}_u{users}")
-                say(f"{target.name}: n {mix}, {users:>3} users: {lv['requests_per_s']:8.1f} req/s {lv['images_per_s']:8.0f} "
-                    f"images/s  p50 {lv['p50_ms']} p99 {lv['p99_ms']} ms  failures {lv['failures']}  load {lv['load_avg_1m_before']:.1f}")
+                say(
+                    f"{target.name}: n {mix}, {users:>3} users: {lv['requests_per_s']:8.1f} req/s {lv['images_per_s']:8.0f} "
+                    f"images/s  p50 {lv['p50_ms']} p99 {lv['p99_ms']} ms  failures {lv['failures']}  load {lv['load_avg_1m_before']:.1f}"
+                )
                 levels.append(lv)
 
 
@@ -396,10 +485,10 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     _interrupt_on_sigterm()
-    out = args.out or REPO / "out" / f"loadtest-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    out = args.out or REPO / "out" / f"loadtest-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
     report = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "loadtest.run", *argv]),
         "machine": describe_machine(),
         "git": _git(),
@@ -424,8 +513,10 @@ def main(argv=None) -> None:
                     return
                 described = json.loads(body)
                 provider = described.get("provider") if target.name == reporting.OURS else provider
-                target.notes.append(f"provider {described.get('provider')}, ORT threads {described.get('ort_threads')}, "
-                                    f"batching {described.get('batching')}, model {described.get('model')}")
+                target.notes.append(
+                    f"provider {described.get('provider')}, ORT threads {described.get('ort_threads')}, "
+                    f"batching {described.get('batching')}, model {described.get('model')}"
+                )
 
             for target in plan_targets(args, Path(homes), out / "logs"):
                 if target.name == f"{reporting.OURS}-fp32" and provider != CUDA:

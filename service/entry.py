@@ -20,7 +20,6 @@ resets (the call is idempotent) and turns generator overload into 503 + Retry-Af
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import importlib.resources
 import logging
@@ -39,10 +38,10 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from export.artifact import LATENTS, latents_for_seed
+from contract.latents import LATENTS, latents_for_seed
 from service.coalesce import Coalescer
-from service.generator import Generator
-from service.heap import freeze_startup_heap
+from service.gc_freeze import freeze_startup_heap
+from service.generator import GeneratorService
 from service.http_guard import RETRY_AFTER_S, AdmissionLimit, RequestGuard
 from service.images import animation_bytes, grid, png_bytes
 from service.interpolate import interpolation_latents
@@ -148,8 +147,8 @@ if not PAGE_DIR.is_dir():
     traffic={"timeout": 40},  # above the generator's 30 s, so a stuck call surfaces as its error, not ours
 )
 @bentoml.asgi_app(get_app, path="/")
-class DCGAN:
-    generator = bentoml.depends(Generator)
+class EntryService:
+    generator = bentoml.depends(GeneratorService)
 
     def __init__(self) -> None:
         self._described: dict | None = None  # the generator's describe(), fetched once
@@ -208,7 +207,7 @@ class DCGAN:
                 return await self.generator.to_async.generate(latents)
             except ServiceUnavailable:
                 raise GeneratorUnavailable("generator overloaded: the request could not be batched within its latency budget") from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise GeneratorUnavailable("generator did not answer in time") from None
             except aiohttp.ClientConnectionError as e:
                 # BentoML #4971: a pooled connection reset under concurrency. The call is idempotent: send it again.
@@ -228,7 +227,12 @@ class DCGAN:
             return _unavailable(e)
         _, h, w, c = images.shape
         return SampleResponse(
-            seed=seed, n=n, model=self._described["model"], width=w, height=h, channels=c,
+            seed=seed,
+            n=n,
+            model=self._described["model"],
+            width=w,
+            height=h,
+            channels=c,
             images=[base64.b64encode(png_bytes(image)).decode("ascii") for image in images],
         )
 
@@ -294,7 +298,7 @@ class DCGAN:
 
 
 # Outermost first: refuse overload before reading a byte, then refuse malformed requests.
-DCGAN.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=frozenset(REQUEST_MODELS))
-DCGAN.add_asgi_middleware(RequestGuard, post_models=REQUEST_MODELS, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES)
+EntryService.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=frozenset(REQUEST_MODELS))
+EntryService.add_asgi_middleware(RequestGuard, post_models=REQUEST_MODELS, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES)
 
-svc = DCGAN
+svc = EntryService

@@ -2,7 +2,7 @@
 
 It is the only service that asks for a GPU. Requests from every client of the entry service meet
 here: BentoML's dispatcher concatenates their latents along the batch axis (up to DCGAN_MAX_BATCH
-images; an idle model waits at most DCGAN_MAX_BATCH_WAIT_MS for more, see service/batching.py) and
+images; an idle model waits at most DCGAN_MAX_BATCH_WAIT_MS for more, see service/bentoml_fixes.py) and
 runs one ONNX Runtime call. A request that cannot be served within DCGAN_MAX_LATENCY_MS is shed with 503.
 """
 
@@ -13,13 +13,11 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
 
-from export.artifact import to_uint8
-from service.batching import bound_batch_wait
-from service.heap import freeze_startup_heap
+from contract.pixels import to_uint8
+from service.bentoml_fixes import RUNNER_CONNECTION, bound_batch_wait, log_shedding_in_one_line, release_request_timers
+from service.gc_freeze import freeze_startup_heap
 from service.model_source import GeneratorModel, verified_manifest
-from service.request_timer import release_request_timers
 from service.runtime import open_runtime, warm_up
 from service.settings import SETTINGS
 
@@ -34,29 +32,14 @@ BATCHING = (
 )
 
 
-class OneLineWhenShedding(logging.Filter):
-    """BentoML logs a full traceback for every request its dispatcher sheds; under overload that buries the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ServiceUnavailable):
-            record.msg, record.args = "shed a request with 503: %s", (exc,)
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
 @bentoml.service(
     name="generator",
     resources={"gpu": 1},
     workers=1,  # one process owns the session; ONNX Runtime parallelises inside it
     traffic={"timeout": 30},
-    # BentoML's inter-service client replaces its connection pool every 100 requests or 300 s and
-    # closes the old one under requests still using it ("Cannot write to closing transport",
-    # BentoML #4971). Both services run in one pod, so there is nothing to rebalance: never replace it.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
+    runner_connection=RUNNER_CONNECTION,  # service/bentoml_fixes.py (4)
 )
-class Generator:
+class GeneratorService:
     model = MODEL
 
     @bentoml.on_deployment
@@ -66,7 +49,7 @@ class Generator:
         verified_manifest(stored.path, str(stored.tag))
 
     def __init__(self) -> None:
-        logging.getLogger("bentoml._internal.server.http_app").addFilter(OneLineWhenShedding())
+        log_shedding_in_one_line()
         stored = self.model
         self.tag = str(stored.tag)
         self.manifest = verified_manifest(stored.path, self.tag)
@@ -75,7 +58,11 @@ class Generator:
         frozen = freeze_startup_heap()
         logger.info(
             "serving %s (%s) on %s, threads=%s; %d start-up objects frozen out of full GCs",
-            self.tag, self.runtime.model_file, self.runtime.provider, self.runtime.threads, frozen,
+            self.tag,
+            self.runtime.model_file,
+            self.runtime.provider,
+            self.runtime.threads,
+            frozen,
         )
 
     # DCGAN_MAX_BATCH=1 turns batching off (BentoML's batchable API needs a cap of 2 or more): each call runs alone.

@@ -48,9 +48,7 @@ class RequestGuard:
     A valid body is replayed to BentoML unchanged. GET routes validate their own query strings.
     """
 
-    def __init__(
-        self, app: ASGIApp, post_models: Mapping[str, type[BaseModel]], get_paths: frozenset[str], max_body: int
-    ) -> None:
+    def __init__(self, app: ASGIApp, post_models: Mapping[str, type[BaseModel]], get_paths: frozenset[str], max_body: int) -> None:
         self.app, self.post_models, self.get_paths, self.max_body = app, post_models, get_paths, max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

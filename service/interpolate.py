@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.artifact import latents_for_seed
+from contract.latents import latents_for_seed
 
 PARALLEL_SIN = 1e-6  # below this sin(angle) the great circle is undefined (same or opposite direction)
 

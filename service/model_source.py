@@ -14,7 +14,7 @@ import attrs
 from bentoml.exceptions import BentoMLException
 from bentoml.models import BentoModel
 
-from export.artifact import ArtifactError, verify
+from contract.artifact import ArtifactError, verify
 
 
 @attrs.frozen
@@ -37,7 +37,7 @@ class GeneratorModel(BentoModel):
         return found
 
     def _register_default(self) -> None:
-        from export.register import register  # torch-free; only needed on a fresh store
+        from contract.store import register  # torch-free; only needed on a fresh store
 
         if not self.default_artifact.is_dir():
             raise BentoMLException(

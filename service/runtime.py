@@ -11,7 +11,8 @@ import numpy as np
 import onnxruntime as ort
 from bentoml.exceptions import BentoMLException
 
-from export.artifact import ONNX, ONNX_FP16, latents_for_seed
+from contract.artifact import ONNX, ONNX_FP16
+from contract.latents import latents_for_seed
 
 logger = logging.getLogger("bentoml.dcgan")
 CUDA = "CUDAExecutionProvider"

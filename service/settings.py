@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bentoml.exceptions import BentoMLConfigException
 
-from export.artifact import MODEL_NAME
+from contract.artifact import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_SEED = 2**63 - 1  # the signed 64-bit range: a seed any int64-typed client (Go, Java, numpy) can send
@@ -47,7 +47,7 @@ class ServiceSettings:
     ort_threads: int  # DCGAN_ORT_THREADS: ONNX Runtime intra-op threads on CPU
 
     @classmethod
-    def from_env(cls) -> "ServiceSettings":
+    def from_env(cls) -> ServiceSettings:
         # sched_getaffinity: the cores this process may run on (a container's cpuset), not the host's count.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return cls(

@@ -16,19 +16,16 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import psutil
 import pytest
 
-from loadtest.servers import free_port, wait_ready
-from training.errors import UserError
+from common.cli import UserError
+from common.server import READY_TIMEOUT_S, bentoml_serve_argv, free_port, running, stop
 
 REPO = Path(__file__).resolve().parents[1]
-READY_TIMEOUT_S = 180  # two worker processes import bentoml + onnxruntime on a shared 2-core box
-STOP_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -54,55 +51,16 @@ def service_env(bentoml_home: Path, artifact_dir: Path, overrides: dict[str, str
     return env
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM `bentoml serve` (it stops its workers), then SIGKILL any worker still alive after a grace period.
-
-    The workers run in sessions of their own, so they are found as children, not by process group.
-    """
-    try:
-        workers = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        workers = []
-    process.terminate()
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    _, alive = psutil.wait_procs(workers, timeout=STOP_TIMEOUT_S)
-    for worker in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            worker.kill()
-
-
 @contextlib.contextmanager
 def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) -> Iterator[ServiceServer]:
     """Start `bentoml serve service:svc`, wait for /readyz, yield, then stop it; fail fast with its log if it dies."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = workdir / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            _serve_argv(port),
-            cwd=REPO,
-            env=service_env(workdir / "bentoml", artifact_dir, env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = ServiceServer(url, process, log_path, artifact_dir)
+    port, log_path = free_port(), workdir / "serve.log"
     try:
-        try:
-            wait_ready(url, process, log_path, READY_TIMEOUT_S)
-        except UserError as e:
-            pytest.fail(f"bentoml serve: {e}\nits whole log:\n{server.log()}")
-        yield server
-    finally:
-        _stop(process)
-
-
-def _serve_argv(port: int) -> list[str]:
-    return [sys.executable, "-m", "bentoml", "serve", "service:svc", "--host", "127.0.0.1", "--port", str(port)]
+        with running(bentoml_serve_argv(port), service_env(workdir / "bentoml", artifact_dir, env), log_path, port) as server:
+            yield ServiceServer(server.url, server.process, log_path, artifact_dir)
+    except UserError as e:  # raised before the yield only: the server never became ready
+        pytest.fail(f"bentoml serve: {e}\nits whole log:\n{log_path.read_text(errors='replace')}")
 
 
 def _tiny_artifact(workdir: Path) -> Path:
@@ -158,7 +116,7 @@ def serve_to_exit(service_artifact, tmp_path):
     def run(env: dict[str, str] | None = None, artifact_dir: Path | None = None, bentoml_home: Path | None = None):
         home = bentoml_home or tmp_path / "bentoml"
         process = subprocess.Popen(
-            _serve_argv(free_port()),
+            bentoml_serve_argv(free_port()),
             cwd=REPO,
             env=service_env(home, artifact_dir or service_artifact, env),
             stdout=subprocess.PIPE,
@@ -168,7 +126,7 @@ def serve_to_exit(service_artifact, tmp_path):
         try:
             output, _ = process.communicate(timeout=READY_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            _stop(process)
+            stop(process)
             pytest.fail(f"bentoml serve did not exit within {READY_TIMEOUT_S} s")
         return process.returncode, output
 

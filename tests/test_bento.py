@@ -5,7 +5,7 @@ registers the committed default artifact itself and the bento packs it. Then `be
 serves the *built* bento (not the source tree) on a free loopback port, from a fresh venv holding
 only the bento's lock, with the image's and the cpu overlay's environment. Where this machine
 allows (root and `unshare`), the pod's constraints are reproduced too: HOME and BENTOML_HOME
-read-only, the repo's service/, export/, artifacts/ and .venv hidden so nothing but the bento and
+read-only, the repo's service/, contract/, export/, artifacts/ and .venv hidden so nothing but the bento and
 its lock can be used, only TMPDIR writable (readOnlyRootFilesystem + the /tmp emptyDir).
 
 `bentoml containerize` needs a Docker engine, which this machine does not have: the Dockerfile
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import ast
 import base64
-import io
 import importlib.metadata
+import io
 import json
 import math
 import os
@@ -36,14 +36,18 @@ import pytest
 import yaml
 from PIL import Image
 
-from export.artifact import MANIFEST, MODEL_NAME, ONNX, file_sha256, latents_for_seed, to_uint8, verify
-from loadtest.servers import free_port, wait_ready
-from training.errors import UserError
+from common.cli import UserError
+from common.server import bentoml_serve_argv, free_port, running
+from contract.artifact import MANIFEST, MODEL_NAME, ONNX, file_sha256, verify
+from contract.latents import latents_for_seed
+from contract.pixels import to_uint8
+
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-SERVING_EXPORT_FILES = {"export/__init__.py", "export/artifact.py", "export/register.py"}
-HIDDEN_IN_SERVER = ["service", "export", "artifacts", ".venv"]  # what the served bento must not need from the repo
+CONTRACT_FILES = {f"contract/{p.name}" for p in (ROOT / "contract").glob("*.py")}  # the torch-free artifact contract, whole
+HIDDEN_IN_SERVER = ["service", "contract", "export", "artifacts", ".venv"]  # what the served bento must not need from the repo
 NOT_IN_THE_IMAGE = {"torch", "torchvision", "torchaudio", "triton", "tensorflow", "onnxruntime"}  # onnxruntime: CPU-only twin
 READY_TIMEOUT_S = 120
 
@@ -155,10 +159,12 @@ def image_python(built) -> Path:
     root = Path(tempfile.mkdtemp(prefix="bento-venv-"))
     lock = root / "requirements.txt"
     lines = (built.path / "env" / "python" / "requirements.txt").read_text().splitlines()
-    lock.write_text("\n".join(l for l in lines if not l.startswith("nvidia-") or l.startswith("nvidia-ml-py")) + "\n")
+    lock.write_text("\n".join(ln for ln in lines if not ln.startswith("nvidia-") or ln.startswith("nvidia-ml-py")) + "\n")
     uv = [sys.executable, "-m", "uv"]  # the uv `bentoml build` locks with
-    for argv in (["venv", "-q", "--python", sys.executable, str(root / "venv")],
-                 ["pip", "install", "-q", "--python", str(root / "venv" / "bin" / "python"), "-r", str(lock)]):
+    for argv in (
+        ["venv", "-q", "--python", sys.executable, str(root / "venv")],
+        ["pip", "install", "-q", "--python", str(root / "venv" / "bin" / "python"), "-r", str(lock)],
+    ):
         out = subprocess.run(uv + argv, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, f"uv {' '.join(argv[:2])} failed:\n{out.stderr[-3000:]}"
     yield root / "venv" / "bin" / "python"
@@ -186,27 +192,17 @@ def server(built, image_python, tmp_path_factory):
     # The container's environment: the image's ENV lines (the bento's envs), then the pod's.
     image_env = {e["name"]: e["value"] for e in built.info.get("envs", []) if e.get("stage", "all") != "build"}
     env = {**built.env, **image_env, **pod_env, "HOME": str(built.home), "TMPDIR": str(scratch)}
-    cmd = [str(image_python), "-m", "bentoml", "serve", built.tag, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = bentoml_serve_argv(port, built.tag, str(image_python))
     isolated = can_isolate()
     if isolated:
         hidden = [str(ROOT / d) for d in HIDDEN_IN_SERVER if (ROOT / d).is_dir()]
         cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", ISOLATE, "isolate", str(built.home), *hidden, "--", *cmd]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        try:
-            wait_ready(url, proc, log, READY_TIMEOUT_S)
-        except UserError as e:
-            pytest.fail(f"the bento's server: {e}")
-        yield Server(url, log, isolated, pod_env)
+        with running(cmd, env, log, port, cwd=scratch) as _:
+            yield Server(f"http://127.0.0.1:{port}", log, isolated, pod_env)
+    except UserError as e:  # raised before the yield only: the server never became ready
+        pytest.fail(f"the bento's server: {e}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -220,7 +216,7 @@ def test_bento_holds_only_serving_code(built):
     page = {f"service/page/{p.name}" for p in (ROOT / "service" / "page").iterdir() if p.is_file()}
     assert "service/entry.py" in service and page <= service, service
     assert all(f.endswith(".py") for f in service - page), service  # code, plus the page's static files
-    assert files - service == SERVING_EXPORT_FILES | {"bentofile.yaml"}
+    assert files - service == CONTRACT_FILES | {"bentofile.yaml"}
 
 
 def test_bento_packs_the_default_model(built):
@@ -353,7 +349,7 @@ def test_server_log_is_clean(server):
 def test_a_model_version_missing_from_the_bento_stops_startup(built, image_python, tmp_path):
     missing = f"{MODEL_NAME}:notinthisbento"
     env = {**built.env, "DCGAN_MODEL": missing}
-    cmd = [str(image_python), "-m", "bentoml", "serve", built.tag, "--host", "127.0.0.1", "--port", str(free_port())]
+    cmd = bentoml_serve_argv(free_port(), built.tag, str(image_python))
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert missing in out.stdout + out.stderr
@@ -371,15 +367,22 @@ def test_dcgan_model_at_build_time_picks_the_model_the_image_carries(built, tmp_
     manifest["created"] = "2100-01-01T00:00:00+00:00"
     (newer / MANIFEST).write_text(json.dumps(manifest))
     env = {**built.env, "BENTOML_HOME": str(home)}
-    registered = subprocess.run([sys.executable, "-m", "export.register", str(newer)], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+    registered = subprocess.run(
+        [sys.executable, "-m", "contract.store", str(newer)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert registered.returncode == 0, registered.stderr
     second = registered.stdout.strip()
     assert second != first
 
     def packed(extra_env: dict[str, str]) -> list[str]:
-        out = subprocess.run([sys.executable, "-m", "bentoml", "build", "-o", "tag"], cwd=ROOT, env={**env, **extra_env},
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "bentoml", "build", "-o", "tag"],
+            cwd=ROOT,
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         (tag,) = re.findall(r"^__tag__:(\S+)$", out.stdout, re.M)
         info = yaml.safe_load((home / "bentos" / tag.replace(":", "/") / "bento.yaml").read_text())

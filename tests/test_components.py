@@ -11,12 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.artifact import MANIFEST, ONNX, ONNX_FP16, latents_for_seed
+from contract.artifact import MANIFEST, ONNX, ONNX_FP16
+from contract.latents import latents_for_seed
 from export.build import export_run
+from research.toy import main as toy_main
 from training.models import ComponentLatent, GeneratorConfig, build_generator, init_weights
-from training.rundir import load_generator, save_generator
 from training.run import main as train_main
-from training.toy import main as toy_main
+from training.rundir import load_generator, save_generator
 
 
 def test_one_hot_of_the_argmax_and_the_rest_passed_through():
@@ -69,8 +70,26 @@ def test_a_components_generator_exports_with_parity_in_every_form(tmp_path):
 
 
 def test_training_with_components_records_them(tmp_path):
-    assert train_main(["--ngf", "8", "--ndf", "8", "--batch-size", "8", "--quiet", "--steps", "2",
-                       "--components", "4", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        train_main(
+            [
+                "--ngf",
+                "8",
+                "--ndf",
+                "8",
+                "--batch-size",
+                "8",
+                "--quiet",
+                "--steps",
+                "2",
+                "--components",
+                "4",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "run" / "generator.json").read_text())["config"]["components"] == 4
 
 
@@ -85,8 +104,9 @@ def test_bad_components_are_one_line(capsys, value):
 
 def test_toy_components_from_the_cli(tmp_path, capsys):
     out = tmp_path / "toy.json"
-    assert toy_main(["--mixture", "grid", "--methods", "gan", "--steps", "20", "--seeds", "0",
-                     "--components", "25", "--json", str(out)]) == 0
+    assert (
+        toy_main(["--mixture", "grid", "--methods", "gan", "--steps", "20", "--seeds", "0", "--components", "25", "--json", str(out)]) == 0
+    )
     run = json.loads(out.read_text())["grid"]["runs"][0]
     assert run["components"] == 25 and 0 <= run["high_quality"] <= 1
     with pytest.raises(SystemExit) as e:

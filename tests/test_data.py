@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from common.cli import UserError
 from training.data import load_dataset, to_unit_range
-from training.errors import UserError
 from training.run import main
 
 
@@ -84,6 +84,7 @@ def test_training_runs_on_an_image_folder(tmp_path):
     for i in range(8):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     run = tmp_path / "run"
-    assert main(["--data", str(tmp_path), "--steps", "2", "--batch-size", "4", "--ngf", "8", "--ndf", "8",
-                 "--quiet", "--out", str(run)]) == 0
+    assert (
+        main(["--data", str(tmp_path), "--steps", "2", "--batch-size", "4", "--ngf", "8", "--ndf", "8", "--quiet", "--out", str(run)]) == 0
+    )
     assert (run / "generator.safetensors").is_file()

@@ -30,13 +30,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from common.cli import UserError
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import load_dataset
 from training.distributed import Dist, check_sync_batchnorm, replica_checksum
-from training.errors import UserError
 from training.loop import Trainer
 from training.run import main
+
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--ngf", "8", "--ndf", "8", "--batch-size", "8", "--quiet", "--device", "cpu", "--log-every", "1"]
@@ -46,8 +48,7 @@ TOLERANCE = 1e-5  # max |weight difference| vs the one-process reference; see th
 
 def torchrun(*args: str) -> None:
     """`torchrun --standalone --nproc-per-node 2 -m training.run ...`: rendezvous on a free localhost port."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "training.run", *TINY, *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "training.run", *TINY, *args]
     # gloo on loopback only; a native abort (SIGABRT) prints the Python stack it happened under
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONFAULTHANDLER": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -76,8 +77,11 @@ class PerRankBatches(nn.Module):
 
 
 def max_param_diff(saved: dict[str, torch.Tensor], trainer: Trainer) -> float:
-    return max((saved[f"{name}.{k}"] - p.detach()).abs().max().item()
-               for name, m in (("G", trainer.G), ("D", trainer.D)) for k, p in m.named_parameters())
+    return max(
+        (saved[f"{name}.{k}"] - p.detach()).abs().max().item()
+        for name, m in (("G", trainer.G), ("D", trainer.D))
+        for k, p in m.named_parameters()
+    )
 
 
 def test_ranks_stay_identical_and_match_one_process_at_the_global_batch(tmp_path):
@@ -96,8 +100,9 @@ def test_ranks_stay_identical_and_match_one_process_at_the_global_batch(tmp_path
     # the logged checksum is that of the weights rank 0 saved
     data = load_dataset("mnist", "auto", 32, 1)
     restored = Trainer(run_config(run), data, tmp_path / "scratch")
-    checkpoint.load(checkpoint.latest(run), restored._modules(), {"opt_g": restored.opt_g, "opt_d": restored.opt_d},
-                    restored.data_rng, world_size=2)
+    checkpoint.load(
+        checkpoint.latest(run), restored._modules(), {"opt_g": restored.opt_g, "opt_d": restored.opt_d}, restored.data_rng, world_size=2
+    )
     assert int(replica_checksum([restored.G, restored.D])) == sums[-1][0]
 
     # (2) the same math in one process at the global batch of 16

@@ -14,9 +14,21 @@ from PIL import Image
 from training import rundir
 from training.classifier import load_classifier, predict, to_input
 from training.evaluate import DigitEvaluator, main, mean_figures
-from training.metrics import (class_histogram, classes_covered, classifier_score, confused_pairs, feature_statistics,
-                              frechet_distance, kl_to_uniform, modes_hit, unclear_mask, unclear_share)
+from training.metrics import (
+    class_histogram,
+    classes_covered,
+    classifier_score,
+    confused_pairs,
+    feature_statistics,
+    frechet_distance,
+    kl_to_uniform,
+    modes_hit,
+    unclear_mask,
+    unclear_share,
+)
 from training.models import GeneratorConfig, build_generator, init_weights
+
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 
 def test_class_histogram_figures_known_answers():
@@ -94,7 +106,7 @@ def test_committed_classifier_is_accurate_on_held_out_digits(evaluator):
 def test_collapsed_images_score_as_collapsed(evaluator):
     # 1,000 copies of the real digits of one class: one class covered, KL near log 10, FD far above the floor
     ones = evaluator.train_images[:4000:4][:1000]
-    model, meta = evaluator.model, evaluator.meta
+    model = evaluator.model
     probs, _ = predict(model, to_input(ones))
     label = int(probs.argmax(1).mode().values)
     one_class = to_input(ones[probs.argmax(1) == label][:1].repeat(1000, 1, 1, 1))
@@ -127,18 +139,40 @@ def test_evaluate_cli_on_a_run_dir(tmp_path, capsys):
     one = json.loads((tmp_path / "one.json").read_text())["figures"]["generator (EMA)"]
     assert one["fd_draws"] == [fds[2]]  # draw i is seed + i, whatever else was drawn
     # --latent-scale: the same seed's latents, scaled; 1 is the default draw itself
-    assert main([str(tmp_path), "--samples", "200", "--draws", "1", "--seed", "2", "--latent-scale", "1",
-                 "--json", str(tmp_path / "same.json")]) == 0
+    assert (
+        main(
+            [str(tmp_path), "--samples", "200", "--draws", "1", "--seed", "2", "--latent-scale", "1", "--json", str(tmp_path / "same.json")]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "same.json").read_text())["figures"]["generator (EMA)"]["fd_draws"] == [fds[2]]
-    assert main([str(tmp_path), "--samples", "200", "--draws", "1", "--seed", "2", "--latent-scale", "0.5",
-                 "--json", str(tmp_path / "half.json")]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path),
+                "--samples",
+                "200",
+                "--draws",
+                "1",
+                "--seed",
+                "2",
+                "--latent-scale",
+                "0.5",
+                "--json",
+                str(tmp_path / "half.json"),
+            ]
+        )
+        == 0
+    )
     half = json.loads((tmp_path / "half.json").read_text())
     assert half["latent_scale"] == 0.5 and half["figures"]["generator (EMA)"]["fd_draws"] != [fds[2]]
     assert "latents scaled by 0.5" in capsys.readouterr().out
     # --unclear-grid: the unclear samples of draw 1 of generator.*, as many as the unclear share counts
     grid_png = tmp_path / "unclear.png"
-    assert main([str(tmp_path), "--samples", "200", "--draws", "1", "--unclear-grid", str(grid_png),
-                 "--json", str(tmp_path / "grid.json")]) == 0
+    assert (
+        main([str(tmp_path), "--samples", "200", "--draws", "1", "--unclear-grid", str(grid_png), "--json", str(tmp_path / "grid.json")])
+        == 0
+    )
     report = json.loads((tmp_path / "grid.json").read_text())
     grid = report["unclear_grid"]
     assert grid["unclear"] == round(report["figures"]["generator (EMA)"]["unclear"] * 200) > 0
@@ -154,17 +188,28 @@ def test_evaluate_cli_on_a_run_dir(tmp_path, capsys):
 def test_mean_figures_known_answer():
     a = {"classes": 10, "class_kl": 0.01, "score": 8.0, "unclear": 0.1, "fd": 2.0, "histogram": [1, 2], "samples": 3}
     b = {"classes": 9, "class_kl": 0.03, "score": 9.0, "unclear": 0.2, "fd": 4.0, "histogram": [3, 0], "samples": 3}
-    assert mean_figures([a, b]) == {"classes": 9, "class_kl": 0.02, "score": 8.5, "unclear": 0.15, "fd": 3.0,
-                                    "histogram": [4, 2], "samples": 6, "fd_draws": [2.0, 4.0]}
+    assert mean_figures([a, b]) == {
+        "classes": 9,
+        "class_kl": 0.02,
+        "score": 8.5,
+        "unclear": 0.15,
+        "fd": 3.0,
+        "histogram": [4, 2],
+        "samples": 6,
+        "fd_draws": [2.0, 4.0],
+    }
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{tmp}/missing"], "holds no generator"),
-    (["{tmp}", "--samples", "5"], "--samples must be >= 100"),
-    (["{tmp}", "--draws", "0"], "--draws must be >= 1"),
-    (["{tmp}", "--latent-scale", "0"], "--latent-scale must be in (0, 10]"),
-    (["{tmp}", "--classifier", "{tmp}/nope"], "no MNIST classifier"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/missing"], "holds no generator"),
+        (["{tmp}", "--samples", "5"], "--samples must be >= 100"),
+        (["{tmp}", "--draws", "0"], "--draws must be >= 1"),
+        (["{tmp}", "--latent-scale", "0"], "--latent-scale must be in (0, 10]"),
+        (["{tmp}", "--classifier", "{tmp}/nope"], "no MNIST classifier"),
+    ],
+)
 def test_evaluate_cli_bad_input_one_line(tmp_path, capsys, args, message):
     cfg = GeneratorConfig(ngf=8)
     rundir.save_generator(tmp_path, cfg, build_generator(cfg))
@@ -233,7 +278,7 @@ def test_coverage_check_leaves_training_rngs_alone_and_warns_on_a_drop(tmp_path,
 
 # --- Stacked MNIST ---------------------------------------------------------------------------------
 def test_stacked_mnist_figures(evaluator):
-    from training import stacked_mnist
+    from research import stacked_mnist
 
     images, labels = stacked_mnist.build(3000, seed=5)
     assert images.shape == (3000, 3, 32, 32) and images.dtype == torch.uint8 and labels.shape == (3000, 3)
@@ -245,7 +290,7 @@ def test_stacked_mnist_figures(evaluator):
 
 
 def test_stacked_mnist_cli_build_and_evaluate(tmp_path, capsys):
-    from training import stacked_mnist
+    from research import stacked_mnist
     from training.data import load_dataset
 
     out = tmp_path / "stacked"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,22 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper
 
-from export import onnx_forms, parity, torch_forms
-from export.artifact import (
-    EXPORTED_PROGRAM,
-    MANIFEST,
-    ONNX,
-    ONNX_FP16,
-    TORCHSCRIPT,
-    file_sha256,
-    latents_for_seed,
-    verify,
-)
+from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
+from contract.latents import latents_for_seed
+from export import onnx_export, parity, torch_export
 from export.build import ExportFailed, export_run
 from training.models import GeneratorConfig, build_generator, init_weights
 from training.rundir import load_generator, save_generator
@@ -54,7 +47,11 @@ def make_run_dir(run_dir: Path, cfg: GeneratorConfig = CFG, seed: int = 0) -> Pa
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
 
@@ -88,8 +85,14 @@ def test_export_writes_every_form_with_a_matching_manifest(exported, run_dir):
     for name, entry in manifest["files"].items():
         assert entry["bytes"] == (out / name).stat().st_size
     assert manifest["model"] == {
-        "arch": "upsample", "nz": 16, "image_size": 32, "channels": 1, "input": "z", "output": "images",
-        "output_range": [-1, 1], "latents": "numpy.random.default_rng(seed).standard_normal((n, nz), dtype=float32)",
+        "arch": "upsample",
+        "nz": 16,
+        "image_size": 32,
+        "channels": 1,
+        "input": "z",
+        "output": "images",
+        "output_range": [-1, 1],
+        "latents": "numpy.random.default_rng(seed).standard_normal((n, nz), dtype=float32)",
         "opset": 18,
     }
     assert set(manifest["versions"]) >= {"torch", "onnx", "onnxscript", "onnxconverter-common", "python"}
@@ -132,7 +135,7 @@ def test_onnx_file_has_dynamic_batch_and_metadata(exported, run_dir):
         assert props["nz"] == "16" and props["image_size"] == "32" and props["channels"] == "1" and props["arch"] == "upsample"
         assert props["source_run"] == str(run_dir)
         assert props["config_sha256"] == verify(out)["source"]["config_sha256"]
-        assert onnx_forms.check_onnx(out / name, CFG) == []
+        assert onnx_export.check_onnx(out / name, CFG) == []
     weights16 = [t.data_type for t in onnx.load(out / ONNX_FP16).graph.initializer if len(t.dims) > 1]
     assert weights16 and set(weights16) == {onnx.TensorProto.FLOAT16}
 
@@ -160,9 +163,10 @@ def test_each_saved_form_reloads_to_the_same_output(exported, run_dir, form, max
     out, _ = exported
     _, module, _ = load_generator(run_dir)
     load = {
-        ONNX: _ort, ONNX_FP16: _ort,
-        TORCHSCRIPT: lambda p: _torch(torch_forms.load_torchscript(p)),
-        EXPORTED_PROGRAM: lambda p: _torch(torch_forms.load_program(p).module()),
+        ONNX: _ort,
+        ONNX_FP16: _ort,
+        TORCHSCRIPT: lambda p: _torch(torch_export.load_torchscript(p)),
+        EXPORTED_PROGRAM: lambda p: _torch(torch_export.load_program(p).module()),
     }[form]
     run = load(out / form)
     for n in (1, 5):  # the batch axis is dynamic
@@ -198,7 +202,7 @@ def test_parity_fails_on_a_form_that_computes_something_else(exported, tmp_path)
     other = make_run_dir(tmp_path / "other", seed=1)
     _, module, _ = load_generator(other)
     props = {p.key: p.value for p in onnx.load(art / ONNX).metadata_props}
-    onnx_forms.write_onnx(module, CFG, art / ONNX, 18, props)
+    onnx_export.write_onnx(module, CFG, art / ONNX, 18, props)
     manifest = json.loads((art / MANIFEST).read_text())
     manifest["files"][ONNX] = {"sha256": file_sha256(art / ONNX), "bytes": (art / ONNX).stat().st_size}
     (art / MANIFEST).write_text(json.dumps(manifest))
@@ -291,12 +295,12 @@ def test_registration_is_idempotent_and_complete(exported, store):
     out, proc = exported
     printed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("registered: ")]
     assert len(printed) == 1
-    again = run_cli("-m", "export.register", str(out), env=store)
+    again = run_cli("-m", "contract.store", str(out), env=store)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == printed[0]
     check = run_cli(
         "-c",
-        "import json, sys, bentoml; from export.artifact import verify;"
+        "import json, sys, bentoml; from contract.artifact import verify;"
         "m = bentoml.models.get(sys.argv[1]); verify(m.path);"
         "print(json.dumps([len(bentoml.models.list('dcgan-generator')), m.info.labels, m.info.metadata['model']]))",
         printed[0],
@@ -314,14 +318,14 @@ def test_register_refuses_a_tampered_artifact(exported, store, tmp_path):
     art = tmp_path / "artifact"
     shutil.copytree(out, art)
     (art / ONNX).write_bytes(b"not onnx")
-    proc = run_cli("-m", "export.register", str(art), env=store)
+    proc = run_cli("-m", "contract.store", str(art), env=store)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not match its manifest hash" in proc.stderr
-    proc = run_cli("-m", "export.register", str(out), "--name", "Not A Tag!", env=store)
+    proc = run_cli("-m", "contract.store", str(out), "--name", "Not A Tag!", env=store)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --name")
 
 
 def test_artifact_and_register_do_not_import_torch():
-    proc = run_cli("-c", "import sys, export.artifact, export.register; print('torch' in sys.modules, 'onnx' in sys.modules)")
+    proc = run_cli("-c", "import sys, contract.artifact, contract.store; print('torch' in sys.modules, 'onnx' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False"]
 
@@ -329,8 +333,8 @@ def test_artifact_and_register_do_not_import_torch():
 DEFAULT_ARTIFACT = REPO / "artifacts" / "default"
 
 
-@pytest.mark.skipif(not (DEFAULT_ARTIFACT / MANIFEST).is_file(), reason="no committed default artifact yet (artifacts/default)")
 def test_committed_default_artifact_matches_its_manifest_and_parity():
+    assert (DEFAULT_ARTIFACT / MANIFEST).is_file(), f"the committed default model is missing: {DEFAULT_ARTIFACT}"
     manifest = verify(DEFAULT_ARTIFACT)
     assert any(c.startswith("python -m export ") for c in manifest["commands"])
     proc = run_cli("-m", "export.parity", str(DEFAULT_ARTIFACT))
@@ -341,9 +345,65 @@ def test_committed_default_artifact_matches_its_manifest_and_parity():
 def test_an_onnx_file_that_fails_type_inference_is_a_problem_not_a_crash(tmp_path):
     # a Cast to float16 whose output is declared float32: what a float16 conversion of a Cast once made
     node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT16)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "broken.onnx"
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    problems = onnx_forms.check_onnx(path, GeneratorConfig())
+    problems = onnx_export.check_onnx(path, GeneratorConfig())
     assert len(problems) == 1 and "onnx.checker" in problems[0], problems
+
+
+# What an artifact must not carry: the exporting machine's paths (the dynamo exporter's per-node stack traces).
+MACHINE_PATHS = re.compile(rb"(/work/|/home/|/root/|/tmp/|site-packages|[A-Z]:\\\\Users)")
+
+
+@pytest.mark.parametrize("name", [ONNX, ONNX_FP16, EXPORTED_PROGRAM, TORCHSCRIPT, MANIFEST])
+def test_committed_artifact_names_no_machine_paths(name):
+    data = (DEFAULT_ARTIFACT / name).read_bytes()
+    found = MACHINE_PATHS.search(data)
+    assert found is None, f"{name} holds {data[max(0, found.start() - 40) : found.end() + 40]!r}"
+
+
+def test_strip_paths_removes_the_stack_traces_of_an_older_export_and_keeps_its_outputs(tmp_path):
+    """An artifact as the exporter used to write it (stack traces on every node) is stripped in place, still verifies,
+    and computes the same images."""
+    artifact = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    model = onnx.load(artifact / ONNX)
+    for node in model.graph.node:
+        node.metadata_props.add(key=onnx_export.STACK_TRACE_PROP, value=f'File "{REPO}/training/models.py", line 1')
+    onnx.save_model(model, artifact / ONNX)
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    manifest["files"][ONNX]["sha256"] = file_sha256(artifact / ONNX)
+    (artifact / MANIFEST).write_text(json.dumps(manifest))
+    assert str(REPO).encode() in (artifact / ONNX).read_bytes()
+
+    proc = run_cli("-m", "export.strip_paths", str(artifact))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{ONNX}: {len(model.graph.node)} stack traces removed" in proc.stdout
+    assert str(REPO).encode() not in (artifact / ONNX).read_bytes()
+    verify(artifact)
+    z = latents_for_seed(3, 8, 100)
+    run = lambda d: ort.InferenceSession(str(d / ONNX), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]  # noqa: E731
+    np.testing.assert_array_equal(run(artifact), run(DEFAULT_ARTIFACT))
+    assert json.loads((artifact / MANIFEST).read_text())["commands"][-1].startswith("python -m export.strip_paths")
+
+
+def test_strip_paths_refuses_a_damaged_artifact_with_one_line(tmp_path):
+    artifact = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    (artifact / ONNX).write_bytes(b"not onnx")
+    proc = run_cli("-m", "export.strip_paths", str(artifact))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not match its manifest hash" in proc.stderr
+
+
+def test_a_fresh_export_names_no_source_paths(exported):
+    """The run dir the user named is provenance and stays; the exporting machine's source tree and packages do not."""
+    artifact_dir, _ = exported
+    for path in sorted(artifact_dir.iterdir()):
+        data = path.read_bytes()
+        assert str(REPO / "training").encode() not in data and b"site-packages" not in data, path.name

@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageSequence
 
-from export.artifact import latents_for_seed, to_uint8
+from contract.latents import latents_for_seed
+from contract.pixels import to_uint8
 from service.images import END_FRAME_MS, FRAME_MS, animation_bytes, grid
 from service.interpolate import interpolation_latents, slerp
 
@@ -146,11 +147,14 @@ def level_diff(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
 
 
-@pytest.mark.parametrize(("path", "media_type", "image_format"), [
-    ("/interpolate", "image/gif", "GIF"),
-    ("/interpolate/apng", "image/apng", "PNG"),
-    ("/interpolate/strip", "image/png", "PNG"),
-])
+@pytest.mark.parametrize(
+    ("path", "media_type", "image_format"),
+    [
+        ("/interpolate", "image/gif", "GIF"),
+        ("/interpolate/apng", "image/apng", "PNG"),
+        ("/interpolate/strip", "image/png", "PNG"),
+    ],
+)
 def test_each_form_holds_the_slerp_frames(service_url, reference, manifest, path, media_type, image_format):
     r = post(service_url, path, {"seed_a": 3, "seed_b": 11, "steps": 6})
     assert r.status_code == 200, r.text
@@ -216,11 +220,15 @@ def test_invalid_fields_get_a_422_naming_the_field(service_url, path, body, fiel
     assert field in {e["field"] for e in r.json()["errors"]}
 
 
-@pytest.mark.parametrize(("content", "headers", "status"), [
-    (b"not json", {"Content-Type": "application/json"}, 400),
-    (b'{"seed_a": 1, "seed_b": 2}', {"Content-Type": "text/plain"}, 415),
-    (b'{"seed_a": 1, "seed_b": 2}' + b" " * 5000, {"Content-Type": "application/json"}, 413),
-], ids=["not-json", "text-plain", "oversized"])
+@pytest.mark.parametrize(
+    ("content", "headers", "status"),
+    [
+        (b"not json", {"Content-Type": "application/json"}, 400),
+        (b'{"seed_a": 1, "seed_b": 2}', {"Content-Type": "text/plain"}, 415),
+        (b'{"seed_a": 1, "seed_b": 2}' + b" " * 5000, {"Content-Type": "application/json"}, 413),
+    ],
+    ids=["not-json", "text-plain", "oversized"],
+)
 def test_malformed_bodies_get_a_4xx_json_error(service_url, content, headers, status):
     r = httpx.post(f"{service_url}/interpolate", content=content, headers=headers, timeout=TIMEOUT)
     assert r.status_code == status, r.text

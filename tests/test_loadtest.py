@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import bench, run
+from loadtest import backend_bench, run
 from loadtest.locust_run import parse_stats_csv
-from loadtest.checks import PNG_BASE64_PREFIX, parse_n_mix, problem_with
 from loadtest.prometheus import level_figures, parse
+from loadtest.response_checks import PNG_BASE64_PREFIX, parse_n_mix, problem_with
+
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 REPO = Path(__file__).resolve().parents[1]
-STATS_HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
-                "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%")
+STATS_HEADER = (
+    "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+    "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
+)
 
 
 def test_stats_csv_is_read_per_n_and_aggregated(tmp_path):
@@ -60,8 +64,10 @@ def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample
         f'bentoml_service_adaptive_batch_size_count{{method_name="generate",worker_index="1"}} {batch_calls - 10}\n'
         'bentoml_service_adaptive_batch_size_sum{method_name="generate",worker_index="2"} 20.0\n'
         'bentoml_service_adaptive_batch_size_count{method_name="generate",worker_index="2"} 10.0\n'
-        f'bentoml_service_request_duration_seconds_sum{{endpoint="/generate",http_response_code="200",runner_name="generator"}} {generated / 100}\n'
-        f'bentoml_service_request_duration_seconds_count{{endpoint="/generate",http_response_code="200",runner_name="generator"}} {generated}\n'
+        'bentoml_service_request_duration_seconds_sum{endpoint="/generate",http_response_code="200",runner_name="generator"} '
+        f"{generated / 100}\n"
+        'bentoml_service_request_duration_seconds_count{endpoint="/generate",http_response_code="200",runner_name="generator"} '
+        f"{generated}\n"
         f'bentoml_service_request_duration_seconds_sum{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {sample_s}\n'
         f'bentoml_service_request_duration_seconds_count{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {requests}\n'
         'bentoml_service_request_duration_seconds_sum{endpoint="/sample",http_response_code="503",runner_name="dcgan"} 99.0\n'
@@ -117,16 +123,19 @@ def test_response_check_accepts_only_well_formed_bodies():
     assert "not JSON" in problem_with(b"<html>", "application/json", 7, 1)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--host", "http://192.0.2.1:3000"], "non-loopback"),
-    (["--host", "ftp://127.0.0.1"], "not an http(s) URL"),
-    (["--mix", "1:x"], "n or n:weight"),
-    (["--users", "4,0"], ">= 1"),
-    (["--baseline-threads", "default,0"], "neither 'default' nor a number"),
-    (["--artifact", "/nonexistent"], "no model artifact"),
-    (["--host", "http://127.0.0.1:9", "--compare-max-batch", "2"], "cannot be used with --host"),
-    (["--host", "http://localhost:9", "--soak", "1"], "cannot be used with --host"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--host", "http://192.0.2.1:3000"], "non-loopback"),
+        (["--host", "ftp://127.0.0.1"], "not an http(s) URL"),
+        (["--mix", "1:x"], "n or n:weight"),
+        (["--users", "4,0"], ">= 1"),
+        (["--baseline-threads", "default,0"], "neither 'default' nor a number"),
+        (["--artifact", "/nonexistent"], "no model artifact"),
+        (["--host", "http://127.0.0.1:9", "--compare-max-batch", "2"], "cannot be used with --host"),
+        (["--host", "http://localhost:9", "--soak", "1"], "cannot be used with --host"),
+    ],
+)
 def test_run_cli_refuses_bad_input_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(argv)
@@ -136,8 +145,20 @@ def test_run_cli_refuses_bad_input_in_one_line(argv, message, capsys):
 
 def test_bench_table_and_ceiling(service_artifact, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bench.main(["--artifact", str(service_artifact), "--forms", "ort-service,ort-cpu,torch-export,ort-cuda",
-                "--batch-sizes", "1,4", "--seconds", "0.05", "--json", str(out)])
+    backend_bench.main(
+        [
+            "--artifact",
+            str(service_artifact),
+            "--forms",
+            "ort-service,ort-cpu,torch-export,ort-cuda",
+            "--batch-sizes",
+            "1,4",
+            "--seconds",
+            "0.05",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     rates = {(form, int(b)): rate for form, cells in report["results"].items() if isinstance(cells, dict) for b, rate in cells.items()}
     assert set(rates) == {(f, b) for f in ("ort-service", "ort-cpu", "torch-export") for b in (1, 4)}
@@ -156,8 +177,27 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 
 def test_smoke_sweep_writes_a_faithful_report(service_artifact, tmp_path):
     out = tmp_path / "report"
-    done = _run(["--artifact", str(service_artifact), "--users", "2", "--mix", "2", "--duration", "3", "--warmup", "1",
-                 "--ceiling", "none", "--baseline", "--baseline-threads", "1", "--out", str(out)])
+    done = _run(
+        [
+            "--artifact",
+            str(service_artifact),
+            "--users",
+            "2",
+            "--mix",
+            "2",
+            "--duration",
+            "3",
+            "--warmup",
+            "1",
+            "--ceiling",
+            "none",
+            "--baseline",
+            "--baseline-threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("report.json", "report.md", "sweep.png"):
         assert (out / name).stat().st_size > 0
@@ -183,8 +223,24 @@ def test_smoke_sweep_writes_a_faithful_report(service_artifact, tmp_path):
 
 def test_smoke_soak_samples_every_server_process(service_artifact, tmp_path):
     out = tmp_path / "soak"
-    done = _run(["--artifact", str(service_artifact), "--soak", "0.12", "--soak-users", "2", "--mix", "1", "--warmup", "0",
-                 "--ceiling", "none", "--out", str(out)])
+    done = _run(
+        [
+            "--artifact",
+            str(service_artifact),
+            "--soak",
+            "0.12",
+            "--soak-users",
+            "2",
+            "--mix",
+            "1",
+            "--warmup",
+            "0",
+            "--ceiling",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     soak = json.loads((out / "report.json").read_text())["soak"]
     names = {p["name"].split(" (")[0] for p in soak["processes"]}
@@ -197,7 +253,7 @@ def test_smoke_soak_samples_every_server_process(service_artifact, tmp_path):
 
 
 def test_fp32_artifact_drops_only_the_fp16_model_and_still_verifies(service_artifact, tmp_path):
-    from export.artifact import ONNX, ONNX_FP16, verify
+    from contract.artifact import ONNX, ONNX_FP16, verify
 
     source = verify(service_artifact)["files"]
     derived = run.fp32_artifact(service_artifact, tmp_path)

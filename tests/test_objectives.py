@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from training.errors import UserError
+from common.cli import UserError
+from research.toy import Critic, mlp
 from training.models import Discriminator, DiscriminatorConfig, GeneratorConfig, build_generator, init_weights
 from training.objectives import NonSaturating, Unrolled, WassersteinGP, build_objective, check_combination
-from training.toy import Critic, mlp
 
 
 def toy_pair(seed: int = 0):
@@ -213,8 +213,7 @@ def test_wgan_gp_run_takes_its_defaults_unless_set(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in rows)
 
-    assert main([*TINY, "--loss", "wgan-gp", "--steps", "1", "--lr", "3e-4", "--d-norm", "none",
-                 "--out", str(tmp_path / "b")]) == 0
+    assert main([*TINY, "--loss", "wgan-gp", "--steps", "1", "--lr", "3e-4", "--d-norm", "none", "--out", str(tmp_path / "b")]) == 0
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())
     assert (cfg["lr"], cfg["beta2"], cfg["d_norm"]) == (3e-4, 0.9, "none")  # explicit flags win
 
@@ -236,17 +235,20 @@ def test_unrolled_dcgan_run(tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss_g"]) for r in rows)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--loss", "wgan-gp", "--unroll", "3"], "--unroll is not implemented for --loss wgan-gp"),
-    (["--loss", "wgan-gp", "--d-norm", "batchnorm"], "needs a critic without BatchNorm"),
-    (["--unroll", "-1"], "--unroll must be >= 0"),
-    (["--r1", "-1"], "--r1 must be a finite number >= 0"),
-    (["--r1", "nan"], "--r1 must be a finite number >= 0"),
-    (["--r1", "inf"], "--r1 must be a finite number >= 0"),
-    (["--loss", "wgan-gp", "--r1", "1"], "wgan-gp has its own gradient penalty"),
-    (["--unroll", "2", "--r1", "1"], "--r1 is not implemented with --unroll"),
-    (["--loss", "hinge"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--loss", "wgan-gp", "--unroll", "3"], "--unroll is not implemented for --loss wgan-gp"),
+        (["--loss", "wgan-gp", "--d-norm", "batchnorm"], "needs a critic without BatchNorm"),
+        (["--unroll", "-1"], "--unroll must be >= 0"),
+        (["--r1", "-1"], "--r1 must be a finite number >= 0"),
+        (["--r1", "nan"], "--r1 must be a finite number >= 0"),
+        (["--r1", "inf"], "--r1 must be a finite number >= 0"),
+        (["--loss", "wgan-gp", "--r1", "1"], "wgan-gp has its own gradient penalty"),
+        (["--unroll", "2", "--r1", "1"], "--r1 is not implemented with --unroll"),
+        (["--loss", "hinge"], "invalid choice"),
+    ],
+)
 def test_unsupported_combinations_get_one_line(tmp_path, capsys, args, message):
     from training.run import main
 

@@ -15,7 +15,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from export.artifact import latents_for_seed, to_uint8
+from contract.latents import latents_for_seed
+from contract.pixels import to_uint8
 
 TIMEOUT = 60
 
@@ -66,7 +67,13 @@ def test_sample_returns_n_pngs_of_the_model(service_url, manifest):
     assert r.status_code == 200, r.text
     body = r.json()
     m = manifest["model"]
-    assert (body["seed"], body["n"], body["width"], body["height"], body["channels"]) == (42, 3, m["image_size"], m["image_size"], m["channels"])
+    assert (body["seed"], body["n"], body["width"], body["height"], body["channels"]) == (
+        42,
+        3,
+        m["image_size"],
+        m["image_size"],
+        m["channels"],
+    )
     assert re.fullmatch(r"dcgan-generator:\w+", body["model"])
     assert len(body["images"]) == 3
     for encoded in body["images"]:
@@ -178,7 +185,12 @@ def test_invalid_fields_get_a_4xx_naming_the_field(service_url, path, body, stat
         (b"", {"Content-Type": "application/json"}, 422, "seed is required"),
         (b'{"seed": 1}', {"Content-Type": "text/plain"}, 415, "application/json"),
         (b"seed=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
-        (b'--x\r\nContent-Disposition: form-data; name="seed"\r\n\r\n1\r\n--x--\r\n', {"Content-Type": "multipart/form-data; boundary=x"}, 415, "application/json"),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="seed"\r\n\r\n1\r\n--x--\r\n',
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            415,
+            "application/json",
+        ),
         (b'{"seed": 1}', {"Content-Type": "application/vnd.bentoml+pickle"}, 415, "application/json"),
         (b'{"seed": 1, "n": 1}' + b" " * 5000, {"Content-Type": "application/json"}, 413, "at most"),
     ],
@@ -213,7 +225,9 @@ def test_wrong_method_gets_405_json(service_url, method, path):
     assert "POST" in r.headers["allow"] and method in r.json()["error"]
 
 
-@pytest.mark.parametrize("query", [{}, {"seed": "x"}, {"seed": "-1"}, {"seed": "1", "n": "0"}, {"seed": "1", "n": "1.5"}, {"seed": "1", "m": "2"}])
+@pytest.mark.parametrize(
+    "query", [{}, {"seed": "x"}, {"seed": "-1"}, {"seed": "1", "n": "0"}, {"seed": "1", "n": "1.5"}, {"seed": "1", "m": "2"}]
+)
 def test_grid_query_is_validated(service_url, query):
     r = httpx.get(f"{service_url}/sample/grid", params=query, timeout=TIMEOUT)
     assert r.status_code == 422, r.text

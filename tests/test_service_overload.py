@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
+
 TIGHT = {"DCGAN_MAX_INFLIGHT": "2", "DCGAN_MAX_BATCH": "2", "DCGAN_MAX_LATENCY_MS": "1"}
 
 

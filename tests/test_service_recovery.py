@@ -1,7 +1,7 @@
 """Recovery: after a burst, a lone request is served about as fast as before the burst.
 
 BentoML's batching dispatcher learns how long batches waited in its queue and then holds every
-batch, even a lone request on an idle model, open about that long (see service/batching.py).
+batch, even a lone request on an idle model, open about that long (see service/bentoml_fixes.py).
 Without the bound, a burst made every later lone request wait roughly the burst's queueing time,
 for minutes. The test server keeps the default 5 s latency budget but batches at most 2 images,
 so the tiny test model's generator, not the entry's encoding, is what the burst queues behind.
@@ -15,6 +15,8 @@ import time
 
 import httpx
 import pytest
+
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 SMALL_BATCHES = {"DCGAN_MAX_BATCH": "2", "DCGAN_ORT_THREADS": "1"}
 BURST_CLIENTS = 64

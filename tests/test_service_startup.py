@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, service_env
 
 
@@ -67,8 +66,11 @@ def test_corrupted_model_in_the_store_stops_startup(serve_to_exit, service_artif
     """A registered model whose stored file was altered afterwards: refused before any worker starts."""
     home = tmp_path / "bentoml"
     done = subprocess.run(
-        [sys.executable, "-m", "export.register", str(service_artifact)],
-        cwd=REPO, env=service_env(home, service_artifact), capture_output=True, text=True,
+        [sys.executable, "-m", "contract.store", str(service_artifact)],
+        cwd=REPO,
+        env=service_env(home, service_artifact),
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     tag = done.stdout.strip()
@@ -78,6 +80,8 @@ def test_corrupted_model_in_the_store_stops_startup(serve_to_exit, service_artif
     _one_line_error(*serve_to_exit(bentoml_home=home), f"model {tag} is unusable", "does not match its manifest hash")
 
 
-@pytest.mark.parametrize(("name", "value"), [("DCGAN_MAX_N", "many"), ("DCGAN_MAX_INFLIGHT", "0"), ("DCGAN_MAX_BATCH", "0"), ("DCGAN_GENERATOR_CALLS", "0")])
+@pytest.mark.parametrize(
+    ("name", "value"), [("DCGAN_MAX_N", "many"), ("DCGAN_MAX_INFLIGHT", "0"), ("DCGAN_MAX_BATCH", "0"), ("DCGAN_GENERATOR_CALLS", "0")]
+)
 def test_bad_setting_stops_startup(serve_to_exit, name, value):
     _one_line_error(*serve_to_exit({name: value}), name)

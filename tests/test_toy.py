@@ -10,10 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from research.toy import METHODS, NETS, Critic, Maxout, ToyConfig, main, mixture, mlp, sample_mixture, train_toy
 from training.metrics import mixture_figures
 from training.models import init_weights
-from training.toy import METHODS, NETS, Critic, Maxout, ToyConfig, main, mixture, mlp, sample_mixture, train_toy
 
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +23,7 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
 
 def test_mixture_figures_known_answers():
     centers, std = mixture("ring")
@@ -68,8 +70,31 @@ def test_unrolling_covers_more_of_the_ring_than_the_plain_loss():
 
 def test_toy_cli_table_and_json(tmp_path, capsys):
     out = tmp_path / "toy.json"
-    assert main(["--steps", "20", "--seeds", "0", "1", "--methods", "gan", "wgan-gp", "--g-hidden", "16",
-                 "--g-layers", "1", "--hidden", "16", "--batch-size", "32", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--steps",
+                "20",
+                "--seeds",
+                "0",
+                "1",
+                "--methods",
+                "gan",
+                "wgan-gp",
+                "--g-hidden",
+                "16",
+                "--g-layers",
+                "1",
+                "--hidden",
+                "16",
+                "--batch-size",
+                "32",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "ring: 8 modes" in text and "PacGAN4 (PacGAN t.1)" in text and "wgan-gp" in text
     report = json.loads(out.read_text())["ring"]
@@ -87,15 +112,13 @@ def test_maxout_takes_each_units_largest_piece():
 
 def test_pacgan_nets_from_the_cli(tmp_path, capsys):
     out = tmp_path / "toy.json"
-    assert main(["--mixture", "grid", "--nets", "pacgan", "--methods", "gan", "--steps", "30", "--seeds", "0",
-                 "--json", str(out)]) == 0
+    assert main(["--mixture", "grid", "--nets", "pacgan", "--methods", "gan", "--steps", "30", "--seeds", "0", "--json", str(out)]) == 0
     assert "gan, PacGAN nets" in capsys.readouterr().out
     run = json.loads(out.read_text())["grid"]["runs"][0]
     assert {k: run[k] for k in NETS["pacgan"]} == NETS["pacgan"] and run["nets"] == "pacgan"
     assert run["g_hidden"] == 400 and run["maxout"] == 5 and run["batch_size"] == 100
     # an explicit flag wins over the preset
-    assert main(["--nets", "pacgan", "--methods", "gan", "--steps", "5", "--seeds", "0", "--batch-size", "32",
-                 "--json", str(out)]) == 0
+    assert main(["--nets", "pacgan", "--methods", "gan", "--steps", "5", "--seeds", "0", "--batch-size", "32", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["ring"]["runs"][0]["batch_size"] == 32
 
 
@@ -113,8 +136,30 @@ def test_packed_critic_scores_each_run_of_pack_points_as_one_input():
 
 def test_pacgan_method_from_the_cli(tmp_path, capsys):
     out = tmp_path / "toy.json"
-    assert main(["--mixture", "grid", "--nets", "pacgan", "--methods", "gan", "pacgan", "--pack", "2", "--steps", "20",
-                 "--seeds", "0", "--log-every", "10", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--mixture",
+                "grid",
+                "--nets",
+                "pacgan",
+                "--methods",
+                "gan",
+                "pacgan",
+                "--pack",
+                "2",
+                "--steps",
+                "20",
+                "--seeds",
+                "0",
+                "--log-every",
+                "10",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "pacgan pack 2, PacGAN nets" in text
     assert text.count("    step 20: D(x) 0.") == 2  # a log line per run, with D's mean outputs (probabilities)
@@ -122,8 +167,28 @@ def test_pacgan_method_from_the_cli(tmp_path, capsys):
     assert [(r["method"], r["pack"]) for r in runs] == [("gan", 1), ("pacgan", 2)]  # --pack is the pacgan method's only
     assert runs[1]["lr_g"] == NETS["pacgan"]["lr_g"] and all(math.isfinite(r["high_quality"]) for r in runs)
     # PacGAN's code's optimiser and init: --beta1 and --init reach every method's settings
-    assert main(["--nets", "pacgan", "--methods", "gan", "pacgan", "--steps", "2", "--seeds", "0", "--beta1", "0.8",
-                 "--init", "normal", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--nets",
+                "pacgan",
+                "--methods",
+                "gan",
+                "pacgan",
+                "--steps",
+                "2",
+                "--seeds",
+                "0",
+                "--beta1",
+                "0.8",
+                "--init",
+                "normal",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     runs = json.loads(out.read_text())["ring"]["runs"]
     assert all(r["betas"] == [0.8, 0.999] and r["init"] == "normal" for r in runs)
 
@@ -166,13 +231,16 @@ def test_averaged_batchnorm_generator_gets_its_own_statistics():
     assert 0 <= figures["high_quality"] <= 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "must be > 0"),
-    (["--ema", "1.5"], "--ema must be in [0, 1)"),
-    (["--mixture", "spiral"], "invalid choice"),
-    (["--pack", "0"], "must be > 0"),
-    (["--beta1", "1.0"], "--beta1 must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "must be > 0"),
+        (["--ema", "1.5"], "--ema must be in [0, 1)"),
+        (["--mixture", "spiral"], "invalid choice"),
+        (["--pack", "0"], "must be > 0"),
+        (["--beta1", "1.0"], "--beta1 must be in [0, 1)"),
+    ],
+)
 def test_toy_cli_bad_input_one_line(capsys, args, message):
     with pytest.raises(SystemExit) as e:
         main(args)

@@ -36,8 +36,15 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 def test_run_dir_contract(tmp_path):
     run = tmp_path / "run"
     train(run, "--steps", "3", "--seed", "5")
-    for name in ["config.json", "generator.json", "generator.safetensors", "generator_raw.safetensors",
-                 "metrics.jsonl", "loss.png", "samples/final.png"]:
+    for name in [
+        "config.json",
+        "generator.json",
+        "generator.safetensors",
+        "generator_raw.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+        "samples/final.png",
+    ]:
         assert (run / name).is_file(), name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["seed"] == 5 and cfg["steps"] == 3 and cfg["data"] == "mnist" and cfg["data_images"] == 5000
@@ -88,8 +95,20 @@ def test_different_seed_different_weights(tmp_path):
 
 def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     run = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "training.run", *TINY, "--steps", "100000", "--checkpoint-every", "100000",
-           "--ema-decay", "0.9", "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.run",
+        *TINY,
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "--ema-decay",
+        "0.9",
+        "--out",
+        str(run),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -106,12 +125,33 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     stopped_at = json.loads(next(iter(sorted((run / "checkpoints").glob("*.json")))).read_text())["step"]
     assert 4 <= stopped_at < 100000
     target = str(stopped_at + 3)
-    subprocess.run([sys.executable, "-m", "training.run", "--resume", str(run), "--steps", target, "--quiet"],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "training.run", "--resume", str(run), "--steps", target, "--quiet"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     straight = tmp_path / "straight"
     # a process like the interrupted one: same thread count whatever earlier tests set in this one
-    subprocess.run([sys.executable, "-m", "training.run", *TINY, "--steps", target, "--checkpoint-every", "100000",
-                    "--ema-decay", "0.9", "--out", str(straight)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.run",
+            *TINY,
+            "--steps",
+            target,
+            "--checkpoint-every",
+            "100000",
+            "--ema-decay",
+            "0.9",
+            "--out",
+            str(straight),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert_bit_identical(weights(run / "generator.safetensors"), weights(straight / "generator.safetensors"))
 
 
@@ -164,3 +204,39 @@ def test_init_from_fine_tunes_from_the_source_weights_with_new_settings(tmp_path
     # resuming the fine-tune keeps its record of where it started
     assert main(["--resume", str(tuned), "--steps", "2", "--quiet"]) == 0
     assert json.loads((tuned / "config.json").read_text())["init_checkpoint"] == cfg["init_checkpoint"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_recipe_file_holds_the_committed_models_settings():
+    """configs/default.yaml, read as `--config` reads it, gives every setting the default model was trained with."""
+    from training.config import TrainConfig, read_config_file
+
+    recipe = TrainConfig.from_dict(read_config_file(str(REPO / "configs" / "default.yaml")), "configs/default.yaml").validate()
+    manifest = json.loads((REPO / "artifacts" / "default" / "manifest.json").read_text())
+    trained = {k: v for k, v in manifest["source"]["config"].items() if k in TrainConfig.fields()}
+    assert recipe.to_dict() == trained
+
+
+def test_the_recipe_file_is_recorded_and_kept_through_resume(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("steps: 2\nseed: 3\n")
+    run = tmp_path / "run"
+    train(run, "--config", str(recipe))
+    assert json.loads((run / "config.json").read_text())["config_file"] == str(recipe)
+    assert main(["--resume", str(run), "--steps", "3", "--quiet"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config_file"] == str(recipe) and cfg["steps"] == 3 and cfg["seed"] == 3
+
+
+def test_each_setting_is_declared_once_with_help_checks_and_resumability():
+    """A new TrainConfig field must come through `setting(...)`: its flag, --help and checks are derived from it."""
+    from training.config import TrainConfig
+    from training.run import build_parser
+
+    help_text = build_parser().format_help()
+    for name, field in TrainConfig.fields().items():
+        assert field.metadata.get("help"), f"{name} is not declared with setting()"
+        assert "--" + name.replace("_", "-") in help_text
+    assert TrainConfig.resumable() == {"steps", "epochs", "lr_decay_start", "log_every", "checkpoint_every", "sample_every", "eval_every"}

@@ -62,8 +62,11 @@ def test_resume_refuses_to_rewrite_the_lr_of_steps_taken(tmp_path):
     constant, decaying = tmp_path / "constant", tmp_path / "decaying"
     assert run_cli(*TINY, "--steps", "3", "--out", str(constant)).returncode == 0
     # a decay from step 1 of 6 scales the 0-based step 2 by (6 - 2) / (6 - 1): the third step, already taken
-    assert_one_line_error(run_cli("--resume", str(constant), "--steps", "6", "--lr-decay-start", "1"),
-                          "would change the learning rate of step 3", "constant lr -> decay from step 1 to 6")
+    assert_one_line_error(
+        run_cli("--resume", str(constant), "--steps", "6", "--lr-decay-start", "1"),
+        "would change the learning rate of step 3",
+        "constant lr -> decay from step 1 to 6",
+    )
     assert run_cli(*TINY, "--steps", "4", "--lr-decay-start", "1", "--out", str(decaying)).returncode == 0
     log = (decaying / "metrics.jsonl").read_text()
     assert_one_line_error(run_cli("--resume", str(decaying), "--steps", "6"), "decay from step 1 to 4 -> decay from step 1 to 6")
@@ -108,8 +111,7 @@ def test_corrupted_checkpoint_is_detected_not_loaded(tiny_run, tmp_path):
 
 
 def test_bad_augment_policy():
-    assert_one_line_error(run_cli(*TINY, "--steps", "1", "--augment", "color,flip"), "--augment", "'flip'",
-                          "color, translation, cutout")
+    assert_one_line_error(run_cli(*TINY, "--steps", "1", "--augment", "color,flip"), "--augment", "'flip'", "color, translation, cutout")
 
 
 def test_init_from_needs_a_run_dir_with_checkpoints_and_the_same_networks(tiny_run, tmp_path):
@@ -117,11 +119,11 @@ def test_init_from_needs_a_run_dir_with_checkpoints_and_the_same_networks(tiny_r
     no_ckpt = tmp_path / "no-ckpt"
     no_ckpt.mkdir()
     (no_ckpt / "config.json").write_text((tiny_run / "config.json").read_text())
-    assert_one_line_error(run_cli(*TINY, "--steps", "1", "--init-from", str(no_ckpt), "--out", str(tmp_path / "a")),
-                          "no checkpoints")
+    assert_one_line_error(run_cli(*TINY, "--steps", "1", "--init-from", str(no_ckpt), "--out", str(tmp_path / "a")), "no checkpoints")
     wider = [*TINY[:1], "16", *TINY[2:]]  # --ngf 16 against the source's 8
-    assert_one_line_error(run_cli(*wider, "--steps", "1", "--init-from", str(tiny_run), "--out", str(tmp_path / "b")),
-                          "does not match this run's networks")
+    assert_one_line_error(
+        run_cli(*wider, "--steps", "1", "--init-from", str(tiny_run), "--out", str(tmp_path / "b")), "does not match this run's networks"
+    )
 
 
 def test_resume_refuses_to_switch_augmentation_on(tiny_run):

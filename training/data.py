@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from training.errors import UserError
+from common.cli import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 DATA_FORMATS = ("auto", "mnist", "folder", "idx", "cifar10")

@@ -33,7 +33,7 @@ import torch.distributed as td
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training.errors import UserError
+from common.cli import UserError
 
 # torchrun's variables; read so that a bad hand-made environment fails with one line
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -136,14 +136,18 @@ def setup(device: torch.device) -> Dist:
         return Dist(device=device)
     missing = [n for n in _ENV if n not in os.environ]
     if missing:
-        raise UserError(f"WORLD_SIZE is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not; "
-                        "launch with torchrun --nproc-per-node N -m training.run")
+        raise UserError(
+            f"WORLD_SIZE is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not; "
+            "launch with torchrun --nproc-per-node N -m training.run"
+        )
     rank, world, local = (_env_int(n) for n in _ENV)
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if local >= count:
-            raise UserError(f"this node has {count} GPU(s) but torchrun started a process with LOCAL_RANK {local}; "
-                            f"use --nproc-per-node {count} or fewer")
+            raise UserError(
+                f"this node has {count} GPU(s) but torchrun started a process with LOCAL_RANK {local}; "
+                f"use --nproc-per-node {count} or fewer"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     # NCCL reduces on the GPU itself; gloo is PyTorch's CPU backend
@@ -188,8 +192,10 @@ def data_parallel(module: nn.Module, dist: Dist) -> nn.Module:
 
 def check_sync_batchnorm(dist: Dist) -> None:
     if dist.enabled and dist.device.type != "cuda":
-        raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only; on CPU leave it off "
-                        "(each process normalises over its own --batch-size images)")
+        raise UserError(
+            "--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only; on CPU leave it off "
+            "(each process normalises over its own --batch-size images)"
+        )
 
 
 def replica_checksum(modules: list[nn.Module]) -> torch.Tensor:

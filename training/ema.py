@@ -27,8 +27,9 @@ class EMA:
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, nz: int, device: torch.device, seed: int = 1234,
-                        batches: int = 16, batch_size: int = 128) -> nn.Module:
+def recompute_batchnorm(
+    model: nn.Module, nz: int, device: torch.device, seed: int = 1234, batches: int = 16, batch_size: int = 128
+) -> nn.Module:
     """Set every BatchNorm's running stats to their average over `batches` batches of N(0, 1) latents."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:

@@ -31,12 +31,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.cli import OneLineErrorParser, UserError, cli_main
+from common.files import atomic_write_json
 from training import rundir
 from training.classifier import DEFAULT_DIR, bundled_digits, load_classifier, predict, to_input
-from training.errors import OneLineErrorParser, UserError, cli_main
-from training.fileio import atomic_write_json
-from training.metrics import (class_histogram, classes_covered, classifier_score, confused_pairs, feature_statistics,
-                              frechet_distance, kl_to_uniform, unclear_mask, unclear_share)
+from training.metrics import (
+    class_histogram,
+    classes_covered,
+    classifier_score,
+    confused_pairs,
+    feature_statistics,
+    frechet_distance,
+    kl_to_uniform,
+    unclear_mask,
+    unclear_share,
+)
 from training.plots import save_grid
 
 GENERATOR_LAST = "generator_last"  # the last EMA generator, where generator.* holds the best evaluated one
@@ -56,8 +65,11 @@ class DigitEvaluator:
         held = images[self.meta["held_out_indices"]]
         held_probs, held_features = predict(self.model, to_input(held).to(self.device))
         self.reference = feature_statistics(held_features)
-        self.held_out = {"score": round(classifier_score(held_probs), 4), "unclear": round(unclear_share(held_probs), 4),
-                         "samples": len(held)}
+        self.held_out = {
+            "score": round(classifier_score(held_probs), 4),
+            "unclear": round(unclear_share(held_probs), 4),
+            "samples": len(held),
+        }
 
     def figures(self, images: torch.Tensor) -> dict:
         """images: (N, 1, H, W) in [-1, 1], any device; resized to the classifier's 32x32 when needed."""
@@ -86,8 +98,9 @@ class DigitEvaluator:
 
 
 @torch.no_grad()
-def generate(G: torch.nn.Module, nz: int, n: int, seed: int, device: torch.device, batch: int = 500,
-             latent_scale: float = 1.0) -> torch.Tensor:
+def generate(
+    G: torch.nn.Module, nz: int, n: int, seed: int, device: torch.device, batch: int = 500, latent_scale: float = 1.0
+) -> torch.Tensor:
     """n samples from fixed latents (own torch.Generator: no global RNG touched), z ~ N(0, latent_scale^2 I).
     (n, C, H, W)"""
     g = torch.Generator().manual_seed(seed)
@@ -115,21 +128,31 @@ def mean_figures(draws: list[dict]) -> dict:
     """One row from the figures of several latent draws: the fewest classes covered, the mean of
     class KL, score and FD, the summed histogram, and each draw's FD."""
     mean = lambda key: sum(d[key] for d in draws) / len(draws)  # noqa: E731
-    return {"classes": min(d["classes"] for d in draws), "class_kl": round(mean("class_kl"), 5),
-            "score": round(mean("score"), 4), "unclear": round(mean("unclear"), 4), "fd": round(mean("fd"), 4),
-            "histogram": [sum(c) for c in zip(*(d["histogram"] for d in draws))],
-            "samples": sum(d["samples"] for d in draws), "fd_draws": [d["fd"] for d in draws]}
+    return {
+        "classes": min(d["classes"] for d in draws),
+        "class_kl": round(mean("class_kl"), 5),
+        "score": round(mean("score"), 4),
+        "unclear": round(mean("unclear"), 4),
+        "fd": round(mean("fd"), 4),
+        "histogram": [sum(c) for c in zip(*(d["histogram"] for d in draws))],
+        "samples": sum(d["samples"] for d in draws),
+        "fd_draws": [d["fd"] for d in draws],
+    }
 
 
 def format_table(rows: dict[str, dict], floor_fd: float) -> str:
-    lines = [f"{'':<30} {'classes':>7} {'class KL':>9} {'score':>7} {'unclear':>8} {'FD':>9} {'FD/floor':>9} "
-             f"{'range':>13} {'step':>6}", "-" * 107]
+    lines = [
+        f"{'':<30} {'classes':>7} {'class KL':>9} {'score':>7} {'unclear':>8} {'FD':>9} {'FD/floor':>9} {'range':>13} {'step':>6}",
+        "-" * 107,
+    ]
     for name, f in rows.items():
         fds = f.get("fd_draws", [f["fd"]])
         spread = f"{min(fds) / floor_fd:.2f}..{max(fds) / floor_fd:.2f}" if len(fds) > 1 else ""
-        lines.append(f"{name:<30} {f['classes']:>4}/10 {f['class_kl']:>9.4f} {f['score']:>7.3f} "
-                     f"{f['unclear']:>7.1%} {f['fd']:>9.3f} "
-                     f"{f['fd'] / floor_fd:>8.2f}x {spread:>13} {str(f.get('step', '')):>6}")
+        lines.append(
+            f"{name:<30} {f['classes']:>4}/10 {f['class_kl']:>9.4f} {f['score']:>7.3f} "
+            f"{f['unclear']:>7.1%} {f['fd']:>9.3f} "
+            f"{f['fd'] / floor_fd:>8.2f}x {spread:>13} {str(f.get('step', '')):>6}"
+        )
     return "\n".join(lines)
 
 
@@ -137,28 +160,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m training.evaluate",
         description="Evaluate the MNIST generators of a run dir with the project's classifier: classes covered (of "
-                    "10), KL(class histogram || uniform), classifier score, and Frechet distance in classifier "
-                    "features against held-out real digits, beside the same figures for real training digits "
-                    "(the floor). Prints a table and writes RUN_DIR/evaluation.json.",
+        "10), KL(class histogram || uniform), classifier score, and Frechet distance in classifier "
+        "features against held-out real digits, beside the same figures for real training digits "
+        "(the floor). Prints a table and writes RUN_DIR/evaluation.json.",
         epilog=__doc__.split("Examples:", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run dir written by `python -m training.run`")
-    p.add_argument("--samples", type=int, default=4000,
-                   help="generated samples per generator, and real digits for the floor (default: 4000, at most 4000)")
-    p.add_argument("--draws", type=int, default=3,
-                   help="independent sets of --samples latents per generator; the table gives the mean and the "
-                        "range of FD/floor (default: 3)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=4000,
+        help="generated samples per generator, and real digits for the floor (default: 4000, at most 4000)",
+    )
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=3,
+        help="independent sets of --samples latents per generator; the table gives the mean and the range of FD/floor (default: 3)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the first draw's latents; draw i uses seed + i (default: 0)")
     p.add_argument("--classifier", default=str(DEFAULT_DIR), metavar="DIR", help="classifier folder (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="where to write the figures (default: RUN_DIR/evaluation.json)")
-    p.add_argument("--latent-scale", type=float, default=1.0, metavar="PSI",
-                   help="draw the latents from N(0, PSI^2 I) instead of the N(0, I) the generator was trained on and "
-                        "is served with: the scaling form of the truncation trick, PSI < 1 trades variety for "
-                        "typicality (default: 1)")
-    p.add_argument("--unclear-grid", metavar="PNG",
-                   help="also write a grid of up to 64 of the samples counted unclear (the first ones of the first "
-                        "draw of generator.*, in latent order) and print the class pairs the unclear samples sit between")
+    p.add_argument(
+        "--latent-scale",
+        type=float,
+        default=1.0,
+        metavar="PSI",
+        help="draw the latents from N(0, PSI^2 I) instead of the N(0, I) the generator was trained on and "
+        "is served with: the scaling form of the truncation trick, PSI < 1 trades variety for "
+        "typicality (default: 1)",
+    )
+    p.add_argument(
+        "--unclear-grid",
+        metavar="PNG",
+        help="also write a grid of up to 64 of the samples counted unclear (the first ones of the first "
+        "draw of generator.*, in latent order) and print the class pairs the unclear samples sit between",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(default: cpu)")
     return p
 
@@ -169,8 +207,7 @@ def write_unclear_grid(path: Path, evaluator: DigitEvaluator, images: torch.Tens
     unclear = unclear_mask(probs).nonzero().flatten()
     if len(unclear):
         save_grid(path, images[unclear[:64]])
-    return {"path": str(path), "unclear": len(unclear), "of": len(images), "shown": min(64, len(unclear)),
-            "pairs": confused_pairs(probs)}
+    return {"path": str(path), "unclear": len(unclear), "of": len(images), "shown": min(64, len(unclear)), "pairs": confused_pairs(probs)}
 
 
 @cli_main
@@ -187,11 +224,12 @@ def main(argv=None) -> int:
         raise UserError("--device cuda was asked for but no CUDA device is available")
     stems = [s for s in STEMS if (run_dir / f"{s}.json").is_file()]
     if not run_dir.is_dir() or not stems:
-        raise UserError(f"{run_dir} holds no generator ({', '.join(s + '.json' for s in STEMS)}); "
-                        "pass the folder that training.run printed")
+        raise UserError(
+            f"{run_dir} holds no generator ({', '.join(s + '.json' for s in STEMS)}); pass the folder that training.run printed"
+        )
     device = torch.device(args.device)
     evaluator = DigitEvaluator(args.classifier, device)
-    rows = {f"real training digits (floor)": evaluator.floor(args.samples)}
+    rows = {"real training digits (floor)": evaluator.floor(args.samples)}
     grid = None
     for stem in stems:
         cfg, G, meta = rundir.load_generator(run_dir, stem)
@@ -205,21 +243,37 @@ def main(argv=None) -> int:
         rows[f"{stem} ({'EMA' if meta.get('ema') else 'raw'})"] = {**mean_figures(draws), "step": meta.get("step")}
     floor_fd = rows["real training digits (floor)"]["fd"]
     scaled = "" if args.latent_scale == 1 else f", latents scaled by {args.latent_scale}"
-    print(f"{run_dir}: {args.samples} samples per draw, mean of {args.draws} draw(s) (latent seeds {args.seed}.."
-          f"{args.seed + args.draws - 1}){scaled}; FD against {len(evaluator.meta['held_out_indices'])} held-out real digits; "
-          f"classifier held-out accuracy {evaluator.meta['held_out_accuracy']:.4f}; the held-out digits score "
-          f"{evaluator.held_out['score']:.3f} with {evaluator.held_out['unclear']:.1%} unclear")
+    print(
+        f"{run_dir}: {args.samples} samples per draw, mean of {args.draws} draw(s) (latent seeds {args.seed}.."
+        f"{args.seed + args.draws - 1}){scaled}; FD against {len(evaluator.meta['held_out_indices'])} held-out real digits; "
+        f"classifier held-out accuracy {evaluator.meta['held_out_accuracy']:.4f}; the held-out digits score "
+        f"{evaluator.held_out['score']:.3f} with {evaluator.held_out['unclear']:.1%} unclear"
+    )
     print(format_table(rows, floor_fd))
     if grid:
         pairs = ", ".join(f"{a}/{b} {n}" for a, b, n in grid["pairs"]) or "none"
         where = f"{grid['shown']} of them in {grid['path']}" if grid["shown"] else "no grid written"
-        print(f"{grid['generator']}, draw 1: {grid['unclear']} of {grid['of']} samples unclear ({where}); "
-              f"the class pairs they sit between, most common first: {pairs}")
+        print(
+            f"{grid['generator']}, draw 1: {grid['unclear']} of {grid['of']} samples unclear ({where}); "
+            f"the class pairs they sit between, most common first: {pairs}"
+        )
     out = Path(args.json) if args.json else run_dir / EVALUATION
-    atomic_write_json(out, {"run_dir": str(run_dir), "samples": args.samples, "seed": args.seed, "draws": args.draws,
-                            "latent_scale": args.latent_scale, "classifier": str(args.classifier), "floor_fd": floor_fd,
-                            "held_out_real": evaluator.held_out, "figures": rows, "unclear_grid": grid,
-                            "command": "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)})
+    atomic_write_json(
+        out,
+        {
+            "run_dir": str(run_dir),
+            "samples": args.samples,
+            "seed": args.seed,
+            "draws": args.draws,
+            "latent_scale": args.latent_scale,
+            "classifier": str(args.classifier),
+            "floor_fd": floor_fd,
+            "held_out_real": evaluator.held_out,
+            "figures": rows,
+            "unclear_grid": grid,
+            "command": "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv),
+        },
+    )
     print(f"wrote {out}")
     return 0
 

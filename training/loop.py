@@ -13,15 +13,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common.cli import UserError
+from common.files import atomic_write_json
 from training import checkpoint, rundir
 from training.augment import DiffAugment
 from training.config import TrainConfig
 from training.data import Dataset, to_unit_range
 from training.distributed import Dist, check_sync_batchnorm, data_parallel, rank_seed, replica_checksum
 from training.ema import EMA, recompute_batchnorm
-from training.errors import UserError
 from training.evaluate import GENERATOR_LAST, CoverageMonitor
-from training.fileio import atomic_write_json
 from training.models import Discriminator, DiscriminatorConfig, GeneratorConfig, build_generator, init_weights
 from training.objectives import build_objective
 from training.plots import save_grid, save_loss_curve
@@ -76,11 +76,13 @@ class Trainer:
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)  # data order and latents, alike on every rank
         init_rng = torch.Generator().manual_seed(cfg.seed + 2)
 
-        self.g_cfg = GeneratorConfig(arch=cfg.arch, nz=cfg.nz, image_size=cfg.image_size, channels=channels, ngf=cfg.ngf,
-                                     components=cfg.components)
+        self.g_cfg = GeneratorConfig(
+            arch=cfg.arch, nz=cfg.nz, image_size=cfg.image_size, channels=channels, ngf=cfg.ngf, components=cfg.components
+        )
         self.G = build_generator(self.g_cfg)
-        self.D = Discriminator(DiscriminatorConfig(image_size=cfg.image_size, channels=channels, ndf=cfg.ndf,
-                                                   dropout=cfg.dropout, norm=cfg.d_norm))
+        self.D = Discriminator(
+            DiscriminatorConfig(image_size=cfg.image_size, channels=channels, ndf=cfg.ndf, dropout=cfg.dropout, norm=cfg.d_norm)
+        )
         init_weights(self.G, init_rng)
         init_weights(self.D, init_rng)
         self.cuda = self.device.type == "cuda"
@@ -104,8 +106,7 @@ class Trainer:
         self.steps_per_epoch = len(data) // self.global_batch
         if self.steps_per_epoch == 0:
             per = f" ({self.dist.world_size} processes x {cfg.batch_size})" if self.dist.enabled else ""
-            raise UserError(f"the data has {len(data)} images, fewer than one batch of {self.global_batch}{per}; "
-                            "lower --batch-size")
+            raise UserError(f"the data has {len(data)} images, fewer than one batch of {self.global_batch}{per}; lower --batch-size")
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
         self.step, self.epoch, self.position = 0, 0, 0
         self.lr = cfg.lr  # of the latest step (--lr-decay-start lowers it)
@@ -128,13 +129,27 @@ class Trainer:
         """Rank 0 writes; the rest of the state is alike on every rank but the global RNGs, gathered here."""
         rank_rngs = self.dist.rng_states() if self.dist.enabled else None  # a collective: every rank calls it
         if self.dist.is_main:
-            checkpoint.save(self.run_dir, self.step, self.epoch, self.position, self.order, self._modules(),
-                            {"opt_g": self.opt_g, "opt_d": self.opt_d}, self.data_rng, rank_rngs=rank_rngs)
+            checkpoint.save(
+                self.run_dir,
+                self.step,
+                self.epoch,
+                self.position,
+                self.order,
+                self._modules(),
+                {"opt_g": self.opt_g, "opt_d": self.opt_d},
+                self.data_rng,
+                rank_rngs=rank_rngs,
+            )
 
     def resume(self) -> None:
-        st = checkpoint.load(checkpoint.latest(self.run_dir), self._modules(),
-                             {"opt_g": self.opt_g, "opt_d": self.opt_d}, self.data_rng,
-                             rank=self.dist.rank, world_size=self.dist.world_size)
+        st = checkpoint.load(
+            checkpoint.latest(self.run_dir),
+            self._modules(),
+            {"opt_g": self.opt_g, "opt_d": self.opt_d},
+            self.data_rng,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
         self.step, self.epoch, self.position, self.order = st["step"], st["epoch"], st["position"], st["order"]
         # drop metrics logged after the checkpoint: they will be logged again
         metrics = self.run_dir / rundir.METRICS
@@ -171,8 +186,7 @@ class Trainer:
         main = GENERATOR_LAST if self.best else rundir.GENERATOR
         stems = {main: False, rundir.GENERATOR_RAW: True} if self.ema else {main: True}
         for stem, raw in stems.items():
-            rundir.save_generator(self.run_dir, self.g_cfg, self.inference_generator(raw).cpu(), stem=stem,
-                                  step=self.step, ema=not raw)
+            rundir.save_generator(self.run_dir, self.g_cfg, self.inference_generator(raw).cpu(), stem=stem, step=self.step, ema=not raw)
 
     def save_samples(self, name: str) -> None:
         with torch.no_grad():
@@ -182,8 +196,7 @@ class Trainer:
     def _coverage_checks_apply(self) -> bool:
         """The classifier knows the bundled MNIST digits only."""
         cfg = self.cfg
-        return bool(cfg.eval_every) and cfg.data == "mnist" and cfg.data_format in ("auto", "mnist") \
-            and self.g_cfg.channels == 1
+        return bool(cfg.eval_every) and cfg.data == "mnist" and cfg.data_format in ("auto", "mnist") and self.g_cfg.channels == 1
 
     def evaluate(self, log) -> None:
         """Coverage figures of the EMA (and raw) generator into metrics.jsonl; generator.* keeps the best FD."""
@@ -204,15 +217,23 @@ class Trainer:
         f = row["eval"]
         if f["classes"] < self.top_classes:
             row["collapse_warning"] = True
-            tqdm.write(f"warning: step {self.step}: the generator covers {f['classes']}/10 digit classes, down from "
-                       f"{self.top_classes} (class KL {f['class_kl']}); it may be collapsing, see "
-                       f"{self.run_dir / rundir.SAMPLES}", file=sys.stderr)
+            tqdm.write(
+                f"warning: step {self.step}: the generator covers {f['classes']}/10 digit classes, down from "
+                f"{self.top_classes} (class KL {f['class_kl']}); it may be collapsing, see "
+                f"{self.run_dir / rundir.SAMPLES}",
+                file=sys.stderr,
+            )
         self.top_classes = max(self.top_classes, f["classes"])
         if self.best is None or f["fd"] < self.best[0]:
             self.best = (f["fd"], self.step)
-            rundir.save_generator(self.run_dir, self.g_cfg, g.cpu(), step=self.step, ema=self.ema is not None,
-                                  selected_by={"fd": f["fd"], "fd_over_floor": f["fd_over_floor"],
-                                               "samples": self.monitor.samples})
+            rundir.save_generator(
+                self.run_dir,
+                self.g_cfg,
+                g.cpu(),
+                step=self.step,
+                ema=self.ema is not None,
+                selected_by={"fd": f["fd"], "fd_over_floor": f["fd_over_floor"], "samples": self.monitor.samples},
+            )
         row["best"] = {"fd": self.best[0], "step": self.best[1]}
         self.last_eval_step = self.step
         log.write(json.dumps(row) + "\n")
@@ -227,7 +248,7 @@ class Trainer:
             self.position = 0
             self.order = torch.randperm(len(self.data), generator=self.data_rng)
         start = self.position + self.dist.rank * b
-        idx = self.order[start:start + b]
+        idx = self.order[start : start + b]
         self.position += n
         return to_unit_range(self.images[idx.to(self.device)])
 
@@ -235,7 +256,7 @@ class Trainer:
         """This rank's slice of latents drawn for the whole global batch: (batch_size, nz)."""
         b, r = self.cfg.batch_size, self.dist.rank
         z = torch.randn(self.global_batch, self.cfg.nz, generator=self.data_rng)  # (global batch, nz)
-        return z[r * b:(r + 1) * b].to(self.device)
+        return z[r * b : (r + 1) * b].to(self.device)
 
     def train_step(self) -> dict:
         cfg = self.cfg
@@ -289,8 +310,7 @@ class Trainer:
         """
         cfg, main = self.cfg, self.dist.is_main
         metrics = self.run_dir / rundir.METRICS
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and main), unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and main), unit="step", dynamic_ncols=True)
         t0, n0 = time.perf_counter(), self.step
         # a signal seen by any rank stops every rank after the same step
         with StopFlag() as stop, open(metrics, "a") if main else contextlib.nullcontext() as log:
@@ -307,13 +327,17 @@ class Trainer:
                         stats, extra = self.replica_row(stats)
                     dt = time.perf_counter() - t0
                     row = {k: round(float(v), 5) for k, v in stats.items()}
-                    row.update(step=self.step, epoch=self.epoch, lr=float(f"{self.lr:.6g}"),
-                               images_per_s=round((self.step - n0) * self.global_batch / dt, 1), **extra)
+                    row.update(
+                        step=self.step,
+                        epoch=self.epoch,
+                        lr=float(f"{self.lr:.6g}"),
+                        images_per_s=round((self.step - n0) * self.global_batch / dt, 1),
+                        **extra,
+                    )
                     if main:
                         log.write(json.dumps(row) + "\n")
                         log.flush()
-                    bar.set_postfix(D=row["loss_d"], G=row["loss_g"], Dx=row["d_x"], DGz=row["d_g_z"],
-                                    img_s=row["images_per_s"])
+                    bar.set_postfix(D=row["loss_d"], G=row["loss_g"], Dx=row["d_x"], DGz=row["d_g_z"], img_s=row["images_per_s"])
                     t0, n0 = time.perf_counter(), self.step
                 bar.update(1)
                 if main and self.checks and self.step % cfg.eval_every == 0:

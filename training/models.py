@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.errors import UserError
+from common.cli import UserError
 
 GENERATOR_ARCHS = ("upsample", "convtranspose")
 DISCRIMINATOR_NORMS = ("batchnorm", "layernorm", "none")
@@ -34,9 +34,7 @@ IMAGE_SIZES = (32, 64, 128)
 def _check_size(image_size: int) -> int:
     """Number of x2 stages from 4x4 to image_size; image_size must be a power of two >= 8."""
     if image_size < 8 or image_size & (image_size - 1):
-        raise UserError(
-            f"image size {image_size} is not a power of two >= 8; use one of {IMAGE_SIZES}"
-        )
+        raise UserError(f"image size {image_size} is not a power of two >= 8; use one of {IMAGE_SIZES}")
     return int(math.log2(image_size)) - 2
 
 
@@ -73,7 +71,7 @@ class GeneratorConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorConfig":
+    def from_dict(cls, d: dict) -> GeneratorConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -1,7 +1,7 @@
 """GAN objectives. Each returns losses for one discriminator and one generator update.
 
 The loop owns the optimizers; an objective only says how the losses are formed, so the same
-code trains the DCGAN and the MLPs of the toy benchmark (training/toy.py). D is anything
+code trains the DCGAN and the MLPs of the toy benchmark (research/toy.py). D is anything
 callable on a batch that returns one score per sample, shape (B,).
 
   --loss nonsaturating           Goodfellow et al. 2014 (the article's)
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from training.errors import UserError
+from common.cli import UserError
 
 LOSSES = ("nonsaturating", "wgan-gp")
 
@@ -37,8 +37,10 @@ LOSS_DEFAULTS = {
     "wgan-gp": {"lr": 1e-4, "beta1": 0.5, "beta2": 0.9, "d_norm": "layernorm", "dropout": 0.0},
 }
 
-COMBINATIONS_HELP = ("allowed: --loss nonsaturating with --unroll K or --r1 GAMMA (not both); --loss wgan-gp with "
-                     "--d-norm layernorm or none, no --unroll and no --r1")
+COMBINATIONS_HELP = (
+    "allowed: --loss nonsaturating with --unroll K or --r1 GAMMA (not both); --loss wgan-gp with "
+    "--d-norm layernorm or none, no --unroll and no --r1"
+)
 
 
 def check_combination(loss: str, unroll: int, d_norm: str | None = None, r1: float = 0.0) -> None:
@@ -60,8 +62,7 @@ def check_combination(loss: str, unroll: int, d_norm: str | None = None, r1: flo
     if loss == "wgan-gp" and unroll:
         raise UserError(f"--unroll is not implemented for --loss wgan-gp ({COMBINATIONS_HELP})")
     if loss == "wgan-gp" and d_norm == "batchnorm":
-        raise UserError(f"--loss wgan-gp needs a critic without BatchNorm: the gradient penalty is per sample "
-                        f"({COMBINATIONS_HELP})")
+        raise UserError(f"--loss wgan-gp needs a critic without BatchNorm: the gradient penalty is per sample ({COMBINATIONS_HELP})")
 
 
 @dataclass
@@ -104,16 +105,16 @@ class NonSaturating:
             real_in = real_in.detach().requires_grad_(True)
         real_logits = D(real_in).float()  # (B,)
         fake_logits = D(self.augment(fake)).float()  # (B,)
-        loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+        loss = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + F.binary_cross_entropy_with_logits(
+            fake_logits, torch.zeros_like(fake_logits)
+        )
         grad_real = None
         if self.r1:
             (grad,) = torch.autograd.grad(real_logits.sum(), real_in, create_graph=True)  # (B, C, H, W)
             grad_real = grad.float().flatten(1).pow(2).sum(1).mean()
             loss = loss + 0.5 * self.r1 * grad_real
             grad_real = grad_real.detach()
-        return DiscriminatorStats(loss, real_logits.detach().sigmoid().mean(), fake_logits.detach().sigmoid().mean(),
-                                  grad_real)
+        return DiscriminatorStats(loss, real_logits.detach().sigmoid().mean(), fake_logits.detach().sigmoid().mean(), grad_real)
 
     def generator_loss(self, D, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         logits = D(self.augment(fake)).float()  # (B,)
@@ -225,8 +226,7 @@ class Unrolled:
         return self.base.generator_loss(call(params), fake, real)
 
 
-def build_objective(loss: str, unroll: int = 0, d_optimizer: torch.optim.Optimizer | None = None,
-                    augment=_identity, r1: float = 0.0):
+def build_objective(loss: str, unroll: int = 0, d_optimizer: torch.optim.Optimizer | None = None, augment=_identity, r1: float = 0.0):
     """The objective for `--loss`, `--unroll` and `--r1`; unrolling needs D's optimizer (it replays its update).
 
     augment: applied to every image batch before D (training/augment.py); the identity by default.

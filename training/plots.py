@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.fileio import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -29,7 +29,7 @@ def grid_png(images: torch.Tensor, pad: int = 2) -> bytes:
     canvas = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
     for i in range(b):
         r, col = divmod(i, cols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = px[i]
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = px[i]
     buf = io.BytesIO()
     Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(buf, format="PNG")
     return buf.getvalue()

@@ -1,4 +1,4 @@
-"""The run dir contract (see DESIGN.md): what training writes and export reads.
+"""The run dir contract (docs/design.md): what training writes and export reads.
 
     RUN_DIR/
       config.json                  every hyperparameter and the data source (TrainConfig)
@@ -24,8 +24,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from training.errors import UserError
-from training.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from common.cli import UserError
+from common.files import atomic_write_bytes, atomic_write_json, read_json
+from contract.artifact import file_sha256
 from training.models import GeneratorConfig, build_generator
 
 CONFIG = "config.json"
@@ -46,7 +47,7 @@ def save_weights(path_stem: Path, tensors: dict[str, torch.Tensor], meta: dict) 
     atomic_write_bytes(weights, blob)
     atomic_write_json(
         path_stem.with_suffix(".json"),
-        {**meta, "weights": weights.name, "weights_sha256": sha256_file(weights), "torch": torch.__version__},
+        {**meta, "weights": weights.name, "weights_sha256": file_sha256(weights), "torch": torch.__version__},
     )
 
 

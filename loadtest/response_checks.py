@@ -1,7 +1,7 @@
 """What the load test sends and what it accepts, kept free of locust (importing locust monkey-patches the process).
 
-    parse_n_mix("1:3,16:1") -> ([1, 16], [3.0, 1.0])     the mix of images per request
-    problem_with(body, content_type, seed, n) -> None    or why a 200 response is malformed
+parse_n_mix("1:3,16:1") -> ([1, 16], [3.0, 1.0])     the mix of images per request
+problem_with(body, content_type, seed, n) -> None    or why a 200 response is malformed
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ MAX_SEED = 2**63 - 1
 
 
 def parse_n_mix(text: str) -> tuple[list[int], list[float]]:
-    """"1:3,16:1" -> ([1, 16], [3.0, 1.0]); a missing weight is 1."""
+    """ "1:3,16:1" -> ([1, 16], [3.0, 1.0]); a missing weight is 1."""
     ns, weights = [], []
     for item in text.split(","):
         n_text, _, weight_text = item.strip().partition(":")

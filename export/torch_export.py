@@ -13,15 +13,13 @@ from pathlib import Path
 
 import torch
 
-from export.onnx_forms import BATCH_AXIS
+from export.onnx_export import BATCH_AXIS
 
 
 @contextlib.contextmanager
 def _torchscript_deprecation_silenced():
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning
-        )
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
         yield
 
 
@@ -43,7 +41,16 @@ def write_program(module: torch.nn.Module, nz: int, path: Path) -> None:
     z = torch.zeros(2, nz)
     with torch.no_grad():
         program = torch.export.export(module, (z,), dynamic_shapes={"z": {0: torch.export.Dim(BATCH_AXIS)}})
+    strip_stack_traces(program)
     torch.export.save(program, str(path))
+
+
+def strip_stack_traces(program: torch.export.ExportedProgram) -> int:
+    """Drop each node's Python stack trace (it names the exporting machine's paths); returns how many were removed."""
+    removed = 0
+    for node in program.graph.nodes:
+        removed += node.meta.pop("stack_trace", None) is not None
+    return removed
 
 
 def load_program(path: Path) -> torch.export.ExportedProgram:

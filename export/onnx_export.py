@@ -17,7 +17,7 @@ import onnx
 import torch
 from onnx import TensorProto
 
-from export.artifact import INPUT_NAME, OUTPUT_NAME
+from contract.artifact import INPUT_NAME, OUTPUT_NAME
 from training.models import GeneratorConfig
 
 # Opsets this exporter (torch 2.13 + onnxscript 0.7) writes natively and ONNX Runtime 1.31 runs;
@@ -28,6 +28,21 @@ BATCH_AXIS = "batch"  # the dim_param name of the dynamic batch axis, in both ON
 # The converter clamps weights smaller than float16 can hold (|w| < 1e-7) and warns once per weight;
 # we count them instead and let the parity check judge the result.
 _FP16_CLAMP_WARNING = re.compile(r"the float32 number .* will be truncated to")
+# Node metadata the dynamo exporter writes: a Python stack per node, which names the exporting machine's
+# source and site-packages paths. The other node props (module names, scopes) stay: they help debugging.
+STACK_TRACE_PROP = "pkg.torch.onnx.stack_trace"
+
+
+def strip_stack_traces(model: onnx.ModelProto) -> int:
+    """Drop the per-node Python stack traces (they hold absolute paths); returns how many were removed."""
+    removed = 0
+    for nodes in [model.graph.node, *(f.node for f in model.functions)]:
+        for node in nodes:
+            kept = [p for p in node.metadata_props if p.key != STACK_TRACE_PROP]
+            removed += len(node.metadata_props) - len(kept)
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    return removed
 
 
 def write_onnx(module: torch.nn.Module, cfg: GeneratorConfig, path: Path, opset: int, metadata: dict[str, str]) -> None:
@@ -51,6 +66,7 @@ def write_onnx(module: torch.nn.Module, cfg: GeneratorConfig, path: Path, opset:
     model = program.model_proto
     model.doc_string = "DCGAN generator: z float32 (batch, nz) ~ N(0, 1) -> images float32 (batch, C, H, W) in [-1, 1]"
     onnx.helper.set_model_props(model, metadata)
+    strip_stack_traces(model)
     onnx.save_model(model, path, save_as_external_data=False)
 
 
@@ -93,10 +109,7 @@ def check_onnx(path: Path, cfg: GeneratorConfig) -> list[str]:
         problems.append(f"{path.name}: opset {opset} < {MIN_OPSET}")
 
     def signature(values) -> list[tuple]:
-        return [
-            (v.name, v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
-            for v in values
-        ]
+        return [(v.name, v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
 
     float32 = TensorProto.FLOAT
     want_in = [(INPUT_NAME, float32, [BATCH_AXIS, cfg.nz])]

@@ -1,4 +1,4 @@
-"""The model artifact contract (see DESIGN.md), torch-free: export writes it, service/ reads it.
+"""The model artifact's files and manifest (docs/design.md), torch-free: export writes it, service/ reads it.
 
     ARTIFACT_DIR/
       generator.onnx            one file, opset >= 18, input "z" float32 [batch, nz],
@@ -18,8 +18,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
-
 FORMAT = "dcgan-artifact/1"
 MANIFEST = "manifest.json"
 ONNX = "generator.onnx"
@@ -29,26 +27,19 @@ EXPORTED_PROGRAM = "generator.pt2"
 INPUT_NAME = "z"
 OUTPUT_NAME = "images"
 MODEL_NAME = "dcgan-generator"  # name in the BentoML model store
-# How a seed becomes latents, recorded in the manifest so any client can reproduce a batch.
-LATENTS = "numpy.random.default_rng(seed).standard_normal((n, nz), dtype=float32)"
-
-
-def latents_for_seed(seed: int, n: int, nz: int) -> np.ndarray:
-    """The latent batch for `seed` (see LATENTS): (n, nz) float32, N(0, 1), a function of the seed alone."""
-    return np.random.default_rng(seed).standard_normal((n, nz), dtype=np.float32)
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Model output in [-1, 1] -> 8-bit pixels: round((x + 1) * 127.5), clipped to [0, 255]."""
-    return np.clip(np.rint((images.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class ArtifactError(Exception):
     """The artifact dir is missing, incomplete or does not match its manifest."""
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_manifest(artifact_dir: str | Path) -> dict:

@@ -1,9 +1,10 @@
-"""Start, watch and stop the servers a load test targets, on free loopback ports.
+"""Start, watch and stop servers on free loopback ports: used by the load tests and the test suite alike.
 
-    with serve_bentoml(artifact, workdir, env={"DCGAN_MAX_BATCH": "2"}) as server: ...
-    with serve_baseline(model_path, workdir) as server: ...
+    with running(argv, env, log_path, port) as server: ...          # any server with a /readyz
+    with serve_bentoml(artifact, home, log_path, env={"DCGAN_MAX_BATCH": "2"}) as server: ...
+    with serve_baseline(model_path, log_path) as server: ...
 
-Each server runs in its own process group (so stopping it reaches its workers) and is stopped in a
+Each server is waited for on /readyz (failing fast, with its log's tail, if it exits) and stopped in a
 `finally`, also on Ctrl-C. `bentoml serve` gets an empty BENTOML_HOME of its own: it registers the
 artifact it is given (DCGAN_DEFAULT_ARTIFACT) and serves exactly that, whatever the user's store holds.
 """
@@ -13,21 +14,20 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import psutil
 
-from training.errors import UserError
+from common.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 180  # two BentoML workers import bentoml + onnxruntime on a busy 2-core box
@@ -62,8 +62,10 @@ def check_loopback(url: str) -> str:
         raise UserError(f"--host {url!r}: cannot resolve {parts.hostname!r} ({e})") from None
     outside = sorted(a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
     if outside:
-        raise UserError(f"--host {url!r} resolves to non-loopback {outside}; load tests target this machine only "
-                        "(pass --allow-non-loopback if you own that server)")
+        raise UserError(
+            f"--host {url!r} resolves to non-loopback {outside}; load tests target this machine only "
+            "(pass --allow-non-loopback if you own that server)"
+        )
     return url.rstrip("/")
 
 
@@ -103,28 +105,49 @@ def _log_tail(log_path: Path | None, lines: int = 15) -> str:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL whatever is left after a grace period."""
+    """SIGTERM the server (BentoML's arbiter stops its own workers), then SIGKILL whatever outlived a grace period.
+
+    BentoML's workers run in sessions of their own, so they are found as descendants, not by process group.
+    """
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+        process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(STOP_TIMEOUT_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # workers that outlived their parent
+    if process.poll() is None:
+        process.kill()
     process.wait()
+    _, alive = psutil.wait_procs(descendants, timeout=STOP_TIMEOUT_S)
+    for leftover in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()
 
 
 @contextlib.contextmanager
-def _serve(argv: list[str], env: dict[str, str], log_path: Path, port: int) -> Iterator[Server]:
+def running(
+    argv: list[str], env: dict[str, str], log_path: Path, port: int, *, cwd: Path = REPO, ready_timeout_s: float = READY_TIMEOUT_S
+) -> Iterator[Server]:
+    """Start `argv` (a server that will listen on `port`), wait for /readyz, yield it, stop it on the way out.
+
+    The one server lifecycle of this repository: the load tests and the test suite both start servers with it.
+    The process gets a session of its own, so a Ctrl-C in the terminal reaches the load test, which then stops it.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        wait_ready(server.url, process, log_path)
+        wait_ready(server.url, process, log_path, ready_timeout_s)
         yield server
     finally:
         stop(process)
+
+
+def bentoml_serve_argv(port: int, target: str = "service:svc", python: str = sys.executable) -> list[str]:
+    return [python, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
 
 
 def serve_bentoml(artifact: Path, bentoml_home: Path, log_path: Path, env: dict[str, str] | None = None):
@@ -134,8 +157,7 @@ def serve_bentoml(artifact: Path, bentoml_home: Path, log_path: Path, env: dict[
     full_env = {k: v for k, v in os.environ.items() if k not in ("DCGAN_MODEL", "DCGAN_DEFAULT_ARTIFACT")}
     full_env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="True", DCGAN_DEFAULT_ARTIFACT=str(artifact))
     full_env.update(env or {})
-    argv = [sys.executable, "-m", "bentoml", "serve", "service:svc", "--host", "127.0.0.1", "--port", str(port)]
-    return _serve(argv, full_env, log_path, port)
+    return running(bentoml_serve_argv(port), full_env, log_path, port)
 
 
 def serve_baseline(model_path: Path, log_path: Path, threads: int | None = None):
@@ -143,7 +165,7 @@ def serve_baseline(model_path: Path, log_path: Path, threads: int | None = None)
     port = free_port()
     argv = [sys.executable, "-m", "loadtest.baseline", str(model_path), "--port", str(port)]
     argv += ["--threads", str(threads)] if threads else []
-    return _serve(argv, dict(os.environ), log_path, port)
+    return running(argv, dict(os.environ), log_path, port)
 
 
 @contextlib.contextmanager

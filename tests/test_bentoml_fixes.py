@@ -1,4 +1,4 @@
-"""service/request_timer.py: BentoML's per-request timeout timer no longer outlives the request.
+"""service/bentoml_fixes.py: BentoML's per-request timeout timer no longer outlives the request.
 
 The middleware is driven directly as an ASGI app on a real event loop; what is checked is the
 loop's own timer heap after a request has finished.
@@ -11,7 +11,7 @@ import contextvars
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from service.request_timer import release_request_timers
+from service.bentoml_fixes import release_request_timers
 
 REQUEST = contextvars.ContextVar("request")
 

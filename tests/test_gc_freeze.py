@@ -1,4 +1,4 @@
-"""service/heap.py: the start-up heap is frozen out of full collections, and later garbage is still collected."""
+"""service/gc_freeze.py: the start-up heap is frozen out of full collections, and later garbage is still collected."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from service.heap import freeze_startup_heap
+from service.gc_freeze import freeze_startup_heap
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from export.artifact import EXPORTED_PROGRAM, ArtifactError, verify
-from training.errors import UserError
+from common.cli import UserError
+from contract.artifact import EXPORTED_PROGRAM, ArtifactError, verify
 from training.rundir import load_generator
 
 

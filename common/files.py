@@ -1,20 +1,13 @@
-"""Atomic writes and hashes for run dirs: a crash never leaves a half-written file behind."""
+"""Atomic writes and JSON reads for run dirs and artifacts: a crash never leaves a half-written file behind."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from common.cli import UserError
 
 
 def _umask() -> int:
@@ -49,8 +42,6 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str) -> dict:
-    from training.errors import UserError
-
     try:
         with open(path) as f:
             return json.load(f)
@@ -58,3 +49,14 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
         raise UserError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} is not valid JSON: {path} ({e})") from None
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path: str | os.PathLike) -> str:
+    """`path` relative to the repository root when it lies inside it (as results files record paths), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)

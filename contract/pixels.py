@@ -1,0 +1,10 @@
+"""The generator's output in [-1, 1] as 8-bit pixels: the one conversion every stage uses."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Model output in [-1, 1] -> 8-bit pixels: round((x + 1) * 127.5), clipped to [0, 255]."""
+    return np.clip(np.rint((images.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -1,0 +1,96 @@
+"""Register a model artifact in the BentoML model store: `python -m contract.store ARTIFACT_DIR`.
+
+The store entry holds a copy of every artifact file (manifest included), so `bentoml models list`
+shows it and a built bento carries it. Registering the same artifact twice returns the first tag:
+entries are matched by the sha256 of manifest.json, kept in the entry's metadata.
+
+Torch-free (service/ imports it): bentoml and contract.artifact only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from contract.artifact import MANIFEST, MODEL_NAME, ArtifactError, file_sha256, verify
+
+
+def register(artifact_dir: str | Path, name: str = MODEL_NAME) -> str:
+    """Verify the artifact, store it under `name` unless that exact manifest is already there; return the tag."""
+    artifact_dir = Path(artifact_dir)
+    manifest = verify(artifact_dir)
+    digest = file_sha256(artifact_dir / MANIFEST)
+    existing = _find(name, digest)
+    if existing is not None:
+        return existing
+    model = manifest["model"]
+    labels = {  # short strings, shown by `bentoml models list`
+        "arch": str(model["arch"]),
+        "image_size": str(model["image_size"]),
+        "channels": str(model["channels"]),
+        "nz": str(model["nz"]),
+        "manifest": digest[:12],
+    }
+    source = manifest.get("source", {})
+    metadata = {
+        "manifest_sha256": digest,
+        "format": manifest["format"],
+        "model": model,
+        "versions": manifest.get("versions", {}),
+        "parity": [
+            {k: row[k] for k in ("form", "runtime", "max_abs", "mean_abs", "max_8bit_levels", "ok")}
+            for row in manifest.get("parity", {}).get("rows", [])
+        ],
+        "source": {k: source[k] for k in ("run_dir", "config_sha256", "generator_sha256") if k in source},
+        "files": sorted(manifest["files"]),
+    }
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as entry:
+        for file in [MANIFEST, *manifest["files"]]:
+            shutil.copyfile(artifact_dir / file, entry.path_of(file))
+        verify(entry.path)  # an exception here leaves nothing in the store
+    return str(entry.tag)
+
+
+def _find(name: str, manifest_sha256: str) -> str | None:
+    """Tag of an intact store entry holding this exact manifest, if any."""
+    try:
+        entries = bentoml.models.list(name)
+    except NotFound:
+        return None
+    for entry in entries:
+        if entry.info.metadata.get("manifest_sha256") != manifest_sha256:
+            continue
+        try:
+            verify(entry.path)
+        except ArtifactError:
+            continue  # a damaged copy: register a fresh one
+        return str(entry.tag)
+    return None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m contract.store",
+        description="Copy a model artifact (after checking its hashes) into the BentoML model store, where "
+        "the service finds it. Prints the tag. Idempotent: the same artifact gives the same tag.",
+    )
+    parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="folder written by `python -m export` (holds manifest.json)")
+    parser.add_argument("--name", default=MODEL_NAME, help=f"model name in the store (default: {MODEL_NAME})")
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", args.name):  # BentoML's tag rule
+        parser.exit(2, f"error: --name {args.name!r}: use lowercase letters, digits, '.', '_', '-' (alphanumeric at both ends)\n")
+    try:
+        print(register(args.artifact_dir, args.name))
+    except ArtifactError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
