@@ -57,6 +57,22 @@ def register(artifact_dir: str | Path, name: str = MODEL_NAME) -> str:
     return str(entry.tag)
 
 
+def check_registered(model) -> None:
+    """A stored model's manifest must be the one registered (its sha256 is kept in the entry's metadata):
+    files and manifest rewritten together in the store pass the hash check, not this one."""
+    recorded = model.info.metadata.get("manifest_sha256")
+    if recorded is None:
+        raise ArtifactError(
+            f"{model.tag} holds no manifest_sha256: not registered by `python -m contract.store`; register its artifact again"
+        )
+    actual = file_sha256(Path(model.path) / MANIFEST)
+    if actual != recorded:
+        raise ArtifactError(
+            f"its {MANIFEST} (sha256 {actual[:12]}...) is not the one registered (sha256 {recorded[:12]}...): "
+            "the stored files were changed after registration; register the artifact again"
+        )
+
+
 def _find(name: str, manifest_sha256: str) -> str | None:
     """Tag of an intact store entry holding this exact manifest, if any."""
     try:

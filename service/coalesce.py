@@ -1,13 +1,20 @@
-"""Merge the concurrent generator calls of one entry worker into fewer, larger internal calls.
+"""Merge the concurrent generator calls of one entry worker into fewer, larger internal calls, within a deadline.
 
-Why: on a CPU, ONNX Runtime costs about the same per image at any batch size, so the price of an
-n=1 request is mostly framework: each internal call is an HTTP round trip between the entry and
+Why merge: on a CPU, ONNX Runtime costs about the same per image at any batch size, so the price of
+an n=1 request is mostly framework: each internal call is an HTTP round trip between the entry and
 the generator process, with (de)serialisation on both sides. BentoML's adaptive batching merges
 calls only once they reach the generator, after each has paid that price.
 
 How: a call goes out at once when fewer than `max_inflight` calls are in flight; otherwise it
 waits, and when a call returns, everything waiting (up to `max_images` images) goes out as one
 call. Under light load nothing waits; under heavy load the batches grow with the queue. No timer.
+
+Overload: the queue is bounded in images, and each request has a deadline (`deadline_s`). A request
+whose images would not start within the deadline, by the queue ahead of it and the measured cost
+per image, is refused at once with Overloaded (the entry answers 503 + Retry-After); one that still
+waited past its deadline is refused when its turn comes rather than sent late. A caller that goes
+away (its task cancelled: the client disconnected) is dropped before its latents reach the
+generator. So admitted requests finish within about the deadline, and the queue never outlives a burst.
 
 Results are split back in order, so each caller gets exactly the rows of its own latents. Rows do
 not interact in the model (its BatchNorm layers use running statistics in the exported graph), so
@@ -17,68 +24,174 @@ merging changes no image; the generator's own adaptive batching already mixes ca
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 Call = Callable[[np.ndarray], Awaitable[np.ndarray]]
+EWMA_WEIGHT = 0.2  # of each new call in the running cost per image
+
+
+class Overloaded(Exception):
+    """The request cannot be served within its deadline; the client should retry later."""
+
+
+class ClientGone(Exception):
+    """The caller's client disconnected while the request waited: nobody is left to answer."""
+
+
+@dataclass
+class _Waiting:
+    latents: np.ndarray
+    future: asyncio.Future
+    deadline: float  # time.monotonic() by which its call must have started
 
 
 class Coalescer:
     """`await coalescer(latents)` (B, nz) -> (B, ...) images, sharing internal calls with concurrent callers."""
 
-    def __init__(self, call: Call, max_images: int, max_inflight: int = 2) -> None:
-        if max_images < 1 or max_inflight < 1:
-            raise ValueError(f"max_images and max_inflight must be >= 1, got {max_images}, {max_inflight}")
+    def __init__(
+        self,
+        call: Call,
+        max_images: int,
+        max_inflight: int = 2,
+        deadline_s: float = float("inf"),
+        max_queued_images: int | None = None,
+    ) -> None:
+        if max_images < 1 or max_inflight < 1 or not deadline_s > 0:
+            raise ValueError(f"max_images, max_inflight must be >= 1 and deadline_s > 0, got {max_images}, {max_inflight}, {deadline_s}")
         self._call = call
         self.max_images = max_images
         self.max_inflight = max_inflight
-        self._waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self.deadline_s = deadline_s
+        self.max_queued_images = max_queued_images
+        self._waiting: deque[_Waiting] = deque()
+        self._queued_images = 0
         self._inflight = 0
+        self._inflight_images = 0
         self._tasks: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+        self.seconds_per_image = 0.0  # running mean of a call's wall time per image (0 until the first call)
         self.calls = 0  # internal calls made
         self.requests = 0  # callers served by them
+        self.refused = 0  # callers refused with Overloaded
+        self.dropped = 0  # callers gone (cancelled) before their call went out
+        # While the generator is unreachable (restarting): new callers are refused at once, and the deadlines of
+        # those already waiting are suspended, so that they are served once it is back rather than refused.
+        self.unavailable_since: float | None = None
 
-    async def __call__(self, latents: np.ndarray) -> np.ndarray:
+    def generator_down(self) -> None:
+        if self.unavailable_since is None:
+            self.unavailable_since = time.monotonic()
+
+    def generator_up(self) -> None:
+        if self.unavailable_since is not None:
+            outage = time.monotonic() - self.unavailable_since
+            for item in self._waiting:
+                item.deadline += outage
+            self.unavailable_since = None
+
+    def expected_wait_s(self, images: int) -> float:
+        """How long until `images` more would be answered: the images in flight and queued ahead, then its own, at the
+        measured wall time per image of a call. With calls overlapping in the generator that time counts each image's
+        share of the other calls too, so under load the estimate errs long, which is the safe side of a deadline."""
+        if self._inflight < self.max_inflight and not self._waiting:
+            return 0.0
+        if not self.calls:  # no cost measured yet: only the bound on queued images applies
+            return 0.0
+        return (self._inflight_images + self._queued_images + images) * self.seconds_per_image
+
+    async def __call__(self, latents: np.ndarray, client_left: Callable[[], Awaitable[None]] | None = None) -> np.ndarray:
+        """The images of `latents`. `client_left`, if given, returns once the caller's client has gone: a caller still
+        waiting then is dropped (ClientGone) and its latents never go out."""
+        n = len(latents)
+        if self.unavailable_since is not None:
+            self.refused += 1
+            raise Overloaded(f"the generator is restarting (unreachable for {time.monotonic() - self.unavailable_since:.1f} s)")
+        if self.max_queued_images is not None and self._waiting and self._queued_images + n > self.max_queued_images:
+            self.refused += 1
+            raise Overloaded(f"{self._queued_images} images already queued (at most {self.max_queued_images})")
+        if self.expected_wait_s(n) > self.deadline_s:
+            self.refused += 1
+            raise Overloaded(f"the queue ahead would take about {self.expected_wait_s(n):.1f} s (deadline {self.deadline_s:g} s)")
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((latents, future))
+        self._waiting.append(_Waiting(latents, future, time.monotonic() + self.deadline_s))
+        self._queued_images += n
         self._send()
-        return await future
+        if client_left is None or future.done() or not any(item.future is future for item in self._waiting):
+            return await future  # sent at once (or no way to tell a departure): nothing to watch
+        left = asyncio.ensure_future(client_left())
+        try:
+            await asyncio.wait({future, left}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+        if not future.done():
+            future.cancel()  # _prune drops it before its call goes out
+            raise ClientGone("the client disconnected while its request waited for the generator")
+        return future.result()
+
+    def _prune(self) -> None:
+        """Drop the callers at the head of the queue that are gone (cancelled) or already past their deadline."""
+        now = float("-inf") if self.unavailable_since is not None else time.monotonic()
+        while self._waiting and (self._waiting[0].future.cancelled() or now > self._waiting[0].deadline):
+            item = self._waiting.popleft()
+            self._queued_images -= len(item.latents)
+            if item.future.cancelled():
+                self.dropped += 1
+            else:
+                self.refused += 1
+                item.future.set_exception(Overloaded(f"waited past its deadline ({self.deadline_s:g} s) in the queue"))
+
+    def _pop(self) -> _Waiting:
+        item = self._waiting.popleft()
+        self._queued_images -= len(item.latents)
+        return item
 
     def _send(self) -> None:
-        while self._waiting and self._inflight < self.max_inflight:
-            batch = [self._waiting.popleft()]
-            images = len(batch[0][0])
+        while self._inflight < self.max_inflight:
+            self._prune()
+            if not self._waiting:
+                return
+            batch = [self._pop()]
+            images = len(batch[0].latents)
             # A request larger than max_images still goes, alone; others join while they fit.
-            while self._waiting and images + len(self._waiting[0][0]) <= self.max_images:
-                batch.append(self._waiting.popleft())
-                images += len(batch[-1][0])
-            batch = [(latents, future) for latents, future in batch if not future.cancelled()]
-            if not batch:
-                continue
+            while True:
+                self._prune()
+                if not self._waiting or images + len(self._waiting[0].latents) > self.max_images:
+                    break
+                batch.append(self._pop())
+                images += len(batch[-1].latents)
             self._inflight += 1
-            task = asyncio.create_task(self._run(batch))
+            self._inflight_images += images
+            task = asyncio.create_task(self._run(batch, images))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+    async def _run(self, batch: list[_Waiting], images: int) -> None:
+        started = time.monotonic()
         try:
-            latents = batch[0][0] if len(batch) == 1 else np.concatenate([latents for latents, _ in batch])
-            images = await self._call(latents)
+            latents = batch[0].latents if len(batch) == 1 else np.concatenate([item.latents for item in batch])
+            result = await self._call(latents)
+            took = time.monotonic() - started
+            if took <= self.deadline_s:  # a call that outlasted a generator restart says nothing about its speed
+                weight = EWMA_WEIGHT if self.calls else 1.0
+                self.seconds_per_image += weight * (took / images - self.seconds_per_image)
             self.calls += 1
             self.requests += len(batch)
             start = 0
-            for part, future in batch:
-                if not future.done():  # its caller may have gone (client disconnected)
-                    future.set_result(images[start : start + len(part)])
-                start += len(part)
+            for item in batch:
+                if not item.future.done():  # its caller may have gone (client disconnected)
+                    item.future.set_result(result[start : start + len(item.latents)])
+                start += len(item.latents)
         except BaseException as e:  # every caller of the merged call gets its error
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
             if not isinstance(e, Exception):
                 raise
         finally:
             self._inflight -= 1
+            self._inflight_images -= images
             self._send()

@@ -20,8 +20,10 @@ resets (the call is idempotent) and turns generator overload into 503 + Retry-Af
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.resources
+import itertools
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -39,10 +41,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from contract.latents import LATENTS, latents_for_seed
-from service.coalesce import Coalescer
+from service.coalesce import ClientGone, Coalescer, Overloaded
+from service.drain import DRAIN, install_entry_drain
 from service.gc_freeze import freeze_startup_heap
 from service.generator import GeneratorService
-from service.http_guard import RETRY_AFTER_S, AdmissionLimit, RequestGuard
+from service.http_guard import CLIENT_LEFT, RETRY_AFTER_S, AdmissionLimit, ApiKeyAuth, RequestGuard
 from service.images import animation_bytes, grid, png_bytes
 from service.interpolate import interpolation_latents
 from service.schema import (
@@ -57,9 +60,11 @@ from service.schema import (
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
-# With the pool never replaced (generator.py) 64 clients x 60 s saw no reset; the retries are the net
-# for those nothing prevents (a keep-alive connection closed as it is reused).
-RETRIES = 3
+# A generator call that cannot connect is sent again (it is idempotent), after a growing pause, for up to
+# DCGAN_GENERATOR_RESTART_WAIT_S: a pooled connection reset under load (BentoML #4971) heals at once, a
+# generator worker that crashed is back in seconds (BentoML restarts it) and its callers still get their images.
+RETRY_PAUSE_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+READY_TIMEOUT_S = 2.0  # the generator's answer to a readiness probe; the manifests' probes time out at 3 s
 MAX_BODY_BYTES = 4096  # the largest valid body is ~80 bytes; pretty-printed JSON still fits
 # The forms of an interpolation: route -> (what it encodes, media type).
 INTERPOLATION_FORMS = {
@@ -80,12 +85,24 @@ PAGE_DIR = Path(__file__).parent / "page"
 SWAGGER_PAGE = importlib.resources.files("_bentoml_impl.server") / "main-openapi.html"
 
 
-class GeneratorUnavailable(Exception):
-    """The generator is overloaded or cannot be reached after retries: the client should retry later."""
+class NoImages(Exception):
+    """A generation request that ends without images: 503 + Retry-After (the server is overloaded or the generator
+    unreachable in time: retry later), or 499 for a client that left (uvicorn drops it; the access log keeps it)."""
+
+    status = 503
+
+    def response(self) -> Response:
+        if self.status == 503:
+            return error_response(503, f"{self}; retry after {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return error_response(self.status, str(self))
 
 
-def _unavailable(e: GeneratorUnavailable) -> Response:
-    return error_response(503, f"{e}; retry after {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+class GeneratorUnavailable(NoImages):
+    status = 503
+
+
+class ClientLeft(NoImages):
+    status = 499  # nginx's "client closed request"
 
 
 async def info_route(request: Request) -> Response:
@@ -153,7 +170,14 @@ class EntryService:
     def __init__(self) -> None:
         self._described: dict | None = None  # the generator's describe(), fetched once
         # Concurrent requests share generator calls (service/coalesce.py); the generator batches across workers.
-        self._merged = Coalescer(self._call_generator, SETTINGS.max_batch_size, SETTINGS.generator_calls)
+        self._merged = Coalescer(
+            self._call_generator,
+            SETTINGS.max_batch_size,
+            SETTINGS.generator_calls,
+            deadline_s=SETTINGS.deadline_ms / 1000,
+            max_queued_images=SETTINGS.max_queued_images,
+        )
+        install_entry_drain(SETTINGS.drain_timeout_s)  # SIGTERM: refuse new work, finish the admitted, then stop
         freeze_startup_heap()
 
     async def _describe(self) -> dict:
@@ -162,10 +186,16 @@ class EntryService:
         return self._described
 
     async def __is_ready__(self) -> bool:
-        """Ready once the generator has loaded, warmed up and answered describe()."""
+        """Ready while the generator answers (it has loaded and warmed up); not while draining or while it is down.
+
+        The generator is asked on every probe, with a short timeout: while a generator worker restarts, its
+        listening socket still accepts connections, and an unbounded call would hang the probe instead of failing it.
+        """
+        if DRAIN.draining or self._merged.unavailable_since is not None:
+            return False
         try:
-            await self._describe()
-        except (aiohttp.ClientError, bentoml.exceptions.BentoMLException):
+            self._described = await asyncio.wait_for(self.generator.to_async.describe(), READY_TIMEOUT_S)
+        except (aiohttp.ClientError, bentoml.exceptions.BentoMLException, TimeoutError):
             return False
         return True
 
@@ -177,15 +207,25 @@ class EntryService:
             "pixels": "uint8 = clip(round((x + 1) * 127.5), 0, 255), NHWC",
             "interpolation": "slerp(latents_for_seed(seed_a, 1, nz)[0], latents_for_seed(seed_b, 1, nz)[0], k / (steps - 1))",
             "merging": {
+                "requests_in_progress": DRAIN.inflight,  # admitted generation requests of this worker, not yet answered
                 "generator_calls_in_flight": SETTINGS.generator_calls,
                 "generator_calls": self._merged.calls,
                 "requests": self._merged.requests,
+                "refused": self._merged.refused,
+                "cancelled_disconnected": RequestGuard.cancelled,  # client left before its request's body was in
+                "dropped_disconnected": self._merged.dropped,  # client left while its request waited for the generator
+                "seconds_per_image": self._merged.seconds_per_image,
             },
             "limits": {
                 "max_n": SETTINGS.max_n,
                 "max_steps": MAX_STEPS,
                 "max_inflight": SETTINGS.max_inflight,
                 "max_body_bytes": MAX_BODY_BYTES,
+                "deadline_ms": SETTINGS.deadline_ms,
+                "max_queued_images": SETTINGS.max_queued_images,
+                "body_timeout_s": SETTINGS.body_timeout_s,
+                "drain_timeout_s": SETTINGS.drain_timeout_s,
+                "api_key_required": bool(SETTINGS.api_key),
             },
         }
 
@@ -198,22 +238,37 @@ class EntryService:
 
     async def _images(self, latents: np.ndarray) -> np.ndarray:
         """(B, nz) float32 latents -> (B, H, W, C) uint8 images, in a generator call shared with concurrent requests."""
-        return await self._merged(latents)
+        try:
+            return await self._merged(latents, CLIENT_LEFT.get())
+        except Overloaded as e:
+            raise GeneratorUnavailable(f"server overloaded: {e}") from None
+        except ClientGone as e:
+            raise ClientLeft(str(e)) from None
 
     async def _call_generator(self, latents: np.ndarray) -> np.ndarray:
         """One call of the batched generator: (B, nz) float32 latents -> (B, H, W, C) uint8 images."""
-        for attempt in range(1, RETRIES + 2):
+        first_failure = None
+        for attempt in itertools.count():
             try:
-                return await self.generator.to_async.generate(latents)
+                images = await self.generator.to_async.generate(latents)
             except ServiceUnavailable:
                 raise GeneratorUnavailable("generator overloaded: the request could not be batched within its latency budget") from None
             except TimeoutError:
                 raise GeneratorUnavailable("generator did not answer in time") from None
             except aiohttp.ClientConnectionError as e:
-                # BentoML #4971: a pooled connection reset under concurrency. The call is idempotent: send it again.
-                if attempt > RETRIES:
-                    raise GeneratorUnavailable(f"generator unreachable after {RETRIES} retries ({type(e).__name__})") from None
-                logger.warning("generator call failed (%s: %s); retry %d of %d", type(e).__name__, e, attempt, RETRIES)
+                now = asyncio.get_running_loop().time()
+                first_failure = first_failure or now
+                self._merged.generator_down()
+                if now - first_failure >= SETTINGS.generator_restart_wait_s:
+                    raise GeneratorUnavailable(f"generator unreachable for {now - first_failure:.0f} s ({type(e).__name__})") from None
+                if attempt % 20 == 0:
+                    logger.warning(
+                        "generator unreachable (%s: %s); retrying for up to %d s", type(e).__name__, e, SETTINGS.generator_restart_wait_s
+                    )
+                await asyncio.sleep(RETRY_PAUSE_S[min(attempt, len(RETRY_PAUSE_S) - 1)])
+                continue
+            self._merged.generator_up()
+            return images
 
     def _headers(self, seed: int, n: int, images: np.ndarray) -> dict[str, str]:
         return {"X-Seed": str(seed), "X-N": str(n), "X-Model": self._described["model"], "X-Shape": ",".join(map(str, images.shape))}
@@ -223,8 +278,8 @@ class EntryService:
         """n images for a seed, as base64-encoded PNG files in JSON."""
         try:
             images = await self._generate(seed, n)  # (n, H, W, C)
-        except GeneratorUnavailable as e:
-            return _unavailable(e)
+        except NoImages as e:
+            return e.response()
         _, h, w, c = images.shape
         return SampleResponse(
             seed=seed,
@@ -239,8 +294,8 @@ class EntryService:
     async def grid_response(self, seed: int, n: int) -> Response:
         try:
             images = await self._generate(seed, n)
-        except GeneratorUnavailable as e:
-            return _unavailable(e)
+        except NoImages as e:
+            return e.response()
         return Response(png_bytes(grid(images)), media_type="image/png", headers=self._headers(seed, n, images))
 
     @bentoml.api(route="/sample/grid", input_spec=SampleRequest)
@@ -253,8 +308,8 @@ class EntryService:
         """The n images as raw uint8 bytes, shape (n, H, W, C) C-order, given in the X-Shape header."""
         try:
             images = await self._generate(seed, n)
-        except GeneratorUnavailable as e:
-            return _unavailable(e)
+        except NoImages as e:
+            return e.response()
         return Response(images.tobytes(), media_type="application/octet-stream", headers=self._headers(seed, n, images))
 
     async def interpolation_response(self, seed_a: int, seed_b: int, steps: int, route: str) -> Response:
@@ -262,8 +317,8 @@ class EntryService:
         form, media_type = INTERPOLATION_FORMS[route]
         try:
             frames = await self._images(interpolation_latents(seed_a, seed_b, steps, await self._nz()))  # (steps, H, W, C)
-        except GeneratorUnavailable as e:
-            return _unavailable(e)
+        except NoImages as e:
+            return e.response()
         if form == "strip":
             content = png_bytes(grid(frames, cols=steps))
         else:
@@ -297,8 +352,13 @@ class EntryService:
         return await self.interpolation_response(seed_a, seed_b, steps, "/interpolate/strip")
 
 
-# Outermost first: refuse overload before reading a byte, then refuse malformed requests.
+# Outermost first (service/http_guard.py): the API key, then the whole body within its deadline and valid, and only
+# then a place among the requests in progress, so that slow or bad clients never hold one.
+if SETTINGS.api_key:  # no layer at all without a key: every middleware costs each request
+    EntryService.add_asgi_middleware(ApiKeyAuth, key=SETTINGS.api_key, paths=frozenset({*REQUEST_MODELS, "/info"}))
+EntryService.add_asgi_middleware(
+    RequestGuard, post_models=REQUEST_MODELS, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES, body_timeout_s=SETTINGS.body_timeout_s
+)
 EntryService.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=frozenset(REQUEST_MODELS))
-EntryService.add_asgi_middleware(RequestGuard, post_models=REQUEST_MODELS, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES)
 
 svc = EntryService

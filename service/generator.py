@@ -13,18 +13,27 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+from bentoml.exceptions import BentoMLException
 
 from contract.pixels import to_uint8
 from service.bentoml_fixes import RUNNER_CONNECTION, bound_batch_wait, log_shedding_in_one_line, release_request_timers
+from service.drain import install_generator_drain
 from service.gc_freeze import freeze_startup_heap
 from service.model_source import GeneratorModel, verified_manifest
-from service.runtime import open_runtime, warm_up
+from service.preflight import check_stored_model
+from service.runtime import CUDA, open_runtime, warm_up
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
 MODEL = GeneratorModel(SETTINGS.model_tag, default_artifact=SETTINGS.default_artifact)
 bound_batch_wait(SETTINGS.max_batch_wait_ms)  # before BentoML builds this service's dispatcher
 release_request_timers()  # before BentoML builds this service's app (entry.py imports this module too)
+# On /metrics (all workers): which model and execution provider serve, so a dashboard shows a GPU pod serving on CPU.
+GENERATOR_INFO = bentoml.metrics.Gauge(
+    name="dcgan_generator_info",
+    documentation="1 for the model, ONNX file and ONNX Runtime execution provider this generator worker serves with",
+    labelnames=["model", "model_file", "provider"],
+)
 BATCHING = (
     {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
     if SETTINGS.max_batch_size > 1
@@ -45,8 +54,7 @@ class GeneratorService:
     @bentoml.on_deployment
     def check_artifact() -> None:
         """Runs once in the `bentoml serve` process before any worker starts: a bad artifact stops start-up here."""
-        stored = MODEL.resolve()
-        verified_manifest(stored.path, str(stored.tag))
+        logger.info("start-up check: %s", check_stored_model(MODEL.resolve()))  # service/preflight.py
 
     def __init__(self) -> None:
         log_shedding_in_one_line()
@@ -55,6 +63,10 @@ class GeneratorService:
         self.manifest = verified_manifest(stored.path, self.tag)
         self.runtime = open_runtime(Path(stored.path), self.manifest, SETTINGS.ort_threads)
         warm_up(self.runtime, self.manifest)
+        if SETTINGS.require_cuda and self.runtime.provider != CUDA:  # the start-up check passed, this worker did not
+            raise BentoMLException(f"DCGAN_REQUIRE_CUDA=1 but this generator worker runs on {self.runtime.provider}")
+        GENERATOR_INFO.labels(model=self.tag, model_file=self.runtime.model_file, provider=self.runtime.provider).set(1)
+        install_generator_drain(SETTINGS.drain_timeout_s)  # SIGTERM: serve until the entry has drained (service/drain.py)
         frozen = freeze_startup_heap()
         logger.info(
             "serving %s (%s) on %s, threads=%s; %d start-up objects frozen out of full GCs",

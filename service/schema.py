@@ -140,7 +140,21 @@ def request_from_json(body: bytes, model: type[bentoml.IODescriptor]) -> bentoml
     return model.model_validate_json(body or b"{}")
 
 
+QUERY_INT = re.compile(r"-?[0-9]+")
+QUERY_INT_DIGITS = 30  # more digits than any limit has: such a number is only ever "too large" (or "too small")
+
+
+def _query_int(text: str) -> int | str:
+    """A query value that is an integer, as an int (of any length, without Python's int-conversion limit)."""
+    if not QUERY_INT.fullmatch(text):
+        return text  # fails the int rule with its own message
+    digits = text.lstrip("-").lstrip("0") or "0"
+    if len(digits) > QUERY_INT_DIGITS:
+        return -(10**QUERY_INT_DIGITS) if text.startswith("-") else 10**QUERY_INT_DIGITS
+    return int(text)
+
+
 def request_from_query(params: dict[str, str], model: type[bentoml.IODescriptor]) -> bentoml.IODescriptor:
-    """Parse and validate GET query parameters (strings); digits become integers, anything else fails the int rule."""
-    values = {k: int(v) if re.fullmatch(r"[0-9]+", v) else v for k, v in params.items()}
-    return model.model_validate(values)
+    """Parse and validate GET query parameters (strings); integers (signed, any length) become ints, anything else
+    fails the int rule. So `seed=-1` is "must be >= 0" and a 5,000-digit seed is "must be <= ...", never a 500."""
+    return model.model_validate({k: _query_int(v) for k, v in params.items()})

@@ -7,7 +7,7 @@ them with environment variables, never by editing code.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bentoml.exceptions import BentoMLConfigException
@@ -32,6 +32,15 @@ def _env_int(name: str, default: int, low: int) -> int:
     return value
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in ("1", "true", "yes", "0", "false", "no"):
+        raise BentoMLConfigException(f"environment variable {name}={raw!r} must be 1/true/yes or 0/false/no")
+    return raw in ("1", "true", "yes")
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     model_tag: str  # DCGAN_MODEL: BentoML model store tag to serve
@@ -45,6 +54,16 @@ class ServiceSettings:
     max_inflight: int  # DCGAN_MAX_INFLIGHT: requests in progress at the entry; more get 429 at once
     generator_calls: int  # DCGAN_GENERATOR_CALLS: generator calls an entry worker keeps in flight; later requests wait and are merged
     ort_threads: int  # DCGAN_ORT_THREADS: ONNX Runtime intra-op threads on CPU
+    # DCGAN_DEADLINE_MS: a request whose images could not be done within this is refused at once (503 + Retry-After),
+    # so admitted requests finish within about it however heavy the load
+    deadline_ms: int
+    max_queued_images: int  # DCGAN_MAX_QUEUED_IMAGES: images waiting for the generator per entry worker; past it, 503
+    drain_timeout_s: int  # DCGAN_DRAIN_TIMEOUT_S: on SIGTERM, longest wait for admitted requests (service/drain.py)
+    body_timeout_s: int  # DCGAN_BODY_TIMEOUT_S: a request body must arrive within this, else 408
+    # DCGAN_GENERATOR_RESTART_WAIT_S: how long a call keeps retrying an unreachable generator (a worker restarting)
+    generator_restart_wait_s: int
+    api_key: str = field(repr=False)  # DCGAN_API_KEY: when set, the generation routes and /info want `Authorization: Bearer <key>`
+    require_cuda: bool  # DCGAN_REQUIRE_CUDA: 1 = start-up fails unless ONNX Runtime runs on CUDA (GPU pods)
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -60,6 +79,13 @@ class ServiceSettings:
             max_inflight=_env_int("DCGAN_MAX_INFLIGHT", 256, 1),
             generator_calls=_env_int("DCGAN_GENERATOR_CALLS", 2, 1),
             ort_threads=_env_int("DCGAN_ORT_THREADS", cores, 1),
+            deadline_ms=_env_int("DCGAN_DEADLINE_MS", 2000, 1),
+            max_queued_images=_env_int("DCGAN_MAX_QUEUED_IMAGES", 1024, 1),
+            drain_timeout_s=_env_int("DCGAN_DRAIN_TIMEOUT_S", 15, 0),
+            body_timeout_s=_env_int("DCGAN_BODY_TIMEOUT_S", 5, 1),
+            generator_restart_wait_s=_env_int("DCGAN_GENERATOR_RESTART_WAIT_S", 25, 0),
+            api_key=os.environ.get("DCGAN_API_KEY", ""),
+            require_cuda=_env_bool("DCGAN_REQUIRE_CUDA", False),
         )
 
 

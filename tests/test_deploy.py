@@ -143,6 +143,33 @@ def test_resources_requests_and_limits(rendered):
     assert env["DCGAN_ORT_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
 
 
+def test_the_drain_fits_the_grace_period_and_agrees_with_the_service(rendered):
+    """Kubernetes kills the pod terminationGracePeriodSeconds after preStop begins: preStop, the drain, the generator's
+    extra time and the shutdown must all fit, and the readiness probe must notice the drain well before its end."""
+    from service import drain
+    from service.settings import SETTINGS
+
+    pod = by_kind(rendered)["Deployment"]["spec"]["template"]["spec"]
+    c = container(rendered)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    drain_s = int(env["DCGAN_DRAIN_TIMEOUT_S"])
+    assert drain_s == SETTINGS.drain_timeout_s  # the manifests state the service's default, not another figure
+    (sleep, seconds) = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep == "sleep"
+    worst_s = int(seconds) + drain_s + drain.GENERATOR_EXTRA_S + drain.HARD_EXIT_AFTER_S
+    assert worst_s < pod["terminationGracePeriodSeconds"], worst_s
+    readiness = c["readinessProbe"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= drain_s
+
+
+def test_gpu_overlay_requires_cuda_and_the_cpu_overlay_does_not():
+    def env(overlay):
+        return {e["name"]: e.get("value") for e in container(kustomize(K8S / "overlays" / overlay))["env"]}
+
+    assert env("gpu")["DCGAN_REQUIRE_CUDA"] == "1"
+    assert "DCGAN_REQUIRE_CUDA" not in env("cpu")
+
+
 def test_gpu_overlay_asks_for_one_gpu_and_cpu_overlay_for_none():
     gpu, cpu = kustomize(K8S / "overlays" / "gpu"), kustomize(K8S / "overlays" / "cpu")
     assert container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == 1

@@ -246,7 +246,7 @@ def test_get_query_is_validated(service_url, query):
 def test_wrong_method_gets_405_json(service_url, method):
     r = httpx.request(method, f"{service_url}/interpolate/strip", timeout=TIMEOUT)
     assert r.status_code == 405
-    assert r.headers["allow"] == "GET, POST" and method in r.json()["error"]
+    assert r.headers["allow"] == "GET, HEAD, POST" and method in r.json()["error"]
 
 
 def test_info_states_the_interpolation_and_its_bound(service_url):

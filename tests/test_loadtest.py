@@ -299,3 +299,31 @@ def test_goals_say_what_was_not_measured():
 
     verdicts = goals({"targets": [{"name": "bentoml", "levels": [_lv("1", 32, 450, 200)]}]})
     assert all(g["status"].startswith("not measured") for g in verdicts if g["goal"] != "zero failed requests at every level")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--scenarios", "drain,flood"], "--scenarios 'drain,flood': choose from"), (["--artifact", "/nonexistent"], "no model artifact")],
+)
+def test_faults_cli_refuses_bad_input_in_one_line(argv, message, capsys):
+    from loadtest import faults
+
+    with pytest.raises(SystemExit) as exit_info:
+        faults.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_faults_disconnect_scenario_prints_its_table(service_artifact, tmp_path):
+    """One scenario against a real server (the others each have their own test in tests/test_service_*.py)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtest.faults", "--artifact", str(service_artifact), "--scenarios", "disconnect", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "faults.json").read_text())["rows"]
+    assert row["scenario"].startswith("client disconnects") and row["sent"] == 40, row
+    assert row["failed"] == "0" and row["lost"] == 0 and "whose clients left while they waited" in row["notes"], row
+    assert "| scenario | sent | completed | refused | failed | lost |" in proc.stdout

@@ -234,6 +234,42 @@ def test_grid_query_is_validated(service_url, query):
     assert r.json()["errors"]
 
 
+@pytest.mark.parametrize(
+    ("query", "rule"),
+    [
+        ({"seed": "-1"}, "seed must be >= 0"),
+        ({"seed": "9" * 5000}, f"seed must be <= {2**63 - 1}"),  # past Python's 4,300-digit int conversion limit
+        ({"seed": "-" + "9" * 5000}, "seed must be >= 0"),
+        ({"seed": "1", "n": "1" + "0" * 5000}, "n must be <= 64"),
+    ],
+    ids=["negative", "5000-digits", "negative-5000-digits", "n-5000-digits"],
+)
+@pytest.mark.parametrize("path", ["/sample/grid", "/interpolate/strip"])
+def test_query_integers_of_any_length_get_a_4xx_naming_the_rule(service_url, path, query, rule):
+    if path.startswith("/interpolate"):
+        query = {("seed_a" if k == "seed" else "steps" if k == "n" else k): v for k, v in query.items()} | {"seed_b": "2"}
+        rule = rule.replace("seed ", "seed_a ").replace("n must be <= 64", "steps must be <= 64")
+    r = httpx.get(f"{service_url}{path}", params=query, timeout=TIMEOUT)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == rule
+
+
+@pytest.mark.parametrize("path", ["/sample/grid?seed=3&n=4", "/interpolate?seed_a=1&seed_b=2&steps=3", "/info", "/ui/"])
+def test_head_works_where_get_does(service_url, path):
+    got = httpx.get(f"{service_url}{path}", timeout=TIMEOUT)
+    head = httpx.head(f"{service_url}{path}", timeout=TIMEOUT)
+    assert got.status_code == head.status_code == 200, head.text
+    assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+
+
+def test_metrics_name_the_model_and_execution_provider(service_url):
+    info = httpx.get(f"{service_url}/info", timeout=TIMEOUT).json()
+    metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
+    (line,) = [m for m in metrics.splitlines() if m.startswith("dcgan_generator_info{")]
+    assert f'model="{info["model"]}"' in line and f'provider="{info["provider"]}"' in line, line
+    assert f'model_file="{info["model_file"]}"' in line and line.endswith(" 1.0"), line
+
+
 def test_health_endpoints(service_url):
     assert httpx.get(f"{service_url}/livez", timeout=TIMEOUT).status_code == 200
     assert httpx.get(f"{service_url}/readyz", timeout=TIMEOUT).status_code == 200

@@ -1,20 +1,27 @@
 """Overload: past its limits the service answers 429/503 with Retry-After at once, and serves again when load drops.
 
 One extra server with tiny limits, so a handful of requests is "beyond capacity":
-at most 2 requests in progress, 2 images per batch, a 1 ms queueing budget.
+at most 2 requests in progress, 2 images per batch, a 1 ms queueing budget. And one serving the
+committed default model (its real cost per image) with the default 2 s request deadline, driven far past
+saturation: admitted requests finish within about the deadline, the rest are refused at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import statistics
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
+REPO = Path(__file__).resolve().parents[1]
+DEADLINE_S = 2.0  # the default DCGAN_DEADLINE_MS
+OVERLOAD = {"DCGAN_DEADLINE_MS": str(int(DEADLINE_S * 1000))}
 TIGHT = {"DCGAN_MAX_INFLIGHT": "2", "DCGAN_MAX_BATCH": "2", "DCGAN_MAX_LATENCY_MS": "1"}
 
 
@@ -66,3 +73,75 @@ def _post_honouring_retry_after(url: str, body: dict, tries: int = 3) -> httpx.R
             return r
         time.sleep(float(r.headers["retry-after"]))
     return r
+
+
+@pytest.fixture(scope="module")
+def deadline_url(tmp_path_factory):
+    from conftest import serve
+
+    with serve(tmp_path_factory.mktemp("overload"), REPO / "artifacts" / "default", OVERLOAD) as server:
+        yield server.url
+
+
+async def _closed_loop(url: str, clients: int, seconds: float, n: int) -> list[tuple[int, float, str | None]]:
+    """`clients` clients, each sending the next request when the last one is answered (after Retry-After if refused)."""
+    results: list[tuple[int, float, str | None]] = []
+    end = time.monotonic() + seconds
+
+    async def client_loop(client: httpx.AsyncClient, seed: int) -> None:
+        while time.monotonic() < end:
+            start = time.monotonic()
+            r = await client.post(f"{url}/sample", json={"seed": seed, "n": n})
+            results.append((r.status_code, time.monotonic() - start, r.headers.get("retry-after")))
+            seed += clients
+            if r.status_code == 503:
+                await asyncio.sleep(float(r.headers["retry-after"]))
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=clients)) as client:
+        await asyncio.gather(*(client_loop(client, seed) for seed in range(clients)))
+    return results
+
+
+def test_far_past_saturation_admitted_requests_finish_within_the_deadline_and_the_rest_are_refused_at_once(deadline_url):
+    """64 closed-loop clients asking for 64 images each: several times what two cores generate in a deadline."""
+    results = asyncio.run(_closed_loop(deadline_url, clients=64, seconds=5, n=64))
+    statuses = collections.Counter(status for status, _, _ in results)
+    assert set(statuses) == {200, 503}, statuses  # nothing else: no timeout, no 500
+    served = sorted(s for status, s, _ in results if status == 200)
+    refused = sorted(s for status, s, _ in results if status == 503)
+    assert all(retry == "1" for status, _, retry in results if status == 503)
+    p99 = served[int(0.99 * (len(served) - 1))]
+    print(f"{statuses}; served p50 {statistics.median(served):.3f} s p99 {p99:.3f} s; refused p50 {statistics.median(refused):.3f} s")
+    assert p99 < 2 * DEADLINE_S, (p99, statuses)
+    assert statistics.median(refused) < DEADLINE_S / 8, statistics.median(refused)
+
+
+def test_after_a_burst_the_next_request_is_served_at_once(deadline_url):
+    asyncio.run(_closed_loop(deadline_url, clients=64, seconds=2, n=64))
+    start = time.monotonic()
+    r = httpx.post(f"{deadline_url}/sample", json={"seed": 7, "n": 1}, timeout=30)
+    assert r.status_code == 200 and time.monotonic() - start < 1.0, (r.status_code, time.monotonic() - start)
+
+
+def test_a_request_whose_client_left_is_dropped_before_the_generator(deadline_url):
+    """Clients that give up after 50 ms: their requests are cancelled while they wait, never generated."""
+    before = httpx.get(f"{deadline_url}/info", timeout=30).json()["merging"]
+
+    async def impatient() -> None:
+        async with httpx.AsyncClient(timeout=0.05, limits=httpx.Limits(max_connections=64)) as client:
+
+            async def one(seed: int) -> None:
+                try:
+                    await client.post(f"{deadline_url}/sample", json={"seed": seed, "n": 64})
+                except httpx.TimeoutException:
+                    pass
+
+            await asyncio.gather(*(one(seed) for seed in range(40)))
+
+    asyncio.run(impatient())
+    time.sleep(2)
+    after = httpx.get(f"{deadline_url}/info", timeout=30).json()["merging"]
+    dropped = after["dropped_disconnected"] - before["dropped_disconnected"]
+    served = after["requests"] - before["requests"]
+    print(f"40 impatient requests: {dropped} dropped unsent, {served} generated")
+    assert dropped > 0 and served < 40, (dropped, served)

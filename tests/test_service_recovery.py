@@ -1,4 +1,5 @@
-"""Recovery: after a burst, a lone request is served about as fast as before the burst.
+"""Recovery: after a burst, a lone request is served about as fast as before the burst; a crashed generator
+worker loses no request.
 
 BentoML's batching dispatcher learns how long batches waited in its queue and then holds every
 batch, even a lone request on an idle model, open about that long (see service/bentoml_fixes.py).
@@ -10,10 +11,12 @@ so the tiny test model's generator, not the entry's encoding, is what the burst 
 from __future__ import annotations
 
 import asyncio
+import collections
 import statistics
 import time
 
 import httpx
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
@@ -72,3 +75,49 @@ def test_lone_requests_are_fast_again_right_after_a_burst(fresh_url):
     after = _lone_latencies(fresh_url, range(100, 100 + LONE_REQUESTS))
     print(f"lone n=1 median before {before * 1e3:.1f} ms; after the burst {[round(s * 1e3, 1) for s in after]} ms")
     assert statistics.median(after) < min(10 * before, 0.5), (before, after)
+
+
+def _generator_worker(server) -> psutil.Process:
+    (worker,) = [p for p in psutil.Process(server.process.pid).children(recursive=True) if "generator" in " ".join(p.cmdline())]
+    return worker
+
+
+def test_a_killed_generator_worker_loses_no_request_and_readiness_follows_it(start_service):
+    """kill -9 of the generator under load: calls in flight wait for its restart and complete; new requests meanwhile are
+    refused at once with 503 + Retry-After; /readyz is 503 while it is down and 200 once it is back."""
+    with start_service({"DCGAN_GENERATOR_RESTART_WAIT_S": "30"}) as server:
+        results, readiness = asyncio.run(_load_through_a_crash(server))
+    statuses = collections.Counter(status for status, _ in results)
+    assert set(statuses) <= {200, 503} and statuses[200] > 0, statuses
+    refusals = collections.Counter(message.split(":")[0] for status, message in results if status == 503)
+    assert set(refusals) <= {"server overloaded"}, refusals  # refused at the door, never "generator unreachable"
+    assert 503 in readiness and readiness[-1] == 200, readiness
+    print(f"through a generator crash: {statuses}; readiness seen {collections.Counter(readiness)}")
+
+
+async def _load_through_a_crash(server) -> tuple[list[tuple[int, str]], list[int]]:
+    results: list[tuple[int, str]] = []
+    readiness: list[int] = []
+    stop = asyncio.Event()
+
+    async def client_loop(client: httpx.AsyncClient, seed: int) -> None:
+        while not stop.is_set():
+            r = await client.post(f"{server.url}/sample", json={"seed": seed, "n": 4})
+            results.append((r.status_code, r.json().get("error", "") if r.status_code != 200 else ""))
+            if r.status_code == 503:
+                await asyncio.sleep(float(r.headers["retry-after"]))
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=16)) as client:
+        clients = [asyncio.create_task(client_loop(client, seed)) for seed in range(8)]
+        await asyncio.sleep(1.0)
+        _generator_worker(server).kill()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            readiness.append((await client.get(f"{server.url}/readyz")).status_code)
+            if 503 in readiness and readiness[-1] == 200:
+                break
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.0)  # load on the restarted generator
+        stop.set()
+        await asyncio.gather(*clients)
+    return results, readiness

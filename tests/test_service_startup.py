@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, service_env
@@ -62,8 +65,8 @@ def test_pinned_model_missing_from_the_store_stops_startup(serve_to_exit):
     _one_line_error(*serve_to_exit({"DCGAN_MODEL": "dcgan-generator:nosuchversion"}), "dcgan-generator:nosuchversion")
 
 
-def test_corrupted_model_in_the_store_stops_startup(serve_to_exit, service_artifact, tmp_path):
-    """A registered model whose stored file was altered afterwards: refused before any worker starts."""
+def _registered(service_artifact, tmp_path) -> tuple[Path, str, Path]:
+    """(BENTOML_HOME, tag, stored folder) of the artifact registered by `python -m contract.store` in a fresh store."""
     home = tmp_path / "bentoml"
     done = subprocess.run(
         [sys.executable, "-m", "contract.store", str(service_artifact)],
@@ -74,14 +77,81 @@ def test_corrupted_model_in_the_store_stops_startup(serve_to_exit, service_artif
     )
     assert done.returncode == 0, done.stderr
     tag = done.stdout.strip()
-    stored = home / "models" / "dcgan-generator" / tag.split(":")[1] / "generator.onnx"
+    return home, tag, home / "models" / "dcgan-generator" / tag.split(":")[1]
+
+
+def test_corrupted_model_in_the_store_stops_startup(serve_to_exit, service_artifact, tmp_path):
+    """A registered model whose stored file was altered afterwards: refused before any worker starts."""
+    home, tag, stored = _registered(service_artifact, tmp_path)
+    stored = stored / "generator.onnx"
     os.chmod(stored, 0o644)
     _corrupt(stored)
     _one_line_error(*serve_to_exit(bentoml_home=home), f"model {tag} is unusable", "does not match its manifest hash")
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("DCGAN_MAX_N", "many"), ("DCGAN_MAX_INFLIGHT", "0"), ("DCGAN_MAX_BATCH", "0"), ("DCGAN_GENERATOR_CALLS", "0")]
+    ("name", "value"),
+    [
+        ("DCGAN_MAX_N", "many"),
+        ("DCGAN_MAX_INFLIGHT", "0"),
+        ("DCGAN_MAX_BATCH", "0"),
+        ("DCGAN_GENERATOR_CALLS", "0"),
+        ("DCGAN_DEADLINE_MS", "0"),
+        ("DCGAN_REQUIRE_CUDA", "maybe"),
+    ],
 )
 def test_bad_setting_stops_startup(serve_to_exit, name, value):
     _one_line_error(*serve_to_exit({name: value}), name)
+
+
+def _edited(service_artifact, tmp_path, edit) -> Path:
+    """A copy of the artifact whose manifest `edit` changed (its file hashes still match: only the checks below can tell)."""
+    artifact = shutil.copytree(service_artifact, tmp_path / "artifact")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    edit(artifact, manifest)
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    return artifact
+
+
+def test_manifest_whose_nz_does_not_match_the_graph_stops_startup(serve_to_exit, service_artifact, tmp_path):
+    artifact = _edited(service_artifact, tmp_path, lambda _, m: m["model"].update(nz=50))
+    _one_line_error(*serve_to_exit(artifact_dir=artifact), "generator.onnx takes z", "[batch, 50]", "re-export")
+
+
+def test_graph_whose_output_shape_is_not_the_manifests_stops_startup(serve_to_exit, service_artifact, tmp_path):
+    artifact = _edited(service_artifact, tmp_path, lambda _, m: m["model"].update(image_size=64))
+    _one_line_error(*serve_to_exit(artifact_dir=artifact), "warm-up inference", "expected (1, 1, 64, 64)")
+
+
+def test_corrupt_onnx_file_with_a_matching_hash_stops_startup(serve_to_exit, service_artifact, tmp_path):
+    def corrupt(artifact, manifest):
+        (artifact / "generator.onnx").write_bytes(b"not an ONNX model at all")
+        manifest["files"]["generator.onnx"]["sha256"] = hashlib.sha256(b"not an ONNX model at all").hexdigest()
+
+    artifact = _edited(service_artifact, tmp_path, corrupt)
+    _one_line_error(*serve_to_exit(artifact_dir=artifact), "ONNX Runtime cannot load it", "re-export")
+
+
+def test_stored_model_rewritten_after_registration_stops_startup(serve_to_exit, service_artifact, tmp_path):
+    """Files and manifest changed together in the store pass the hash check; the registered manifest hash does not."""
+    home, tag, stored = _registered(service_artifact, tmp_path)
+    manifest = json.loads((stored / "manifest.json").read_text())
+    manifest["parity"] = {"rows": []}  # what someone hiding a failed parity check would do
+    os.chmod(stored / "manifest.json", 0o644)
+    (stored / "manifest.json").write_text(json.dumps(manifest))
+    _one_line_error(*serve_to_exit(bentoml_home=home), f"model {tag} is unusable", "not the one registered")
+
+
+def test_cuda_required_on_a_machine_without_it_stops_startup(serve_to_exit):
+    """What the GPU overlay sets: a GPU pod whose CUDA provider does not load refuses to serve on the CPU."""
+    if _cuda_serves():
+        pytest.skip("this machine serves on CUDA: the refusal cannot be shown here")
+    _one_line_error(*serve_to_exit({"DCGAN_REQUIRE_CUDA": "1"}), "DCGAN_REQUIRE_CUDA=1", "CPUExecutionProvider")
+
+
+def _cuda_serves() -> bool:
+    import onnxruntime as ort
+
+    from service.runtime import CUDA, cuda_driver_present
+
+    return CUDA in ort.get_available_providers() and cuda_driver_present()
