@@ -48,6 +48,7 @@ class _Waiting:
     latents: np.ndarray
     future: asyncio.Future
     deadline: float  # time.monotonic() by which its call must have started
+    queued: bool = True  # its images still count in the queue (not yet sent, nor cancelled)
 
 
 class Coalescer:
@@ -73,7 +74,9 @@ class Coalescer:
         self._inflight = 0
         self._inflight_images = 0
         self._tasks: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
-        self.seconds_per_image = 0.0  # running mean of a call's wall time per image (0 until the first call)
+        self.seconds_per_image = 0.0  # running mean of a call's wall time per image, over the measured calls
+        self._measured = 0  # calls in that mean (not those that waited through a generator outage)
+        self._outages = 0  # generator outages so far: a call that overlapped one is not measured
         self.calls = 0  # internal calls made
         self.requests = 0  # callers served by them
         self.refused = 0  # callers refused with Overloaded
@@ -85,6 +88,7 @@ class Coalescer:
     def generator_down(self) -> None:
         if self.unavailable_since is None:
             self.unavailable_since = time.monotonic()
+            self._outages += 1
 
     def generator_up(self) -> None:
         if self.unavailable_since is not None:
@@ -99,7 +103,7 @@ class Coalescer:
         share of the other calls too, so under load the estimate errs long, which is the safe side of a deadline."""
         if self._inflight < self.max_inflight and not self._waiting:
             return 0.0
-        if not self.calls:  # no cost measured yet: only the bound on queued images applies
+        if not self._measured:  # no cost measured yet: only the bound on queued images applies
             return 0.0
         return (self._inflight_images + self._queued_images + images) * self.seconds_per_image
 
@@ -117,14 +121,19 @@ class Coalescer:
             self.refused += 1
             raise Overloaded(f"the queue ahead would take about {self.expected_wait_s(n):.1f} s (deadline {self.deadline_s:g} s)")
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(latents, future, time.monotonic() + self.deadline_s))
+        item = _Waiting(latents, future, time.monotonic() + self.deadline_s)
+        future.add_done_callback(lambda _: self._unqueue(item) if future.cancelled() else None)
+        self._waiting.append(item)
         self._queued_images += n
         self._send()
-        if client_left is None or future.done() or not any(item.future is future for item in self._waiting):
+        if client_left is None or future.done() or not item.queued:
             return await future  # sent at once (or no way to tell a departure): nothing to watch
         left = asyncio.ensure_future(client_left())
         try:
             await asyncio.wait({future, left}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the caller itself was cancelled (a timeout around it): its request goes nowhere either
+            future.cancel()
+            raise
         finally:
             left.cancel()
         if not future.done():
@@ -132,12 +141,18 @@ class Coalescer:
             raise ClientGone("the client disconnected while its request waited for the generator")
         return future.result()
 
+    def _unqueue(self, item: _Waiting) -> None:
+        """Its images no longer count as queued: sent, refused, or its caller gone (wherever it is in the queue)."""
+        if item.queued:
+            item.queued = False
+            self._queued_images -= len(item.latents)
+
     def _prune(self) -> None:
         """Drop the callers at the head of the queue that are gone (cancelled) or already past their deadline."""
         now = float("-inf") if self.unavailable_since is not None else time.monotonic()
         while self._waiting and (self._waiting[0].future.cancelled() or now > self._waiting[0].deadline):
             item = self._waiting.popleft()
-            self._queued_images -= len(item.latents)
+            self._unqueue(item)
             if item.future.cancelled():
                 self.dropped += 1
             else:
@@ -146,7 +161,7 @@ class Coalescer:
 
     def _pop(self) -> _Waiting:
         item = self._waiting.popleft()
-        self._queued_images -= len(item.latents)
+        self._unqueue(item)
         return item
 
     def _send(self) -> None:
@@ -170,14 +185,14 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[_Waiting], images: int) -> None:
-        started = time.monotonic()
+        started, outages = time.monotonic(), self._outages
         try:
             latents = batch[0].latents if len(batch) == 1 else np.concatenate([item.latents for item in batch])
             result = await self._call(latents)
-            took = time.monotonic() - started
-            if took <= self.deadline_s:  # a call that outlasted a generator restart says nothing about its speed
-                weight = EWMA_WEIGHT if self.calls else 1.0
-                self.seconds_per_image += weight * (took / images - self.seconds_per_image)
+            if self._outages == outages and self.unavailable_since is None:  # one that waited through an outage says nothing
+                weight = EWMA_WEIGHT if self._measured else 1.0
+                self.seconds_per_image += weight * ((time.monotonic() - started) / images - self.seconds_per_image)
+                self._measured += 1
             self.calls += 1
             self.requests += len(batch)
             start = 0

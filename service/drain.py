@@ -18,6 +18,7 @@ A second SIGTERM, or the deadline, ends the drain early. DCGAN_DRAIN_TIMEOUT_S (
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
@@ -63,9 +64,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def entries_running() -> list[int]:
-    """Pids of this server's entry workers that have not finished draining."""
-    folder = _markers_dir()
+def entries_running(folder: Path) -> list[int]:
+    """Pids of this server's entry workers (markers in `folder`) that have not finished draining."""
     pids = [int(p.name.removeprefix("entry-")) for p in folder.glob("entry-*")] if folder.is_dir() else []
     return [pid for pid in pids if _alive(pid)]
 
@@ -89,13 +89,20 @@ def _install(drain: Callable[[], Awaitable[None]], what: str) -> None:
         finally:
             hand_over()
 
+    tasks = set()  # a strong reference to the drain task: the loop keeps only weak ones
+
+    def start_drain() -> None:
+        task = loop.create_task(drain_then_exit())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     def on_sigterm(signum, frame) -> None:
         if DRAIN.draining:  # a second SIGTERM: stop waiting
             logger.warning("%s: second SIGTERM, shutting down now", what)
             loop.call_soon_threadsafe(hand_over)
             return
         DRAIN.start()
-        loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_exit()))
+        loop.call_soon_threadsafe(start_drain)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -111,6 +118,7 @@ def install_entry_drain(timeout_s: float) -> None:
     folder.mkdir(exist_ok=True)
     marker = folder / f"entry-{os.getpid()}"
     marker.touch()
+    atexit.register(marker.unlink, missing_ok=True)  # also when it ends without a drain (SIGINT, an error)
 
     async def drain() -> None:
         logger.info("SIGTERM: draining %d request(s) in progress (deadline %.0f s); new requests get 503", DRAIN.inflight, timeout_s)
@@ -128,11 +136,12 @@ def install_entry_drain(timeout_s: float) -> None:
 
 def install_generator_drain(timeout_s: float) -> None:
     """Generator worker: keep serving until this server's entry workers have drained; call from its __init__."""
+    folder = _markers_dir()  # now, while the parent is still `bentoml serve`
 
     async def drain() -> None:
         # A little longer than the entries' deadline, so that their last admitted requests still find it.
         deadline = DRAIN.since + timeout_s + GENERATOR_EXTRA_S
-        while entries_running() and time.monotonic() < deadline:
+        while entries_running(folder) and time.monotonic() < deadline:
             await asyncio.sleep(POLL_S)
         logger.info("generator: entry drained after %.2f s; stopping", time.monotonic() - DRAIN.since)
 

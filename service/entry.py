@@ -25,6 +25,7 @@ import base64
 import importlib.resources
 import itertools
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -169,6 +170,7 @@ class EntryService:
 
     def __init__(self) -> None:
         self._described: dict | None = None  # the generator's describe(), fetched once
+        self._generator_seen = time.monotonic()  # when the generator last answered (start-up counts as an answer)
         # Concurrent requests share generator calls (service/coalesce.py); the generator batches across workers.
         self._merged = Coalescer(
             self._call_generator,
@@ -191,12 +193,28 @@ class EntryService:
         The generator is asked on every probe, with a short timeout: while a generator worker restarts, its
         listening socket still accepts connections, and an unbounded call would hang the probe instead of failing it.
         """
-        if DRAIN.draining or self._merged.unavailable_since is not None:
+        if DRAIN.draining:
             return False
+        return await self._generator_answers()
+
+    async def __is_alive__(self) -> bool:
+        """Alive unless the generator has not answered for longer than DCGAN_GENERATOR_RESTART_WAIT_S.
+
+        Outside a container BentoML restarts a dead generator worker within seconds. Inside one (the image sets
+        BENTOML_CONTAINERIZED) it does not, and only a restart of the container helps: /livez turns 503, and the
+        liveness probe restarts the pod instead of leaving it up and never ready.
+        """
+        if time.monotonic() - self._generator_seen < SETTINGS.generator_restart_wait_s:
+            return True
+        return await self._generator_answers()
+
+    async def _generator_answers(self) -> bool:
         try:
             self._described = await asyncio.wait_for(self.generator.to_async.describe(), READY_TIMEOUT_S)
         except (aiohttp.ClientError, bentoml.exceptions.BentoMLException, TimeoutError):
             return False
+        self._generator_seen = time.monotonic()
+        self._merged.generator_up()  # it answers: new requests may queue again
         return True
 
     async def info(self) -> dict:
@@ -247,28 +265,34 @@ class EntryService:
 
     async def _call_generator(self, latents: np.ndarray) -> np.ndarray:
         """One call of the batched generator: (B, nz) float32 latents -> (B, H, W, C) uint8 images."""
-        first_failure = None
-        for attempt in itertools.count():
-            try:
-                images = await self.generator.to_async.generate(latents)
-            except ServiceUnavailable:
-                raise GeneratorUnavailable("generator overloaded: the request could not be batched within its latency budget") from None
-            except TimeoutError:
-                raise GeneratorUnavailable("generator did not answer in time") from None
-            except aiohttp.ClientConnectionError as e:
-                now = asyncio.get_running_loop().time()
-                first_failure = first_failure or now
-                self._merged.generator_down()
-                if now - first_failure >= SETTINGS.generator_restart_wait_s:
-                    raise GeneratorUnavailable(f"generator unreachable for {now - first_failure:.0f} s ({type(e).__name__})") from None
-                if attempt % 20 == 0:
-                    logger.warning(
-                        "generator unreachable (%s: %s); retrying for up to %d s", type(e).__name__, e, SETTINGS.generator_restart_wait_s
-                    )
-                await asyncio.sleep(RETRY_PAUSE_S[min(attempt, len(RETRY_PAUSE_S) - 1)])
-                continue
+        failed_at = None  # this call's first connection failure
+        try:
+            for attempt in itertools.count():
+                try:
+                    images = await self.generator.to_async.generate(latents)
+                    self._generator_seen = time.monotonic()
+                    return images
+                except ServiceUnavailable:
+                    raise GeneratorUnavailable("generator overloaded: the request could not be batched within its latency budget") from None
+                except TimeoutError:
+                    raise GeneratorUnavailable("generator did not answer in time") from None
+                except aiohttp.ClientConnectionError as e:
+                    now = time.monotonic()
+                    failed_at = failed_at or now
+                    if attempt >= 1:  # twice in a row: down, not a lone pooled-connection reset; refuse new work meanwhile
+                        self._merged.generator_down()
+                    # The wait counts from the outage's start, shared by the calls that queued behind it.
+                    began = min(failed_at, self._merged.unavailable_since or failed_at)
+                    if now - began >= SETTINGS.generator_restart_wait_s:
+                        raise GeneratorUnavailable(f"generator unreachable for {now - began:.0f} s ({type(e).__name__})") from None
+                    if attempt % 20 == 0:
+                        wait_s = SETTINGS.generator_restart_wait_s
+                        logger.warning("generator unreachable (%s: %s); retrying for up to %d s", type(e).__name__, e, wait_s)
+                    await asyncio.sleep(RETRY_PAUSE_S[min(attempt, len(RETRY_PAUSE_S) - 1)])
+        finally:
+            # Answered, refused or given up: either way new requests are judged afresh (a call still failing marks it
+            # down again), so the entry can never stay refusing with nothing left to clear the mark.
             self._merged.generator_up()
-            return images
 
     def _headers(self, seed: int, n: int, images: np.ndarray) -> dict[str, str]:
         return {"X-Seed": str(seed), "X-N": str(n), "X-Model": self._described["model"], "X-Shape": ",".join(map(str, images.shape))}

@@ -36,14 +36,15 @@ class ApiKeyAuth:
     """`Authorization: Bearer <key>` on `paths` (constant-time comparison); probes and /metrics stay open."""
 
     def __init__(self, app: ASGIApp, key: str, paths: frozenset[str]) -> None:
-        self.app, self.key, self.paths = app, key.encode(), paths
+        self.app, self.key, self.paths = app, key.encode("utf-8"), paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.key or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
         given = Headers(scope=scope).get("authorization", "")
         scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
+        # Header values arrive as latin-1 text: back to their bytes, compared with the key's UTF-8 bytes.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), self.key):
             why = "missing Authorization header" if not given else "wrong API key or scheme"
             response = error_response(
                 401, f"{why}: send `Authorization: Bearer <key>` (DCGAN_API_KEY)", headers={"WWW-Authenticate": "Bearer"}

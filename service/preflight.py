@@ -26,6 +26,7 @@ from contract.store import check_registered
 
 SRC_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and contract/, in the repo and in a bento
 TIMEOUT_S = 300  # a CUDA session's first load can take a while
+VERDICT = "start-up check failed: "  # how the child marks its one line among whatever else reaches stderr
 
 
 def check_stored_model(stored) -> str:
@@ -38,16 +39,20 @@ def check_stored_model(stored) -> str:
     except ArtifactError as e:
         raise BentoMLException(f"model {tag} is unusable: {e}") from None
     verified_manifest(stored.path, tag)
-    child = subprocess.run(
-        [sys.executable, "-m", "service.preflight", str(stored.path), tag],
-        cwd=SRC_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "service.preflight", str(stored.path), tag],
+            cwd=SRC_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise BentoMLException(f"the start-up check of model {tag} did not finish in {TIMEOUT_S} s (a hung CUDA start?)") from None
     if child.returncode != 0:
-        lines = (child.stderr or child.stdout).strip().splitlines()
-        raise BentoMLException(lines[-1] if lines else f"the start-up check of model {tag} exited with {child.returncode}")
+        # ONNX Runtime may log to stderr too: the child marks its own verdict.
+        verdicts = [line.removeprefix(VERDICT) for line in child.stderr.splitlines() if line.startswith(VERDICT)]
+        raise BentoMLException(verdicts[-1] if verdicts else f"the start-up check of model {tag} exited with {child.returncode}")
     return child.stdout.strip()
 
 
@@ -79,7 +84,7 @@ def main() -> None:
     try:
         print(check_runtime(Path(model_dir), tag))
     except BentoMLException as e:
-        print(str(e).splitlines()[0], file=sys.stderr)
+        print(VERDICT + str(e).splitlines()[0], file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -121,3 +121,19 @@ async def _load_through_a_crash(server) -> tuple[list[tuple[int, str]], list[int
         stop.set()
         await asyncio.gather(*clients)
     return results, readiness
+
+
+def test_in_a_container_a_dead_generator_fails_liveness_so_the_pod_is_restarted(start_service):
+    """Inside a container (the image sets BENTOML_CONTAINERIZED) BentoML does not restart a dead worker: /livez turns
+    503 once the generator has not answered for DCGAN_GENERATOR_RESTART_WAIT_S, and the liveness probe restarts the pod."""
+    with start_service({"BENTOML_CONTAINERIZED": "true", "DCGAN_GENERATOR_RESTART_WAIT_S": "3"}) as server:
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"{server.url}/livez").status_code == 200
+            _generator_worker(server).kill()
+            seen = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (not seen or seen[-1][1] != 503):
+                seen.append((client.get(f"{server.url}/readyz").status_code, client.get(f"{server.url}/livez").status_code))
+                time.sleep(0.5)
+    assert seen[0][0] == 503 and seen[-1] == (503, 503), seen  # not ready at once, not alive after the wait
+    assert seen[0][1] == 200, seen  # ...but not declared dead before it
