@@ -53,7 +53,10 @@ async def _burst(url: str) -> list[int]:
 
     async def client_loop(client: httpx.AsyncClient, seed: int) -> None:
         while time.monotonic() < deadline:
-            statuses.append((await client.post(f"{url}/sample/raw", json={"seed": seed, "n": BURST_N})).status_code)
+            r = await client.post(f"{url}/sample/raw", json={"seed": seed, "n": BURST_N})
+            statuses.append(r.status_code)
+            if r.status_code == 503:  # refused past the deadline: back off as told, as clients do
+                await asyncio.sleep(float(r.headers["retry-after"]))
 
     limits = httpx.Limits(max_connections=BURST_CLIENTS)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
