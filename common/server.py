@@ -1,6 +1,6 @@
 """Start, watch and stop servers on free loopback ports: used by the load tests and the test suite alike.
 
-    with running(argv, env, log_path, port) as server: ...          # any server with a /readyz
+    with running(argv, env, log_path, port) as server: ...          # any server with a readiness URL (/readyz)
     with serve_bentoml(artifact, home, log_path, env={"DCGAN_MAX_BATCH": "2"}) as server: ...
     with serve_baseline(model_path, log_path) as server: ...
 
@@ -86,14 +86,16 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return 0, b""
 
 
-def wait_ready(url: str, process: subprocess.Popen | None, log_path: Path | None, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Poll GET /readyz until 200; UserError with the log's tail if the process dies or time runs out."""
+def wait_ready(
+    url: str, process: subprocess.Popen | None, log_path: Path | None, timeout_s: float = READY_TIMEOUT_S, ready_path: str = "/readyz"
+) -> None:
+    """Poll GET `ready_path` until 200; UserError with the log's tail if the process dies or time runs out."""
     deadline = time.monotonic() + timeout_s
-    while http_get(f"{url}/readyz")[0] != 200:
+    while http_get(f"{url}{ready_path}")[0] != 200:
         if process is not None and process.poll() is not None:
             raise UserError(f"the server exited with {process.returncode} before it was ready; {_log_tail(log_path)}")
         if time.monotonic() > deadline:
-            raise UserError(f"{url}/readyz not ready after {timeout_s:.0f} s; {_log_tail(log_path)}")
+            raise UserError(f"{url}{ready_path} not ready after {timeout_s:.0f} s; {_log_tail(log_path)}")
         time.sleep(0.5)
 
 
@@ -128,9 +130,16 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def running(
-    argv: list[str], env: dict[str, str], log_path: Path, port: int, *, cwd: Path = REPO, ready_timeout_s: float = READY_TIMEOUT_S
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    port: int,
+    *,
+    cwd: Path = REPO,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    ready_path: str = "/readyz",
 ) -> Iterator[Server]:
-    """Start `argv` (a server that will listen on `port`), wait for /readyz, yield it, stop it on the way out.
+    """Start `argv` (a server that will listen on `port`), wait for GET `ready_path`, yield it, stop it on the way out.
 
     The one server lifecycle of this repository: the load tests and the test suite both start servers with it.
     The process gets a session of its own, so a Ctrl-C in the terminal reaches the load test, which then stops it.
@@ -140,7 +149,7 @@ def running(
         process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        wait_ready(server.url, process, log_path, ready_timeout_s)
+        wait_ready(server.url, process, log_path, ready_timeout_s, ready_path)
         yield server
     finally:
         stop(process)

@@ -21,7 +21,7 @@ from common.cli import OneLineErrorParser, cli_main
 from contract.latents import latents_for_seed
 from contract.pixels import to_uint8
 from loadtest.torch_eager import load_eager
-from service.images import png_bytes  # torch-free, light: the service's own encoder (PNG level 1)
+from service.images import png_bytes  # torch-free, light: the service's own PNG encoder
 
 
 class SampleRequest(BaseModel):

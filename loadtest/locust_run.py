@@ -110,7 +110,7 @@ def read_final(prefix: Path) -> tuple[int, int, list[dict]]:
     return requests, failures, reasons[:5]
 
 
-def locust_argv(url: str, users: int, n_mix: str, seconds: float, prefix: Path) -> list[str]:
+def locust_argv(url: str, users: int, n_mix: str, seconds: float, prefix: Path, v2_model: str = "") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -138,14 +138,23 @@ def locust_argv(url: str, users: int, n_mix: str, seconds: float, prefix: Path) 
         n_mix,
         "--exit-code-on-error",
         "0",
+        *(["--v2-model", v2_model] if v2_model else []),
     ]
 
 
 def run_level(
-    url: str, users: int, n_mix: str, seconds: float, prefix: Path, while_running: Callable[[], None] | None = None, interval_s: float = 5.0
+    url: str,
+    users: int,
+    n_mix: str,
+    seconds: float,
+    prefix: Path,
+    while_running: Callable[[], None] | None = None,
+    interval_s: float = 5.0,
+    v2_model: str = "",
 ) -> LevelStats:
     """Run one level and return its statistics; its console output goes to PREFIX.log.
 
+    `v2_model`, if given, sends the requests over the Open Inference Protocol to that model (the Triton peer).
     `while_running`, if given, is called every `interval_s` seconds while locust runs (the soak samples memory with it).
     """
     prefix = prefix.resolve()  # locust runs in the repository root
@@ -154,7 +163,9 @@ def run_level(
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(f"{prefix}.log", "wb") as log:
         # cwd: the locustfile imports loadtest.response_checks from the repository root.
-        process = subprocess.Popen(locust_argv(url, users, n_mix, seconds, prefix), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            locust_argv(url, users, n_mix, seconds, prefix, v2_model), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + limit
         try:
             while True:

@@ -2,6 +2,7 @@
 
 parse_n_mix("1:3,16:1") -> ([1, 16], [3.0, 1.0])     the mix of images per request
 problem_with(body, content_type, seed, n) -> None    or why a 200 response is malformed
+v2_body(seed, n), problem_with_v2(body, n)          the same over the Open Inference Protocol (the Triton peer)
 """
 
 from __future__ import annotations
@@ -41,8 +42,29 @@ def problem_with(body: bytes, content_type: str, seed: int, n: int) -> str | Non
     if data.get("seed") != seed or data.get("n") != n:
         return f"echoed seed/n {data.get('seed')}/{data.get('n')}, expected {seed}/{n}"
     images = data.get("images")
+    return _problem_with_images(images, n)
+
+
+def _problem_with_images(images, n: int) -> str | None:
     if not isinstance(images, list) or len(images) != n:
         return f"{len(images) if isinstance(images, list) else 'no'} images, expected {n}"
     if not all(isinstance(image, str) and image.startswith(PNG_BASE64_PREFIX) for image in images):
         return "an image is not a base64 PNG"
     return None
+
+
+def v2_body(seed: int, n: int) -> dict:
+    """An Open Inference Protocol (KServe v2) request for (seed, n): INT64 inputs "seed" and "n" of shape [1, 1]."""
+    return {"inputs": [{"name": name, "shape": [1, 1], "datatype": "INT64", "data": [value]} for name, value in (("seed", seed), ("n", n))]}
+
+
+def problem_with_v2(body: bytes, n: int) -> str | None:
+    """Why a 200 answer to v2_body(seed, n) is malformed: it must hold a BYTES output "images" [1, n] of base64 PNGs."""
+    try:
+        outputs = {out["name"]: out for out in json.loads(body)["outputs"]}
+    except (ValueError, KeyError, TypeError):
+        return "body is not a v2 inference response"
+    images = outputs.get("images", {})
+    if images.get("shape") != [1, n]:
+        return f"output images has shape {images.get('shape')}, expected [1, {n}]"
+    return _problem_with_images(images.get("data"), n)

@@ -40,10 +40,12 @@ from contract.artifact import MANIFEST, ONNX_FP16, ArtifactError, read_manifest
 from loadtest import prometheus
 from loadtest import report as reporting
 from loadtest.locust_run import LevelStats, run_level
+from loadtest.peers import TRITON_MODEL, serve_mosec, serve_triton
 from loadtest.response_checks import parse_n_mix
 
 SOAK_INTERVAL_S = 5.0
 CUDA = "CUDAExecutionProvider"
+PEERS = ("mosec", "triton")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Target:
     description: str
     start: Callable[[], AbstractContextManager[Server]]
     notes: list[str] = field(default_factory=list)
+    v2_model: str = ""  # load it over the Open Inference Protocol (POST /v2/models/NAME/infer), not POST /sample
 
 
 def say(message: str) -> None:
@@ -136,6 +139,14 @@ def parse_args(argv):
         "when another process (locust) wants the same cores (default: %(default)s)",
     )
     parser.add_argument(
+        "--peers",
+        default="",
+        metavar="LIST",
+        help="also sweep these peer servers, comma-separated: 'mosec' (loadtest/mosec_server.py) and 'triton' "
+        "(PyTriton, loadtest/triton_server.py; its environment .venv-peers/triton is made on first use), each "
+        "doing the service's work per request on the served artifact with its own dynamic batching",
+    )
+    parser.add_argument(
         "--compare-max-batch",
         type=int,
         metavar="N",
@@ -167,6 +178,12 @@ def parse_args(argv):
     args.users = sorted(set(_int_list(args.users, "--users")))
     args.mixes = args.mixes or ["1", "16"]
     args.baseline_threads = [_baseline_threads(v) for v in args.baseline_threads.split(",")]
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = sorted(set(args.peers) - set(PEERS))
+    if unknown:
+        raise UserError(f"--peers {','.join(unknown)}: unknown; choose from {', '.join(PEERS)}")
+    if args.peers and (args.host or args.soak):
+        raise UserError("--peers starts servers on the served artifact; it cannot be used with --host or --soak")
     for mix in args.mixes:
         try:
             parse_n_mix(mix)
@@ -293,6 +310,29 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
                     lambda: serve_bentoml(fp32_artifact(art, homes), homes / "fp32", logs / "bentoml-fp32.log", {}),
                 )
             )
+    ort_threads = int(os.environ["DCGAN_ORT_THREADS"]) if os.environ.get("DCGAN_ORT_THREADS") else None  # as ours
+    if "mosec" in args.peers:
+        targets.append(
+            Target(
+                "mosec",
+                "Mosec (max batch 128, 1 ms wait)",
+                f"`python -m loadtest.mosec_server {repo_relative(args.artifact)}`: Mosec's Rust HTTP front, one batched "
+                "Python worker (max_batch_size 128, max_wait_time 1 ms, its shortest), the service's work per request",
+                lambda: serve_mosec(args.artifact, logs / "mosec.log", ort_threads),
+            )
+        )
+    if "triton" in args.peers:
+        targets.append(
+            Target(
+                "triton",
+                "Triton (PyTriton, dynamic batching)",
+                f"`python -m loadtest.triton_server {repo_relative(args.artifact)}` in .venv-peers/triton: Triton Inference "
+                "Server's HTTP front, dynamic batching (max batch 128, no queue delay) into one Python model, the "
+                "service's work per request, answered over the Open Inference Protocol",
+                lambda: serve_triton(args.artifact, logs / "triton.log", ort_threads, progress=say),
+                v2_model=TRITON_MODEL,
+            )
+        )
     if args.baseline is not None and not args.soak:
         model = Path(args.baseline) if args.baseline else args.artifact
         for threads in dict.fromkeys(args.baseline_threads):
@@ -335,11 +375,13 @@ def _cpu_seconds(server: Server) -> dict[str, float]:
     return seconds
 
 
-def measure(server: Server, users: int, n_mix: str, seconds: float, prefix: Path, sample: Callable[[], None] | None = None) -> dict:
+def measure(
+    server: Server, users: int, n_mix: str, seconds: float, prefix: Path, sample: Callable[[], None] | None = None, v2_model: str = ""
+) -> dict:
     """One level, with what the server itself says around it: batch sizes and durations (/metrics), CPU time."""
     scrape_before = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
     cpu_before, load_before = _cpu_seconds(server), os.getloadavg()[0]
-    stats: LevelStats = run_level(server.url, users, n_mix, seconds, prefix, sample)
+    stats: LevelStats = run_level(server.url, users, n_mix, seconds, prefix, sample, v2_model=v2_model)
     cpu_after = _cpu_seconds(server)
     scrape_after = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
     cpu_by_role = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
@@ -349,7 +391,7 @@ def measure(server: Server, users: int, n_mix: str, seconds: float, prefix: Path
         "n_mix": n_mix,
         "users": users,
         **stats.to_dict(),
-        **prometheus.level_figures(scrape_before, scrape_after, stats.mean_n),
+        **prometheus.level_figures(scrape_before, scrape_after),
         "server_cpu_s": cpu,
         # CPU per request: a figure that other processes on the machine disturb far less than throughput.
         "server_cpu_ms_per_request": cpu * per_request if cpu is not None and per_request else None,
@@ -447,9 +489,11 @@ def sweep_target(target: Target, args, out: Path, on_start: Callable[[Server], N
         with target.start() as server:
             on_start(server)
             if args.warmup:
-                run_level(server.url, args.users[0], mix, args.warmup, out / "locust" / f"{target.name}_n{_mix_tag(mix)}_warmup")
+                prefix = out / "locust" / f"{target.name}_n{_mix_tag(mix)}_warmup"
+                run_level(server.url, args.users[0], mix, args.warmup, prefix, v2_model=target.v2_model)
             for users in args.users:
-                lv = measure(server, users, mix, args.duration, out / "locust" / f"{target.name}_n{_mix_tag(mix)}_u{users}")
+                prefix = out / "locust" / f"{target.name}_n{_mix_tag(mix)}_u{users}"
+                lv = measure(server, users, mix, args.duration, prefix, v2_model=target.v2_model)
                 say(
                     f"{target.name}: n {mix}, {users:>3} users: {lv['requests_per_s']:8.1f} req/s {lv['images_per_s']:8.0f} "
                     f"images/s  p50 {lv['p50_ms']} p99 {lv['p99_ms']} ms  failures {lv['failures']}  load {lv['load_avg_1m_before']:.1f}"

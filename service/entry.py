@@ -14,8 +14,15 @@
     GET  /livez /readyz /metrics                 -> BentoML's probes and Prometheus metrics
 
 Every call into the generator goes through `_images`, which merges concurrent requests into shared
-generator calls (service/coalesce.py); each such call absorbs BentoML's pooled-connection
-resets (the call is idempotent) and turns generator overload into 503 + Retry-After.
+generator calls (service/coalesce.py): adaptive batching, with batches as large as the queue that
+formed while the model was busy. Where the model runs is DCGAN_GENERATOR's choice:
+
+  inprocess (default)  in this worker, in a thread beside the event loop: no second process and no
+                       internal HTTP call per batch (the cheaper path on a CPU).
+  service              in the generator service (service/generator.py), a process of its own that
+                       BentoML batches across entry workers (a GPU shared by several entry workers).
+                       Each call there absorbs BentoML's pooled-connection resets (it is idempotent),
+                       waits out a generator restart, and turns its overload into 503 + Retry-After.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import importlib.resources
 import itertools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -44,11 +52,13 @@ from starlette.staticfiles import StaticFiles
 from contract.latents import LATENTS, latents_for_seed
 from service.coalesce import ClientGone, Coalescer, Overloaded
 from service.drain import DRAIN, install_entry_drain
+from service.engine import Engine
 from service.gc_freeze import freeze_startup_heap
-from service.generator import GeneratorService
+from service.generator import MODEL, GeneratorService
 from service.http_guard import CLIENT_LEFT, RETRY_AFTER_S, AdmissionLimit, ApiKeyAuth, RequestGuard
 from service.images import animation_bytes, grid, png_bytes
 from service.interpolate import interpolation_latents
+from service.preflight import check_stored_model
 from service.schema import (
     MAX_STEPS,
     InterpolateRequest,
@@ -61,6 +71,7 @@ from service.schema import (
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
+IN_PROCESS = SETTINGS.generator == "inprocess"
 # A generator call that cannot connect is sent again (it is idempotent), after a growing pause, for up to
 # DCGAN_GENERATOR_RESTART_WAIT_S: a pooled connection reset under load (BentoML #4971) heals at once, a
 # generator worker that crashed is back in seconds (BentoML restarts it) and its callers still get their images.
@@ -163,17 +174,34 @@ if not PAGE_DIR.is_dir():
     name="dcgan",
     workers=1,
     traffic={"timeout": 40},  # above the generator's 30 s, so a stuck call surfaces as its error, not ours
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    # OpenTelemetry's middleware does nothing for an excluded URL; "." matches every one.
+    **({} if SETTINGS.tracing else {"tracing": {"excluded_urls": ["."]}}),
 )
 @bentoml.asgi_app(get_app, path="/")
 class EntryService:
-    generator = bentoml.depends(GeneratorService)
+    if IN_PROCESS:
+        model = MODEL  # loaded by this worker (the bento packs it either way)
+    else:
+        generator = bentoml.depends(GeneratorService)
+
+    @bentoml.on_deployment
+    def check_artifact() -> None:
+        """Runs once in the `bentoml serve` process before any worker starts: a bad artifact stops start-up here."""
+        logger.info("start-up check: %s", check_stored_model(MODEL.resolve()))  # service/preflight.py
 
     def __init__(self) -> None:
         self._described: dict | None = None  # the generator's describe(), fetched once
         self._generator_seen = time.monotonic()  # when the generator last answered (start-up counts as an answer)
-        # Concurrent requests share generator calls (service/coalesce.py); the generator batches across workers.
+        if IN_PROCESS:
+            self._engine = Engine(self.model)
+            # ONNX Runtime releases the GIL: its calls run in these threads while the loop serves HTTP and encodes PNGs.
+            self._threads = ThreadPoolExecutor(SETTINGS.generator_calls, thread_name_prefix="onnxruntime")
+            self._described = self._engine.describe({"max_batch_size": SETTINGS.max_batch_size})
+            logger.info("%s, in the entry worker", self._engine.loaded_line())
+        # Concurrent requests share generator calls (service/coalesce.py); a generator service batches across workers too.
         self._merged = Coalescer(
-            self._call_generator,
+            self._call_in_process if IN_PROCESS else self._call_generator,
             SETTINGS.max_batch_size,
             SETTINGS.generator_calls,
             deadline_s=SETTINGS.deadline_ms / 1000,
@@ -195,7 +223,7 @@ class EntryService:
         """
         if DRAIN.draining:
             return False
-        return await self._generator_answers()
+        return IN_PROCESS or await self._generator_answers()
 
     async def __is_alive__(self) -> bool:
         """Alive unless the generator has not answered for longer than DCGAN_GENERATOR_RESTART_WAIT_S.
@@ -204,7 +232,7 @@ class EntryService:
         BENTOML_CONTAINERIZED) it does not, and only a restart of the container helps: /livez turns 503, and the
         liveness probe restarts the pod instead of leaving it up and never ready.
         """
-        if time.monotonic() - self._generator_seen < SETTINGS.generator_restart_wait_s:
+        if IN_PROCESS or time.monotonic() - self._generator_seen < SETTINGS.generator_restart_wait_s:
             return True
         return await self._generator_answers()
 
@@ -263,8 +291,12 @@ class EntryService:
         except ClientGone as e:
             raise ClientLeft(str(e)) from None
 
+    async def _call_in_process(self, latents: np.ndarray) -> np.ndarray:
+        """One ONNX Runtime call in this worker: (B, nz) float32 latents -> (B, H, W, C) uint8 images."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._engine.generate, latents)
+
     async def _call_generator(self, latents: np.ndarray) -> np.ndarray:
-        """One call of the batched generator: (B, nz) float32 latents -> (B, H, W, C) uint8 images."""
+        """One call of the generator service: (B, nz) float32 latents -> (B, H, W, C) uint8 images."""
         failed_at = None  # this call's first connection failure
         try:
             for attempt in itertools.count():

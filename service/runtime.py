@@ -13,6 +13,7 @@ from bentoml.exceptions import BentoMLException
 
 from contract.artifact import ONNX, ONNX_FP16
 from contract.latents import latents_for_seed
+from contract.onnx_cpu import cpu_session_options
 
 logger = logging.getLogger("bentoml.dcgan")
 CUDA = "CUDAExecutionProvider"
@@ -38,17 +39,6 @@ def cuda_driver_present() -> bool:
         return False
 
 
-def _cpu_options(threads: int) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads  # one conv at a time uses every core we were given
-    opts.inter_op_num_threads = 1  # the graph is a chain: no parallel branches to run
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle intra-op threads spin by default; that burns the cores the entry service encodes PNGs on.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
 def open_runtime(model_dir: Path, manifest: dict, cpu_threads: int) -> Runtime:
     files = manifest["files"]
     if CUDA in ort.get_available_providers() and cuda_driver_present():
@@ -60,7 +50,7 @@ def open_runtime(model_dir: Path, manifest: dict, cpu_threads: int) -> Runtime:
         if session.get_providers()[0] == CUDA:
             return _checked(Runtime(session, CUDA, name, None, *_io_names(session)), manifest)
         logger.warning("a CUDA driver is present but ONNX Runtime could not load its CUDA provider; serving on CPU")
-    session = ort.InferenceSession(str(model_dir / ONNX), _cpu_options(cpu_threads), providers=[CPU])
+    session = ort.InferenceSession(str(model_dir / ONNX), cpu_session_options(cpu_threads), providers=[CPU])
     return _checked(Runtime(session, CPU, ONNX, cpu_threads, *_io_names(session)), manifest)
 
 

@@ -15,6 +15,7 @@ from bentoml.exceptions import BentoMLConfigException
 from contract.artifact import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+GENERATOR_MODES = ("inprocess", "service")  # DCGAN_GENERATOR; the first is the default
 MAX_SEED = 2**63 - 1  # the signed 64-bit range: a seed any int64-typed client (Go, Java, numpy) can send
 
 
@@ -41,6 +42,14 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw in ("1", "true", "yes")
 
 
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default)."""
+    raw = os.environ.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise BentoMLConfigException(f"environment variable {name}={raw!r} must be one of: {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     model_tag: str  # DCGAN_MODEL: BentoML model store tag to serve
@@ -52,7 +61,10 @@ class ServiceSettings:
     # from what queued while the model was busy; the entry has already merged its waiting requests (coalesce.py).
     max_batch_wait_ms: int
     max_inflight: int  # DCGAN_MAX_INFLIGHT: requests in progress at the entry; more get 429 at once
-    generator_calls: int  # DCGAN_GENERATOR_CALLS: generator calls an entry worker keeps in flight; later requests wait and are merged
+    # DCGAN_GENERATOR_CALLS: generator calls an entry worker keeps in flight; later requests wait and are merged. Default
+    # 1 in process (one ONNX Runtime call at a time uses every core; the queue behind it forms the next batch), 2 with
+    # a generator service (one call's round trip overlaps the other's inference)
+    generator_calls: int
     ort_threads: int  # DCGAN_ORT_THREADS: ONNX Runtime intra-op threads on CPU
     # DCGAN_DEADLINE_MS: a request whose images could not be done within this is refused at once (503 + Retry-After),
     # so admitted requests finish within about it however heavy the load
@@ -64,11 +76,22 @@ class ServiceSettings:
     generator_restart_wait_s: int
     api_key: str = field(repr=False)  # DCGAN_API_KEY: when set, the generation routes and /info want `Authorization: Bearer <key>`
     require_cuda: bool  # DCGAN_REQUIRE_CUDA: 1 = start-up fails unless ONNX Runtime runs on CUDA (GPU pods)
+    # DCGAN_GENERATOR: where the model runs. "inprocess": in the entry worker (no second process, no internal HTTP
+    # call; the CPU default). "service": in a generator service of its own, which BentoML batches across entry
+    # workers (a GPU shared by several entry workers: the GPU overlay's choice).
+    generator: str
+    # DCGAN_ACCESS_LOG: 1 = BentoML's access log, one ~580-byte line per request (12 MB a minute at 400 requests/s);
+    # off by default: Prometheus metrics count every request and error, and the log cost the entry CPU per request
+    access_log: bool
+    # DCGAN_TRACING: 1 = OpenTelemetry spans for the API routes (configure an exporter in BentoML's configuration);
+    # off by default: with no exporter the spans go nowhere, but each still cost the entry CPU
+    tracing: bool
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
         # sched_getaffinity: the cores this process may run on (a container's cpuset), not the host's count.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        generator = _env_choice("DCGAN_GENERATOR", GENERATOR_MODES)
         return cls(
             model_tag=os.environ.get("DCGAN_MODEL") or f"{MODEL_NAME}:latest",
             default_artifact=Path(os.environ.get("DCGAN_DEFAULT_ARTIFACT") or REPO_ROOT / "artifacts" / "default"),
@@ -77,7 +100,7 @@ class ServiceSettings:
             max_latency_ms=_env_int("DCGAN_MAX_LATENCY_MS", 5000, 1),
             max_batch_wait_ms=_env_int("DCGAN_MAX_BATCH_WAIT_MS", 0, 0),
             max_inflight=_env_int("DCGAN_MAX_INFLIGHT", 256, 1),
-            generator_calls=_env_int("DCGAN_GENERATOR_CALLS", 2, 1),
+            generator_calls=_env_int("DCGAN_GENERATOR_CALLS", 1 if generator == "inprocess" else 2, 1),
             ort_threads=_env_int("DCGAN_ORT_THREADS", cores, 1),
             deadline_ms=_env_int("DCGAN_DEADLINE_MS", 2000, 1),
             max_queued_images=_env_int("DCGAN_MAX_QUEUED_IMAGES", 1024, 1),
@@ -86,6 +109,9 @@ class ServiceSettings:
             generator_restart_wait_s=_env_int("DCGAN_GENERATOR_RESTART_WAIT_S", 25, 0),
             api_key=os.environ.get("DCGAN_API_KEY", ""),
             require_cuda=_env_bool("DCGAN_REQUIRE_CUDA", False),
+            generator=generator,
+            access_log=_env_bool("DCGAN_ACCESS_LOG", False),
+            tracing=_env_bool("DCGAN_TRACING", False),
         )
 
 

@@ -12,12 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from loadtest import backend_bench, run
 from loadtest.locust_run import parse_stats_csv
 from loadtest.prometheus import level_figures, parse
-from loadtest.response_checks import PNG_BASE64_PREFIX, parse_n_mix, problem_with
+from loadtest.response_checks import PNG_BASE64_PREFIX, parse_n_mix, problem_with, problem_with_v2, v2_body
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
@@ -53,17 +54,18 @@ def test_stats_csv_without_requests_has_no_percentiles(tmp_path):
 
 
 def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample_s: float, requests: float) -> str:
-    """A /metrics page like BentoML's: the batch histogram split over two workers, durations per endpoint and status.
+    """A /metrics page like the service's: the batch histogram split over two workers, durations per endpoint and status.
 
     `requests` answered at /sample reached the generator in `generated` internal calls (the entry merges them).
     """
     return (
-        "# TYPE bentoml_service_adaptive_batch_size histogram\n"
-        'bentoml_service_adaptive_batch_size_bucket{le="1.0",method_name="generate",worker_index="1"} 4.0\n'
-        f'bentoml_service_adaptive_batch_size_sum{{method_name="generate",worker_index="1"}} {batch_sum - 20}\n'
-        f'bentoml_service_adaptive_batch_size_count{{method_name="generate",worker_index="1"}} {batch_calls - 10}\n'
-        'bentoml_service_adaptive_batch_size_sum{method_name="generate",worker_index="2"} 20.0\n'
-        'bentoml_service_adaptive_batch_size_count{method_name="generate",worker_index="2"} 10.0\n'
+        "# TYPE dcgan_generator_batch_images histogram\n"
+        'dcgan_generator_batch_images_bucket{le="1.0",worker_index="1"} 4.0\n'
+        f'dcgan_generator_batch_images_sum{{worker_index="1"}} {batch_sum - 20}\n'
+        f'dcgan_generator_batch_images_count{{worker_index="1"}} {batch_calls - 10}\n'
+        'dcgan_generator_batch_images_sum{worker_index="2"} 20.0\n'
+        'dcgan_generator_batch_images_count{worker_index="2"} 10.0\n'
+        'bentoml_service_adaptive_batch_size_count{method_name="generate",worker_index="1"} 999.0\n'
         'bentoml_service_request_duration_seconds_sum{endpoint="/generate",http_response_code="200",runner_name="generator"} '
         f"{generated / 100}\n"
         'bentoml_service_request_duration_seconds_count{endpoint="/generate",http_response_code="200",runner_name="generator"} '
@@ -78,30 +80,29 @@ def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample
 
 def test_metrics_differenced_into_batch_sizes_and_durations():
     before = parse(_metrics_page(120, 20, 100, 2.0, requests=300))
-    after = parse(_metrics_page(360, 50, 340, 8.0, requests=1020))
-    assert before.batch_calls == 20.0 and before.has_batching
-    figures = level_figures(before, after, mean_n=4.0)
+    after = parse(_metrics_page(3000, 50, 340, 8.0, requests=1020))
+    assert (before.batch_calls, before.batch_images) == (20.0, 120.0)
+    figures = level_figures(before, after)
     assert figures["mean_batch_requests"] == pytest.approx(720 / 30)  # client requests per ONNX Runtime call
-    assert figures["mean_batch_images"] == pytest.approx(720 * 4.0 / 30)
+    assert figures["mean_batch_images"] == pytest.approx(2880 / 30)  # images per call, from the histogram's sum
     assert figures["requests_per_generator_call"] == pytest.approx(720 / 240)
     assert figures["server_sample_ms"] == pytest.approx(1000 * 6.0 / 720)  # the 503 is not counted
     assert figures["server_generate_ms"] == pytest.approx(10.0)
-    idle = level_figures(before, before, mean_n=1.0)
+    idle = level_figures(before, before)
     assert idle["mean_batch_requests"] is None and idle["server_sample_ms"] is None
 
 
-def test_metrics_without_batching_count_generator_calls():
-    """Batching off (DCGAN_MAX_BATCH=1): no batch histogram; each /generate call is one ONNX Runtime call."""
-    page = lambda generated, requests: (  # noqa: E731
-        f'bentoml_service_request_duration_seconds_sum{{endpoint="/generate",http_response_code="200"}} {generated / 100}\n'
-        f'bentoml_service_request_duration_seconds_count{{endpoint="/generate",http_response_code="200"}} {generated}\n'
+def test_metrics_of_an_in_process_generator_have_no_generator_calls():
+    """DCGAN_GENERATOR=inprocess: no /generate endpoint; batch sizes still come from the histogram."""
+    page = lambda calls, images, requests: (  # noqa: E731
+        f"dcgan_generator_batch_images_count {calls}\ndcgan_generator_batch_images_sum {images}\n"
         f'bentoml_service_request_duration_seconds_sum{{endpoint="/sample",http_response_code="200"}} 1.0\n'
         f'bentoml_service_request_duration_seconds_count{{endpoint="/sample",http_response_code="200"}} {requests}\n'
     )
-    figures = level_figures(parse(page(10, 10)), parse(page(110, 110)), mean_n=1.0)
-    assert not parse(page(10, 10)).has_batching
-    assert (figures["mean_batch_requests"], figures["requests_per_generator_call"]) == (1.0, 1.0)
-    assert not parse("bentoml_service_request_total 3\n").has_batching
+    figures = level_figures(parse(page(10, 10, 10)), parse(page(30, 330, 110)))
+    assert (figures["mean_batch_requests"], figures["mean_batch_images"]) == (5.0, 16.0)
+    assert figures["requests_per_generator_call"] is None and figures["server_generate_ms"] is None
+    assert parse("bentoml_service_request_total 3\n").batch_calls == 0
 
 
 def test_n_mix_parsing():
@@ -244,7 +245,7 @@ def test_smoke_soak_samples_every_server_process(service_artifact, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     soak = json.loads((out / "report.json").read_text())["soak"]
     names = {p["name"].split(" (")[0] for p in soak["processes"]}
-    assert {"bentoml serve", "worker dcgan", "worker generator"} <= names
+    assert {"bentoml serve", "worker dcgan"} <= names
     assert soak["level"]["failures"] == 0 and soak["level"]["requests"] > 0
     with open(out / "soak_rss.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -267,18 +268,29 @@ def _lv(n_mix: str, users: int, images_per_s: float, p99_ms: float, failures: in
 
 
 def test_goal_verdicts_from_a_constructed_report():
-    """Each goal divides the right levels: n=1 at 32 users, saturated n=16, batching off, the ceiling."""
+    """Each goal divides the right levels: n=1 at 32 users, saturated n=16, batching off, the peers, the ceiling."""
     from loadtest.report import goals
 
     report = {
         "targets": [
-            {"name": "bentoml", "levels": [_lv("1", 32, 450, 200), _lv("16", 16, 900, 400), _lv("16", 64, 800, 900)]},
+            {
+                "name": "bentoml",
+                "levels": [
+                    {**_lv("1", 32, 450, 200), "server_cpu_ms_per_request": 1.5},
+                    {**_lv("1", 1, 300, 4), "p50_ms": 2.0},
+                    _lv("16", 16, 900, 400),
+                    {**_lv("16", 32, 880, 450), "mean_batch_images": 60.0},
+                    _lv("16", 64, 800, 900),
+                ],
+            },
+            {"name": "mosec", "levels": [_lv("1", 32, 300, 150), _lv("16", 32, 800, 300)]},
+            {"name": "triton", "levels": [_lv("1", 32, 360, 250)]},
             {"name": "bentoml-maxbatch4", "levels": [_lv("1", 32, 200, 150)]},
             {"name": "bentoml-maxbatch1", "levels": [_lv("1", 32, 150, 250)]},
             {"name": "baseline-t1", "levels": [_lv("1", 32, 300, 250), _lv("16", 64, 950, 500, failures=2)]},
             {"name": "baseline-tdefault", "levels": [_lv("1", 32, 200, 150)]},
         ],
-        "ceiling": {"ort_ceiling": {"images_per_s": 1000.0, "form": "ort-cpu", "batch": 64}},
+        "ceiling": {"results": {"ort-cpu": {"64": 5000.0}, "ort-service": {"1": 500.0, "32": 1000.0, "64": 1100.0}}},
         "soak": {"growth": 0.12, "minutes": 10, "first_mib": 100, "last_mib": 112},
     }
     verdicts = {g["goal"]: (g["status"], g["measured"]) for g in goals(report)}
@@ -288,7 +300,15 @@ def test_goal_verdicts_from_a_constructed_report():
     assert status == "MISSED" and measured.startswith("0.95x")  # 900 (our best level) vs 950
     status, measured = verdicts["batching on vs off (DCGAN_MAX_BATCH=1), n=1 at 32 users"]
     assert status == "met" and measured.startswith("3.00x")  # against max batch 1, not 4
-    assert verdicts["n=16 saturated vs in-process ONNX Runtime ceiling"][0] == "met"  # 90% >= 60%
+    status, measured = verdicts["vs the faster peer, n=1 at 32 users"]
+    assert status == "met" and measured.startswith("1.25x") and "triton" in measured  # the faster peer; p99 200 < 250
+    assert verdicts["n=1 at 1 user: p50"] == ("met", "2 ms")
+    assert verdicts["server CPU per request, n=1 at 32 users"] == ("MISSED", "1.50 ms")
+    status, measured = verdicts["vs the faster peer, n=16 at 32 users"]
+    assert status == "met" and measured.startswith("1.10x")  # 880 vs mosec's 800
+    status, measured = verdicts["n=16 at 32 users vs the ONNX Runtime ceiling at the batch it formed"]
+    assert status == "met" and measured.startswith("80% (880 / 1,100 images/s at batch 64)")  # batch 64 is nearest 60
+    assert verdicts["vs the faster peer, n=64 at 32 users"][0].startswith("not measured")
     status, measured = verdicts["zero failed requests at every level"]
     assert status == "MISSED" and "baseline-t1 n=16 u=64: 2" in measured
     assert verdicts["soak: resident memory growth, first vs last minute"][0] == "MISSED"
@@ -327,3 +347,29 @@ def test_faults_disconnect_scenario_prints_its_table(service_artifact, tmp_path)
     assert row["scenario"].startswith("client disconnects") and row["sent"] == 40, row
     assert row["failed"] == "0" and row["lost"] == 0 and "whose clients left while they waited" in row["notes"], row
     assert "| scenario | sent | completed | refused | failed | lost |" in proc.stdout
+
+
+def test_the_mosec_peer_does_the_service_s_work(service_artifact, service_url, tmp_path):
+    """The Mosec peer answers POST /sample with the service's images, byte for byte, and refuses bad bodies with 4xx."""
+    from loadtest.peers import serve_mosec
+
+    body = {"seed": 77, "n": 3}
+    ours = httpx.post(f"{service_url}/sample", json=body, timeout=30).json()
+    with serve_mosec(service_artifact, tmp_path / "mosec.log", threads=1) as server:
+        theirs = httpx.post(f"{server.url}/sample", json=body, timeout=30)
+        bad = httpx.post(f"{server.url}/sample", json={"seed": -1}, timeout=30)
+    assert theirs.status_code == 200, theirs.text
+    assert problem_with(theirs.content, theirs.headers["content-type"], 77, 3) is None
+    assert theirs.json()["images"] == ours["images"]
+    assert bad.status_code == 422
+
+
+def test_v2_requests_and_their_checks():
+    body = v2_body(5, 2)
+    assert body["inputs"][0] == {"name": "seed", "shape": [1, 1], "datatype": "INT64", "data": [5]}
+    good = {"outputs": [{"name": "images", "datatype": "BYTES", "shape": [1, 2], "data": [PNG_BASE64_PREFIX + "AA"] * 2}]}
+    assert problem_with_v2(json.dumps(good).encode(), 2) is None
+    assert "shape" in problem_with_v2(json.dumps(good).encode(), 3)
+    good["outputs"][0]["data"][1] = "R0lGODlh"  # a GIF
+    assert problem_with_v2(json.dumps(good).encode(), 2) == "an image is not a base64 PNG"
+    assert problem_with_v2(b"<html>", 2) == "body is not a v2 inference response"

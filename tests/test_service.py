@@ -12,6 +12,7 @@ import re
 import httpx
 import numpy as np
 import onnxruntime as ort
+import psutil
 import pytest
 from PIL import Image
 
@@ -275,10 +276,10 @@ def test_health_endpoints(service_url):
     assert httpx.get(f"{service_url}/readyz", timeout=TIMEOUT).status_code == 200
 
 
-def test_metrics_have_the_adaptive_batch_size_histogram(service_url):
+def test_metrics_have_the_batch_size_histogram(service_url):
     post(service_url, "/sample", {"seed": 1})
     metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
-    assert re.search(r'^bentoml_service_adaptive_batch_size_bucket\{.*method_name="generate".*\} [1-9]', metrics, re.M)
+    assert re.search(r'^dcgan_generator_batch_images_bucket\{.*le="1.0".*\} [1-9]', metrics, re.M)
     assert re.search(r'^bentoml_service_request_total\{.*endpoint="/sample".*http_response_code="200"', metrics, re.M)
 
 
@@ -289,18 +290,17 @@ def test_info_reports_manifest_provider_and_batching(service_url, manifest):
     assert info["model"] == model
     assert info["provider"] in ort.get_available_providers()
     assert info["model_file"] in manifest["files"]
-    assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000, "max_batch_wait_ms": 0}
+    assert info["generator"] == "inprocess" and info["batching"] == {"max_batch_size": 128}
     assert info["limits"]["max_n"] == 64
     merging = info["merging"]
-    assert merging["generator_calls_in_flight"] == 2 and 0 < merging["generator_calls"] <= merging["requests"]
+    assert merging["generator_calls_in_flight"] == 1 and 0 < merging["generator_calls"] <= merging["requests"]
     assert info["latents"] == manifest["model"]["latents"]
 
 
 def _batches(url: str) -> float:
-    """ONNX Runtime calls so far: observations of the generator's adaptive batch size histogram."""
+    """ONNX Runtime calls so far: observations of the service's batch size histogram."""
     metrics = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
-    pattern = r'^bentoml_service_adaptive_batch_size_count\{[^}]*method_name="generate"[^}]*\} (\S+)'
-    return sum(float(v) for v in re.findall(pattern, metrics, re.M))
+    return sum(float(v) for v in re.findall(r"^dcgan_generator_batch_images_count(?:\{[^}]*\})? (\S+)", metrics, re.M))
 
 
 def test_concurrent_requests_each_get_their_own_images(service_url, reference):
@@ -324,7 +324,7 @@ def test_concurrent_requests_each_get_their_own_images(service_url, reference):
 
 
 def test_batching_off_serves_each_request_in_its_own_call(start_service, reference):
-    """DCGAN_MAX_BATCH=1: no merging at the entry and no batchable API, so a burst makes one generator call per request."""
+    """DCGAN_MAX_BATCH=1: no merging, so a burst makes one ONNX Runtime call per request."""
 
     async def burst(url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=TIMEOUT, limits=httpx.Limits(max_connections=16)) as client:
@@ -334,10 +334,30 @@ def test_batching_off_serves_each_request_in_its_own_call(start_service, referen
         assert httpx.get(f"{server.url}/info", timeout=TIMEOUT).json()["batching"]["max_batch_size"] == 1
         responses = asyncio.run(burst(server.url))
         info = httpx.get(f"{server.url}/info", timeout=TIMEOUT).json()
-        metrics = httpx.get(f"{server.url}/metrics", timeout=TIMEOUT).text
+        batches = _batches(server.url)
     for i, r in enumerate(responses):
         assert r.status_code == 200, r.text
         images = np.frombuffer(r.content, np.uint8).reshape(tuple(int(d) for d in r.headers["x-shape"].split(",")))
         assert max_level_diff(images, reference(2000 + i, 2)) <= 1
-    assert info["merging"]["generator_calls"] == info["merging"]["requests"] == 16
-    assert "bentoml_service_adaptive_batch_size_count" not in metrics
+    assert info["merging"]["generator_calls"] == info["merging"]["requests"] == batches == 16
+
+
+def test_a_generator_service_serves_the_same_bytes(start_service, service_url):
+    """DCGAN_GENERATOR=service: the model in a BentoML service of its own, batched by BentoML across entry workers.
+    Same API, same bytes as in process; BentoML's adaptive batching histogram and the batch histogram both count."""
+    asked = [("/sample", {"seed": 5, "n": 3}), ("/sample/raw", {"seed": 2**63 - 1, "n": 2}), ("/sample/grid", {"seed": 0, "n": 4})]
+    with start_service({"DCGAN_GENERATOR": "service"}) as server:
+        info = httpx.get(f"{server.url}/info", timeout=TIMEOUT).json()
+        answers = [post(server.url, path, body) for path, body in asked]
+        metrics = httpx.get(f"{server.url}/metrics", timeout=TIMEOUT).text
+        workers = {" ".join(p.cmdline()) for p in psutil.Process(server.process.pid).children(recursive=True)}
+    assert info["generator"] == "service" and info["merging"]["generator_calls_in_flight"] == 2
+    assert info["batching"] == {"max_batch_size": 128, "max_latency_ms": 5000, "max_batch_wait_ms": 0}
+    assert any("--service-name generator" in w for w in workers), workers
+    for (path, body), answer in zip(asked, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        in_process = post(service_url, path, body)  # its model tag differs (a store of its own), its images do not
+        same = answer.json()["images"] == in_process.json()["images"] if path == "/sample" else answer.content == in_process.content
+        assert same, path
+    assert re.search(r'^bentoml_service_adaptive_batch_size_bucket\{.*method_name="generate".*\} [1-9]', metrics, re.M)
+    assert re.search(r"^dcgan_generator_batch_images_count(?:\{[^}]*\})? [1-9]", metrics, re.M)

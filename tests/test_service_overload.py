@@ -1,7 +1,8 @@
 """Overload: past its limits the service answers 429/503 with Retry-After at once, and serves again when load drops.
 
 One extra server with tiny limits, so a handful of requests is "beyond capacity":
-at most 2 requests in progress, 2 images per batch, a 1 ms queueing budget. And one serving the
+at most 2 requests in progress, 2 images per batch, a 1 ms queueing budget in its generator service
+(DCGAN_GENERATOR=service: BentoML's batching sheds what it cannot batch in time). And one serving the
 committed default model (its real cost per image) with the default 2 s request deadline, driven far past
 saturation: admitted requests finish within about the deadline, the rest are refused at once.
 """
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local r
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 2.0  # the default DCGAN_DEADLINE_MS
 OVERLOAD = {"DCGAN_DEADLINE_MS": str(int(DEADLINE_S * 1000))}
-TIGHT = {"DCGAN_MAX_INFLIGHT": "2", "DCGAN_MAX_BATCH": "2", "DCGAN_MAX_LATENCY_MS": "1"}
+TIGHT = {"DCGAN_GENERATOR": "service", "DCGAN_MAX_INFLIGHT": "2", "DCGAN_MAX_BATCH": "2", "DCGAN_MAX_LATENCY_MS": "1"}
 
 
 @pytest.fixture(scope="module")

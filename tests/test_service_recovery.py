@@ -1,5 +1,5 @@
-"""Recovery: after a burst, a lone request is served about as fast as before the burst; a crashed generator
-worker loses no request.
+"""Recovery of a separate generator service (DCGAN_GENERATOR=service, as the GPU overlay runs): after a burst, a lone
+request is served about as fast as before the burst; a crashed generator worker loses no request.
 
 BentoML's batching dispatcher learns how long batches waited in its queue and then holds every
 batch, even a lone request on an idle model, open about that long (see service/bentoml_fixes.py).
@@ -21,7 +21,8 @@ import pytest
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-SMALL_BATCHES = {"DCGAN_MAX_BATCH": "2", "DCGAN_ORT_THREADS": "1"}
+SERVICE = {"DCGAN_GENERATOR": "service"}
+SMALL_BATCHES = {**SERVICE, "DCGAN_MAX_BATCH": "2", "DCGAN_ORT_THREADS": "1"}
 BURST_CLIENTS = 64
 BURST_N = 16
 BURST_S = 6.0  # longer than the dispatcher's 5 s refresh interval, so it learns from the burst
@@ -88,7 +89,7 @@ def _generator_worker(server) -> psutil.Process:
 def test_a_killed_generator_worker_loses_no_request_and_readiness_follows_it(start_service):
     """kill -9 of the generator under load: calls in flight wait for its restart and complete; new requests meanwhile are
     refused at once with 503 + Retry-After; /readyz is 503 while it is down and 200 once it is back."""
-    with start_service({"DCGAN_GENERATOR_RESTART_WAIT_S": "30"}) as server:
+    with start_service({**SERVICE, "DCGAN_GENERATOR_RESTART_WAIT_S": "30"}) as server:
         results, readiness = asyncio.run(_load_through_a_crash(server))
     statuses = collections.Counter(status for status, _ in results)
     assert set(statuses) <= {200, 503} and statuses[200] > 0, statuses
@@ -129,7 +130,7 @@ async def _load_through_a_crash(server) -> tuple[list[tuple[int, str]], list[int
 def test_in_a_container_a_dead_generator_fails_liveness_so_the_pod_is_restarted(start_service):
     """Inside a container (the image sets BENTOML_CONTAINERIZED) BentoML does not restart a dead worker: /livez turns
     503 once the generator has not answered for DCGAN_GENERATOR_RESTART_WAIT_S, and the liveness probe restarts the pod."""
-    with start_service({"BENTOML_CONTAINERIZED": "true", "DCGAN_GENERATOR_RESTART_WAIT_S": "3"}) as server:
+    with start_service({**SERVICE, "BENTOML_CONTAINERIZED": "true", "DCGAN_GENERATOR_RESTART_WAIT_S": "3"}) as server:
         with httpx.Client(timeout=10) as client:
             assert client.get(f"{server.url}/livez").status_code == 200
             _generator_worker(server).kill()

@@ -14,17 +14,22 @@ import pytest
 from conftest import REPO, service_env
 
 
-def test_service_package_never_imports_torch(service_artifact, tmp_path):
-    """Every module under service/, and both services built from them, without torch in sys.modules."""
+@pytest.mark.parametrize("generator", ["inprocess", "service"])
+def test_service_package_never_imports_torch(service_artifact, tmp_path, generator):
+    """Every module under service/, and the services built from them, without torch in sys.modules."""
     code = (
         "import importlib, pkgutil, sys, service\n"
         "for m in pkgutil.iter_modules(service.__path__): importlib.import_module('service.' + m.name)\n"
-        "assert service.svc.name == 'dcgan' and 'generator' in service.svc.dependencies\n"
+        f"assert service.svc.name == 'dcgan' and ('generator' in service.svc.dependencies) == {generator == 'service'}\n"
         "leaked = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not leaked, leaked[:5]\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=service_env(tmp_path / "bentoml", service_artifact), capture_output=True, text=True
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=service_env(tmp_path / "bentoml", service_artifact, {"DCGAN_GENERATOR": generator}),
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
 
@@ -98,6 +103,8 @@ def test_corrupted_model_in_the_store_stops_startup(serve_to_exit, service_artif
         ("DCGAN_GENERATOR_CALLS", "0"),
         ("DCGAN_DEADLINE_MS", "0"),
         ("DCGAN_REQUIRE_CUDA", "maybe"),
+        ("DCGAN_GENERATOR", "remote"),
+        ("DCGAN_ACCESS_LOG", "loud"),
     ],
 )
 def test_bad_setting_stops_startup(serve_to_exit, name, value):

@@ -1,0 +1,52 @@
+"""The per-request work every peer server does, the same as the service's: seed -> latents -> ONNX Runtime -> uint8 -> PNG -> base64.
+
+Imports neither bentoml nor torch: the PyTriton peer runs it in an environment of its own (loadtest/peer_env.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from contract.artifact import ONNX, verify
+from contract.latents import latents_for_seed
+from contract.onnx_cpu import cpu_session_options
+from contract.pixels import to_uint8
+from service.images import png_bytes
+
+
+class PeerModel:
+    """The artifact's generator.onnx on ONNX Runtime CPU, with the service's session options."""
+
+    def __init__(self, artifact: Path, threads: int | None = None) -> None:
+        manifest = verify(artifact)  # the file hashes, as the service checks them
+        self.nz = manifest["model"]["nz"]
+        self.model = f"{manifest['model']['arch']}:{artifact.name}"
+        self.threads = threads or len(os.sched_getaffinity(0))
+        self.session = ort.InferenceSession(str(artifact / ONNX), cpu_session_options(self.threads), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.images(self.latents(0, 1))  # warm-up, as the service does before it is ready
+
+    def latents(self, seed: int, n: int) -> np.ndarray:
+        return latents_for_seed(seed, n, self.nz)  # (n, nz)
+
+    def images(self, latents: np.ndarray) -> np.ndarray:
+        """(B, nz) float32 -> (B, H, W, C) uint8."""
+        (out,) = self.session.run(None, {self.input_name: latents})  # (B, C, H, W) in [-1, 1]
+        return np.ascontiguousarray(to_uint8(out).transpose(0, 2, 3, 1))
+
+    def batch(self, requests: list[tuple[int, int]]) -> list[np.ndarray]:
+        """[(seed, n), ...] -> each request's (n, H, W, C) images, from one ONNX Runtime call for all of them."""
+        latents = np.concatenate([self.latents(seed, n) for seed, n in requests])
+        images = self.images(latents)
+        bounds = np.cumsum([0] + [n for _, n in requests])
+        return [images[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def base64_pngs(images: np.ndarray) -> list[str]:
+    """(n, H, W, C) uint8 -> n base64 PNG strings, as the service's /sample returns them."""
+    return [base64.b64encode(png_bytes(image)).decode("ascii") for image in images]

@@ -1,0 +1,70 @@
+"""The loaded generator: a verified stored model on ONNX Runtime, latents in, uint8 images out.
+
+One engine per process that runs the model: the generator service's worker (DCGAN_GENERATOR=service), or the
+entry worker itself (DCGAN_GENERATOR=inprocess). Either way it reports on /metrics which model and execution
+provider serve, and how many images each ONNX Runtime call held.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+
+from contract.pixels import to_uint8
+from service.model_source import verified_manifest
+from service.runtime import CUDA, open_runtime, warm_up
+from service.settings import SETTINGS
+
+logger = logging.getLogger("bentoml.dcgan")
+# So a dashboard shows a GPU pod serving on CPU.
+GENERATOR_INFO = bentoml.metrics.Gauge(
+    name="dcgan_generator_info",
+    documentation="1 for the model, ONNX file and ONNX Runtime execution provider this worker serves with",
+    labelnames=["model", "model_file", "provider"],
+)
+BATCH_IMAGES = bentoml.metrics.Histogram(
+    name="dcgan_generator_batch_images",
+    documentation="images per ONNX Runtime call: the batches that adaptive batching formed",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, float("inf")),
+)
+
+
+class Engine:
+    """`Engine(stored_model).generate(latents)`: (B, nz) float32 -> (B, H, W, C) uint8. Loading verifies and warms up."""
+
+    def __init__(self, stored) -> None:
+        self.tag = str(stored.tag)
+        self.manifest = verified_manifest(stored.path, self.tag)
+        self.runtime = open_runtime(Path(stored.path), self.manifest, SETTINGS.ort_threads)
+        warm_up(self.runtime, self.manifest)
+        if SETTINGS.require_cuda and self.runtime.provider != CUDA:  # the start-up check passed, this worker did not
+            raise BentoMLException(f"DCGAN_REQUIRE_CUDA=1 but this worker runs on {self.runtime.provider}")
+        GENERATOR_INFO.labels(model=self.tag, model_file=self.runtime.model_file, provider=self.runtime.provider).set(1)
+
+    def generate(self, latents: np.ndarray) -> np.ndarray:
+        """(B, nz) float32 latents -> (B, H, W, C) uint8 images; B mixes many clients' requests. Releases the GIL while
+        ONNX Runtime runs, so it may run in a thread beside an event loop."""
+        rt = self.runtime
+        (images,) = rt.session.run([rt.output_name], {rt.input_name: latents})  # (B, C, H, W)
+        BATCH_IMAGES.observe(len(latents))
+        return np.ascontiguousarray(to_uint8(images).transpose(0, 2, 3, 1))
+
+    def describe(self, batching: dict) -> dict:
+        """What the entry service reports at /info and stamps on responses."""
+        return {
+            "model": self.tag,
+            "manifest": self.manifest,
+            "provider": self.runtime.provider,
+            "model_file": self.runtime.model_file,
+            "ort_threads": self.runtime.threads,
+            "generator": SETTINGS.generator,
+            "batching": batching,
+        }
+
+    def loaded_line(self) -> str:
+        rt = self.runtime
+        return f"serving {self.tag} ({rt.model_file}) on {rt.provider}, threads={rt.threads}"
