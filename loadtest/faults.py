@@ -4,7 +4,8 @@ Scenarios (each against `bentoml serve service:svc` on a free loopback port, ser
   drain       SIGTERM while 16 clients ask for 16 images each: admitted requests must all complete
   overload    64 clients asking for 64 images each, several times what the CPU generates in a deadline
   slow        200 connections trickling a body and 200 never finishing their headers, beside 8 normal clients
-  crash       kill -9 of the generator worker while 8 clients ask for 4 images each
+  crash       kill -9 of the generator worker while 8 clients ask for 4 images each (DCGAN_GENERATOR=service, the
+              mode with a generator worker of its own; the other scenarios run the default settings)
   disconnect  40 clients that give up after 50 ms on 64 images each, then one normal request
 
 Columns: requests sent; completed (200); refused: the designed answers (429/503 with Retry-After, 408 for a
@@ -303,7 +304,8 @@ def main(argv=None) -> None:
     for name in scenarios:
         print(f"[faults] {name}: starting a fresh server", flush=True)
         home = args.out / "homes" / name
-        with serve_bentoml(args.artifact, home, args.out / "logs" / f"{name}.log") as server:
+        env = {"DCGAN_GENERATOR": "service"} if name == "crash" else {}
+        with serve_bentoml(args.artifact, home, args.out / "logs" / f"{name}.log", env) as server:
             outcome = asyncio.run(RUNNERS[name](server))
         rows.append(outcome.row())
         print(f"[faults] {name}: {json.dumps(outcome.row())}", flush=True)

@@ -248,10 +248,11 @@ def markdown(report: dict) -> str:
         f"Each level: {report['settings']['duration_s']:g} s of closed-loop users (no think time) after every user has started; "
         f"a {report['settings']['warmup_s']:g} s warm-up per server is not counted. Latency percentiles are locust's "
         "(rounded to 2 significant digits above 100 ms). Batch sizes and server-side durations come from the server's "
-        "/metrics (BentoML's `bentoml_service_adaptive_batch_size` and `bentoml_service_request_duration_seconds`): "
-        "requests per batch are client requests per ONNX Runtime call; requests per generator call, how many the entry "
-        "merged into each internal call; "
-        "`/generate` is the generator's time per internal call: waiting for its batch, inference, its own HTTP handling.",
+        "/metrics (`dcgan_generator_batch_images` and BentoML's `bentoml_service_request_duration_seconds`): "
+        "requests (images) per batch are client requests (images) per ONNX Runtime call; with DCGAN_GENERATOR=service, "
+        "requests per generator call are how many the entry merged into each internal call, and "
+        "`/generate` is the generator's time per internal call: waiting for its batch, inference, its own HTTP handling. "
+        "Peers (Mosec, Triton) export no such figures.",
     ]
     if report.get("interrupted"):
         lines += ["", "**Interrupted: partial results.**"]
