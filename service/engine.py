@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
+from prometheus_client import Gauge, Histogram  # what bentoml.metrics (deprecated) hands out; BentoML aggregates its workers'
 
 from contract.pixels import to_uint8
 from service.model_source import verified_manifest
@@ -21,12 +21,12 @@ from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
 # So a dashboard shows a GPU pod serving on CPU.
-GENERATOR_INFO = bentoml.metrics.Gauge(
+GENERATOR_INFO = Gauge(
     name="dcgan_generator_info",
     documentation="1 for the model, ONNX file and ONNX Runtime execution provider this worker serves with",
     labelnames=["model", "model_file", "provider"],
 )
-BATCH_IMAGES = bentoml.metrics.Histogram(
+BATCH_IMAGES = Histogram(
     name="dcgan_generator_batch_images",
     documentation="images per ONNX Runtime call: the batches that adaptive batching formed",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, float("inf")),

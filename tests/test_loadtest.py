@@ -216,7 +216,7 @@ def test_smoke_sweep_writes_a_faithful_report(service_artifact, tmp_path):
         assert f"| {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} |" in md_row
     ours, base = (t["levels"][0] for t in report["targets"])
     assert ours["mean_batch_requests"] >= 1 and ours["mean_batch_images"] >= 2  # read from our /metrics
-    assert ours["server_sample_ms"] > ours["server_generate_ms"] > 0
+    assert ours["server_sample_ms"] > 0 and ours["server_generate_ms"] is None  # the model runs in the entry worker
     assert base["mean_batch_requests"] is None and base["server_sample_ms"] is None  # the baseline has no /metrics
     with open(out / "locust" / "bentoml_n2_u2_stats.csv", newline="") as f:
         assert {row["Name"] for row in csv.DictReader(f)} == {"/sample n=2", "Aggregated"}

@@ -361,3 +361,13 @@ def test_a_generator_service_serves_the_same_bytes(start_service, service_url):
         assert same, path
     assert re.search(r'^bentoml_service_adaptive_batch_size_bucket\{.*method_name="generate".*\} [1-9]', metrics, re.M)
     assert re.search(r"^dcgan_generator_batch_images_count(?:\{[^}]*\})? [1-9]", metrics, re.M)
+
+
+def test_seeds_give_the_same_bytes_alone_under_load_and_as_a_prefix(service_url):
+    """loadtest.determinism against the served model: each case alone, then inside batches shared with other clients'
+    seeds (the ONNX Runtime calls meanwhile held several images), and as the prefix of a larger n: identical bytes."""
+    from loadtest.determinism import check
+
+    report = asyncio.run(check(service_url, clients=8, rounds=2))
+    assert report["images_per_onnx_call_under_load"] > 2, report
+    assert report["all_identical"] and report["max_level_diff"] == 0, report["rows"]
