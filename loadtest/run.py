@@ -156,6 +156,11 @@ def parse_args(argv):
         "the entry, no batchable API); the batching goal compares against the smallest N",
     )
     parser.add_argument(
+        "--compare-generator",
+        action="store_true",
+        help="also sweep our service with the other DCGAN_GENERATOR mode (service if the environment runs it in process)",
+    )
+    parser.add_argument(
         "--compare-fp32",
         action="store_true",
         help="on a GPU, also sweep our service on the fp32 model (it serves generator.fp16.onnx on CUDA)",
@@ -199,8 +204,8 @@ def parse_args(argv):
         raise UserError("--soak MINUTES must be > 0 and --soak-users >= 1")
     if args.host:
         args.host = args.host.rstrip("/") if args.allow_non_loopback else check_loopback(args.host)
-        if args.compare_max_batch or args.compare_fp32:
-            raise UserError("--compare-max-batch and --compare-fp32 start servers with other settings; they cannot be used with --host")
+        if args.compare_max_batch or args.compare_fp32 or args.compare_generator:
+            raise UserError("--compare-* options start servers with other settings; they cannot be used with --host")
         if args.soak:
             raise UserError("--soak samples the memory of the server processes it started; it cannot be used with --host")
     elif not (args.artifact / MANIFEST).is_file():
@@ -299,6 +304,17 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
                         else f"at most {n} images per ONNX Runtime call"
                     ),
                     ours(f"{reporting.MAXBATCH}{n}", art, {"DCGAN_MAX_BATCH": str(n)}),
+                )
+            )
+        if args.compare_generator and not args.soak:
+            other = "inprocess" if os.environ.get("DCGAN_GENERATOR", "").strip().lower() == "service" else "service"
+            targets.append(
+                Target(
+                    f"{reporting.OURS}-{other}",
+                    f"ours, generator {other}",
+                    f"the same service with DCGAN_GENERATOR={other}"
+                    + (": the model in a generator service of its own" if other == "service" else ": the model in the entry worker"),
+                    ours(f"{reporting.OURS}-{other}", art, {"DCGAN_GENERATOR": other}),
                 )
             )
         if args.compare_fp32 and not args.soak:

@@ -12,7 +12,9 @@ the next one runs; stages past the --budget, 8 minutes by default, are skipped a
   export       python -m export --fp16: ONNX float32 + float16, TorchScript, .pt2, parity checked inside
   parity       python -m export.parity: every form vs eager PyTorch; must hold CUDA rows for both ONNX files
   ort-bench    python -m loadtest.backend_bench: in-process images/s per runtime and batch size (ORT CUDA, fp16, graphs)
-  serve        python -m loadtest.run: `bentoml serve` on the GPU under a short locust sweep, fp16 vs fp32
+  serve        python -m loadtest.run: `bentoml serve` on CUDA (DCGAN_REQUIRE_CUDA=1) under a locust sweep, n=1 and
+               n=64 from 1 to 128 users, beside batching off, the other DCGAN_GENERATOR mode and fp32
+  determinism  python -m loadtest.determinism on CUDA: a seed's images alone vs inside others' batches, and as a prefix
 
 Where it runs: by default it makes a virtual environment in WORK/venv and installs into it from the
 project's own files: `pip install torch==2.13.0` (on Linux x86_64 PyPI's wheel is the CUDA build;
@@ -20,6 +22,8 @@ project's own files: `pip install torch==2.13.0` (on Linux x86_64 PyPI's wheel i
 `pip install -e '.[train,loadtest]' 'onnxruntime-gpu[cuda,cudnn]==1.31.1'` (ONNX Runtime's CUDA 13
 and cuDNN libraries as wheels, as bentofile.yaml has them). --wheels DIR installs offline from a
 folder of wheels; --python PY skips installing and uses an interpreter that has it all.
+
+Without network there, research/gpu_stage.py brings the packages the machine lacks first (see its --help).
 
 --cpu-smoke runs every stage on the CPU at toy sizes (the GPU-only checks off): it proves the
 plumbing on a machine without a GPU, it measures nothing worth quoting.
@@ -56,7 +60,7 @@ from common.cli import OneLineErrorParser, UserError, cli_main  # stdlib-only mo
 REPO = Path(__file__).resolve().parents[1]
 TORCH = "torch==2.13.0"  # the README's pin
 ORT_GPU = "onnxruntime-gpu[cuda,cudnn]==1.31.1"  # as bentofile.yaml installs it
-STAGES = ("env", "train-bench", "compile", "train", "export", "parity", "ort-bench", "serve")
+STAGES = ("env", "train-bench", "compile", "train", "export", "parity", "ort-bench", "serve", "determinism")
 CUDA_EP = "CUDAExecutionProvider"
 
 ENV_PROBE = r"""
@@ -93,6 +97,7 @@ class Stage:
     timeout_s: float
     check: Callable[[str], list[str]] = lambda output: []  # problems found in its output or files
     figures: Callable[[str], str] = lambda output: ""  # what the results file quotes (markdown)
+    env: dict[str, str] = field(default_factory=dict)  # set for this stage's process
 
 
 @dataclass
@@ -214,13 +219,15 @@ def plan(py: str, work: Path, smoke: bool) -> list[Stage]:
         train = ["--image-size", "32", "--batch-size", "16", "--steps", "4", "--ngf", "8", "--ndf", "8", "--log-every", "2"]
         ob = ["--forms", "torch-eager,ort-cpu,ort-cuda", "--batch-sizes", "1,8", "--seconds", "0.3"]
         sweep = ["--users", "1", "--mix", "1", "--duration", "3", "--warmup", "1"]
-        batch = 16
+        batch, clients = 16, 4
     else:
         tb = ["--image-size", "64", "--batch-size", "64", "--steps", "100", "--rounds", "3", "--warmup", "5"]
         train = ["--image-size", "64", "--batch-size", "64", "--steps", "300", "--log-every", "25"]
         ob = ["--seconds", "0.6"]
-        sweep = ["--users", "1,16,64", "--mix", "1:3,16:1", "--duration", "8", "--warmup", "3"]
-        batch = 64
+        # n=1 and n=64 from 1 to 128 users; batching off and the other generator mode beside (the batching goal is at
+        # n=1 and 64 users); fp32 beside the fp16 the service picks on CUDA
+        sweep = ["--users", "1,16,64,128", "--mix", "1", "--mix", "64", "--duration", "5", "--warmup", "2", "--compare-max-batch", "1"]
+        batch, clients = 64, 64
     stages = [
         Stage("env", "GPU, driver, torch, ONNX Runtime", [py, "-c", ENV_PROBE], 60),
         Stage(
@@ -287,13 +294,33 @@ def plan(py: str, work: Path, smoke: bool) -> list[Stage]:
                 "--ceiling",
                 str(bench_json),
                 "--compare-fp32",
+                "--compare-generator",
                 *sweep,
                 "--out",
                 str(lt),
             ],
-            300,
+            420,
             check=lambda out: serve_problems(lt, cuda),
             figures=lambda out: nested(read_text(lt / "report.md")),
+            env={"DCGAN_REQUIRE_CUDA": "1"} if cuda else {},
+        ),
+        Stage(
+            "determinism",
+            "a seed's bytes alone, inside batches shared with other clients, and as a prefix (on CUDA: fp16, as served)",
+            [
+                py,
+                "-m",
+                "loadtest.determinism",
+                "--artifact",
+                str(artifact),
+                "--clients",
+                str(clients),
+                "--json",
+                str(work / "determinism.json"),
+            ],
+            120,
+            figures=lambda out: out[out.find("provider ") :].strip() if "provider " in out else "",
+            env={"DCGAN_REQUIRE_CUDA": "1"} if cuda else {},
         ),
     ]
     return stages
@@ -309,7 +336,7 @@ def run_stage(stage: Stage, timeout_s: float, logs: Path) -> Result:
     say(f"{stage.name}: {shlex.join(stage.argv) if stage.name != 'env' else 'environment probe'} (limit {timeout_s:.0f} s)")
     start = time.monotonic()
     output: list[str] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True", **stage.env}
     with open(log, "w") as f:
         proc = subprocess.Popen(
             stage.argv,
