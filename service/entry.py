@@ -58,6 +58,7 @@ from service.generator import MODEL, GeneratorService
 from service.http_guard import CLIENT_LEFT, RETRY_AFTER_S, AdmissionLimit, ApiKeyAuth, RequestGuard
 from service.images import animation_bytes, grid, png_bytes
 from service.interpolate import interpolation_latents
+from service.request_id import RequestId, name_requests_in_logs
 from service.preflight import check_stored_model
 from service.schema import (
     MAX_STEPS,
@@ -208,6 +209,7 @@ class EntryService:
             max_queued_images=SETTINGS.max_queued_images,
         )
         install_entry_drain(SETTINGS.drain_timeout_s)  # SIGTERM: refuse new work, finish the admitted, then stop
+        name_requests_in_logs()
         freeze_startup_heap()
 
     async def _describe(self) -> dict:
@@ -408,8 +410,9 @@ class EntryService:
         return await self.interpolation_response(seed_a, seed_b, steps, "/interpolate/strip")
 
 
-# Outermost first (service/http_guard.py): the API key, then the whole body within its deadline and valid, and only
-# then a place among the requests in progress, so that slow or bad clients never hold one.
+# Outermost first: the request id (service/request_id.py), then (service/http_guard.py) the API key, the whole body within
+# its deadline and valid, and only then a place among the requests in progress, so that slow or bad clients never hold one.
+EntryService.add_asgi_middleware(RequestId)
 if SETTINGS.api_key:  # no layer at all without a key: every middleware costs each request
     EntryService.add_asgi_middleware(ApiKeyAuth, key=SETTINGS.api_key, paths=frozenset({*REQUEST_MODELS, "/info"}))
 EntryService.add_asgi_middleware(
