@@ -58,8 +58,8 @@ from service.generator import MODEL, GeneratorService
 from service.http_guard import CLIENT_LEFT, RETRY_AFTER_S, AdmissionLimit, ApiKeyAuth, RequestGuard
 from service.images import animation_bytes, grid, png_bytes
 from service.interpolate import interpolation_latents
-from service.request_id import RequestId, name_requests_in_logs
 from service.preflight import check_stored_model
+from service.request_id import RequestId, name_requests_in_logs
 from service.schema import (
     MAX_STEPS,
     InterpolateRequest,
