@@ -16,8 +16,10 @@ from pathlib import Path
 
 from common.cli import UserError
 from common.files import atomic_write_json, read_json
+from contract import golden
 from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
 from contract.latents import LATENTS
+from export import golden as export_golden
 from export import manifest as manifest_lib
 from export import onnx_export, parity, torch_export
 from training.rundir import CONFIG, load_generator
@@ -92,6 +94,7 @@ def export_run(
         if report.failed():
             raise ExportFailed(f"parity failed for {', '.join(sorted(report.failed()))}; no artifact written")
 
+        reference = export_golden.write_images(tmp, cfg.nz)  # golden.npy, listed in the manifest's files below
         manifest = manifest_lib.build(
             tmp,
             cfg,
@@ -103,6 +106,7 @@ def export_run(
             generator_sha256=meta["weights_sha256"],
             export_command=command,
         )
+        manifest["golden"] = golden.section(limits.levels, reference)
         atomic_write_json(tmp / MANIFEST, manifest)
         verify(tmp)
         _fsync_dir(tmp)

@@ -14,9 +14,8 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from prometheus_client import Gauge, Histogram  # what bentoml.metrics (deprecated) hands out; BentoML aggregates its workers'
 
-from contract.pixels import to_uint8
 from service.model_source import verified_manifest
-from service.runtime import CUDA, open_runtime, warm_up
+from service.runtime import CUDA, open_checked, run_uint8
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
@@ -39,8 +38,8 @@ class Engine:
     def __init__(self, stored) -> None:
         self.tag = str(stored.tag)
         self.manifest = verified_manifest(stored.path, self.tag)
-        self.runtime = open_runtime(Path(stored.path), self.manifest, SETTINGS.ort_threads)
-        warm_up(self.runtime, self.manifest)
+        # Loaded, warmed up, and the export's golden images regenerated here within their tolerance.
+        self.runtime, self.golden = open_checked(Path(stored.path), self.manifest, SETTINGS.ort_threads)
         if SETTINGS.require_cuda and self.runtime.provider != CUDA:  # the start-up check passed, this worker did not
             raise BentoMLException(f"DCGAN_REQUIRE_CUDA=1 but this worker runs on {self.runtime.provider}")
         GENERATOR_INFO.labels(model=self.tag, model_file=self.runtime.model_file, provider=self.runtime.provider).set(1)
@@ -48,10 +47,9 @@ class Engine:
     def generate(self, latents: np.ndarray) -> np.ndarray:
         """(B, nz) float32 latents -> (B, H, W, C) uint8 images; B mixes many clients' requests. Releases the GIL while
         ONNX Runtime runs, so it may run in a thread beside an event loop."""
-        rt = self.runtime
-        (images,) = rt.session.run([rt.output_name], {rt.input_name: latents})  # (B, C, H, W)
+        images = run_uint8(self.runtime, latents)
         BATCH_IMAGES.observe(len(latents))
-        return np.ascontiguousarray(to_uint8(images).transpose(0, 2, 3, 1))
+        return images
 
     def describe(self, batching: dict) -> dict:
         """What the entry service reports at /info and stamps on responses."""
@@ -62,6 +60,7 @@ class Engine:
             "model_file": self.runtime.model_file,
             "ort_threads": self.runtime.threads,
             "generator": SETTINGS.generator,
+            "golden": self.golden,
             "batching": batching,
         }
 

@@ -1,18 +1,19 @@
-"""The entry service `svc`: HTTP in front, seeds -> latents, images -> PNG / grid / raw bytes.
+"""The entry service `svc`: HTTP in front, seeds -> latents, images -> PNG / WebP / JPEG / grid / raw bytes.
 
-    POST /sample             {"seed": S, "n": N} -> JSON, N base64 PNGs
-    POST /sample/grid        {"seed": S, "n": N} -> one PNG grid (image/png)
-    GET  /sample/grid?seed=S&n=N                 -> the same grid, for a browser's address bar
+    POST /sample             {"seed": S, "n": N} -> JSON, N base64 images (PNG; or "format": "webp" / "jpeg")
+    POST /sample/grid        {"seed": S, "n": N} -> one image, the N in a grid
     POST /sample/raw         {"seed": S, "n": N} -> N*H*W*C bytes, uint8 NHWC (application/octet-stream)
     POST /interpolate        {"seed_a": A, "seed_b": B, "steps": T} -> T frames from A to B, looping GIF
     POST /interpolate/apng   (same body)         -> the same frames, looping animated PNG (lossless)
-    POST /interpolate/strip  (same body)         -> the same frames in one row, one PNG
-    GET  /interpolate[/apng|/strip]?seed_a=A&seed_b=B&steps=T -> the same, for an <img src>
+    POST /interpolate/strip  (same body)         -> the same frames in one row, one image
+    GET  any of the above, its fields in the query string (/sample/grid?seed=S&n=N): for <img src>, caches, CDNs
+         every one also takes "truncation" (latent scale psi in (0, 1]); the image routes "format" and "quality"
     GET  /info                                   -> manifest, provider, batching settings, limits
     GET  /ui/                                    -> the page: gallery, seed explorer, latent walk (service/page/)
     GET  /                                       -> redirect to /ui/ (BentoML's Swagger UI is at /docs)
     GET  /livez /readyz /metrics                 -> BentoML's probes and Prometheus metrics
 
+Each answer is a pure function of (model, route, request): strong ETags and If-None-Match (service/responses.py).
 Every call into the generator goes through `_images`, which merges concurrent requests into shared
 generator calls (service/coalesce.py): adaptive batching, with batches as large as the queue that
 formed while the model was busy. Where the model runs is DCGAN_GENERATOR's choice:
@@ -28,7 +29,6 @@ formed while the model was busy. Where the model runs is DCGAN_GENERATOR's choic
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib.resources
 import itertools
 import logging
@@ -55,16 +55,20 @@ from service.drain import DRAIN, install_entry_drain
 from service.engine import Engine
 from service.gc_freeze import freeze_startup_heap
 from service.generator import MODEL, GeneratorService
-from service.http_guard import CLIENT_LEFT, RETRY_AFTER_S, AdmissionLimit, ApiKeyAuth, RequestGuard
-from service.images import animation_bytes, grid, png_bytes
+from service.http_guard import CLIENT_LEFT, CONDITIONAL, RETRY_AFTER_S, AdmissionLimit, ApiKeyAuth, RequestGuard
 from service.interpolate import interpolation_latents
 from service.preflight import check_stored_model
 from service.request_id import RequestId, name_requests_in_logs
+from service.responses import ROUTES, etag, images_response, not_modified
 from service.schema import (
+    DEFAULT_QUALITY,
+    FORMATS,
     MAX_STEPS,
     InterpolateRequest,
+    RawRequest,
     SampleRequest,
     SampleResponse,
+    StripRequest,
     error_response,
     request_from_query,
     validation_error_response,
@@ -79,20 +83,7 @@ IN_PROCESS = SETTINGS.generator == "inprocess"
 RETRY_PAUSE_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 READY_TIMEOUT_S = 2.0  # the generator's answer to a readiness probe; the manifests' probes time out at 3 s
 MAX_BODY_BYTES = 4096  # the largest valid body is ~80 bytes; pretty-printed JSON still fits
-# The forms of an interpolation: route -> (what it encodes, media type).
-INTERPOLATION_FORMS = {
-    "/interpolate": ("gif", "image/gif"),
-    "/interpolate/apng": ("apng", "image/apng"),
-    "/interpolate/strip": ("strip", "image/png"),
-}
-# Generation routes -> the request model their JSON body (or query string) must validate against.
-REQUEST_MODELS = {
-    "/sample": SampleRequest,
-    "/sample/grid": SampleRequest,
-    "/sample/raw": SampleRequest,
-    **{route: InterpolateRequest for route in INTERPOLATION_FORMS},
-}
-GET_ROUTES = frozenset({"/sample/grid", *INTERPOLATION_FORMS})
+GET_ROUTES = frozenset(ROUTES)  # every generation route also answers GET and HEAD, with its fields in the query string
 PAGE_DIR = Path(__file__).parent / "page"
 # BentoML's Swagger UI, which BentoML serves at "/"; it loads ./static_content/ and ./docs.json, so it works from /docs too.
 SWAGGER_PAGE = importlib.resources.files("_bentoml_impl.server") / "main-openapi.html"
@@ -123,23 +114,16 @@ async def info_route(request: Request) -> Response:
     return JSONResponse(await svc_instance.info())
 
 
-async def grid_route(request: Request) -> Response:
-    try:
-        req = request_from_query(dict(request.query_params), SampleRequest)
-    except ValidationError as e:
-        return validation_error_response(e, SampleRequest)
-    return await bentoml.get_current_service().grid_response(req.seed, req.n)
-
-
-def interpolation_route(route: str):
-    """The GET form of one of the INTERPOLATION_FORMS routes."""
+def get_route(route: str):
+    """The GET (and HEAD) form of a generation route: its request's fields in the query string."""
+    model = ROUTES[route]
 
     async def endpoint(request: Request) -> Response:
         try:
-            req = request_from_query(dict(request.query_params), InterpolateRequest)
+            req = request_from_query(dict(request.query_params), model)
         except ValidationError as e:
-            return validation_error_response(e, InterpolateRequest)
-        return await bentoml.get_current_service().interpolation_response(req.seed_a, req.seed_b, req.steps, route)
+            return validation_error_response(e, model)
+        return await bentoml.get_current_service().respond(route, req)
 
     return endpoint
 
@@ -158,8 +142,7 @@ async def to_page(request: Request) -> Response:
 get_app = Starlette(
     routes=[
         Route("/info", info_route, methods=["GET"]),
-        Route("/sample/grid", grid_route, methods=["GET"]),
-        *(Route(route, interpolation_route(route), methods=["GET"]) for route in INTERPOLATION_FORMS),
+        *(Route(route, get_route(route), methods=["GET"]) for route in ROUTES),
         Route("/", to_page, methods=["GET"]),
         Route("/ui", to_page, methods=["GET"]),
         Route("/docs", swagger_route, methods=["GET"]),
@@ -264,6 +247,7 @@ class EntryService:
                 "dropped_disconnected": self._merged.dropped,  # client left while its request waited for the generator
                 "seconds_per_image": self._merged.seconds_per_image,
             },
+            "formats": sorted(FORMATS),
             "limits": {
                 "max_n": SETTINGS.max_n,
                 "max_steps": MAX_STEPS,
@@ -279,10 +263,6 @@ class EntryService:
 
     async def _nz(self) -> int:
         return (await self._describe())["manifest"]["model"]["nz"]
-
-    async def _generate(self, seed: int, n: int) -> np.ndarray:
-        """(n, H, W, C) uint8 images for (seed, n)."""
-        return await self._images(latents_for_seed(seed, n, await self._nz()))  # latents (n, nz)
 
     async def _images(self, latents: np.ndarray) -> np.ndarray:
         """(B, nz) float32 latents -> (B, H, W, C) uint8 images, in a generator call shared with concurrent requests."""
@@ -328,96 +308,90 @@ class EntryService:
             # down again), so the entry can never stay refusing with nothing left to clear the mark.
             self._merged.generator_up()
 
-    def _headers(self, seed: int, n: int, images: np.ndarray) -> dict[str, str]:
-        return {"X-Seed": str(seed), "X-N": str(n), "X-Model": self._described["model"], "X-Shape": ",".join(map(str, images.shape))}
+    async def respond(self, route: str, request) -> Response:
+        """Every generation route, POST or GET: a cached answer (304/412) without the model, or the images in the route's
+        form (service/responses.py)."""
+        nz = await self._nz()  # also fetches the model tag, once
+        model = self._described["model"]
+        method, if_none_match = CONDITIONAL.get()
+        answered = not_modified(method, if_none_match, etag(model, route, request))
+        if answered is not None:
+            return answered
+        if isinstance(request, InterpolateRequest):
+            latents = interpolation_latents(request.seed_a, request.seed_b, request.steps, nz)  # (steps, nz)
+        else:
+            latents = latents_for_seed(request.seed, request.n, nz)  # (n, nz)
+        if request.truncation != 1:
+            latents = latents * np.float32(request.truncation)
+        try:
+            images = await self._images(latents)  # (B, H, W, C)
+        except NoImages as e:
+            return e.response()
+        return images_response(model, route, request, images)
 
     @bentoml.api(route="/sample", input_spec=SampleRequest)
-    async def sample(self, seed: int, n: int = 1) -> SampleResponse:
-        """n images for a seed, as base64-encoded PNG files in JSON."""
-        try:
-            images = await self._generate(seed, n)  # (n, H, W, C)
-        except NoImages as e:
-            return e.response()
-        _, h, w, c = images.shape
-        return SampleResponse(
-            seed=seed,
-            n=n,
-            model=self._described["model"],
-            width=w,
-            height=h,
-            channels=c,
-            images=[base64.b64encode(png_bytes(image)).decode("ascii") for image in images],
-        )
-
-    async def grid_response(self, seed: int, n: int) -> Response:
-        try:
-            images = await self._generate(seed, n)
-        except NoImages as e:
-            return e.response()
-        return Response(png_bytes(grid(images)), media_type="image/png", headers=self._headers(seed, n, images))
+    async def sample(
+        self, seed: int, n: int = 1, truncation: float = 1.0, format: str = "png", quality: int = DEFAULT_QUALITY
+    ) -> SampleResponse:
+        """n images for a seed, as base64-encoded image files (PNG unless `format` says otherwise) in JSON. Also GET."""
+        fields = {"seed": seed, "n": n, "truncation": truncation, "format": format, "quality": quality}
+        return await self.respond("/sample", SampleRequest.model_construct(**fields))
 
     @bentoml.api(route="/sample/grid", input_spec=SampleRequest)
-    async def sample_grid(self, seed: int, n: int = 1) -> Annotated[Path, ContentType("image/png")]:
-        """The n images as one PNG grid, ceil(sqrt(n)) per row, 2 px apart. Also GET /sample/grid?seed=S&n=N."""
-        return await self.grid_response(seed, n)
+    async def sample_grid(
+        self, seed: int, n: int = 1, truncation: float = 1.0, format: str = "png", quality: int = DEFAULT_QUALITY
+    ) -> Annotated[Path, ContentType("image/png")]:
+        """The n images as one image, ceil(sqrt(n)) per row, 2 px apart (PNG unless `format` says otherwise). Also GET."""
+        fields = {"seed": seed, "n": n, "truncation": truncation, "format": format, "quality": quality}
+        return await self.respond("/sample/grid", SampleRequest.model_construct(**fields))
 
-    @bentoml.api(route="/sample/raw", input_spec=SampleRequest)
-    async def sample_raw(self, seed: int, n: int = 1) -> Annotated[Path, ContentType("application/octet-stream")]:
-        """The n images as raw uint8 bytes, shape (n, H, W, C) C-order, given in the X-Shape header."""
-        try:
-            images = await self._generate(seed, n)
-        except NoImages as e:
-            return e.response()
-        return Response(images.tobytes(), media_type="application/octet-stream", headers=self._headers(seed, n, images))
-
-    async def interpolation_response(self, seed_a: int, seed_b: int, steps: int, route: str) -> Response:
-        """The frames from seed_a to seed_b in the form `route` names (INTERPOLATION_FORMS)."""
-        form, media_type = INTERPOLATION_FORMS[route]
-        try:
-            frames = await self._images(interpolation_latents(seed_a, seed_b, steps, await self._nz()))  # (steps, H, W, C)
-        except NoImages as e:
-            return e.response()
-        if form == "strip":
-            content = png_bytes(grid(frames, cols=steps))
-        else:
-            content = animation_bytes(frames, "GIF" if form == "gif" else "PNG")
-        headers = {
-            "X-Seed-A": str(seed_a),
-            "X-Seed-B": str(seed_b),
-            "X-Steps": str(steps),
-            "X-Model": self._described["model"],
-            "X-Shape": ",".join(map(str, frames.shape)),
-        }
-        return Response(content, media_type=media_type, headers=headers)
+    @bentoml.api(route="/sample/raw", input_spec=RawRequest)
+    async def sample_raw(self, seed: int, n: int = 1, truncation: float = 1.0) -> Annotated[Path, ContentType("application/octet-stream")]:
+        """The n images as raw uint8 bytes, shape (n, H, W, C) C-order, given in the X-Shape header. Also GET."""
+        return await self.respond("/sample/raw", RawRequest.model_construct(seed=seed, n=n, truncation=truncation))
 
     @bentoml.api(route="/interpolate", input_spec=InterpolateRequest)
-    async def interpolate(self, seed_a: int, seed_b: int, steps: int = 16) -> Annotated[Path, ContentType("image/gif")]:
+    async def interpolate(
+        self, seed_a: int, seed_b: int, steps: int = 16, truncation: float = 1.0
+    ) -> Annotated[Path, ContentType("image/gif")]:
         """Walk the latent space from seed_a to seed_b: `steps` frames by spherical interpolation, as a looping GIF.
 
-        The first and last frames are image 0 of /sample for seed_a and seed_b; they are shown longer.
-        Also GET /interpolate?seed_a=A&seed_b=B&steps=T.
+        The first and last frames are image 0 of /sample for seed_a and seed_b; they are shown longer. Also GET.
         """
-        return await self.interpolation_response(seed_a, seed_b, steps, "/interpolate")
+        fields = {"seed_a": seed_a, "seed_b": seed_b, "steps": steps, "truncation": truncation}
+        return await self.respond("/interpolate", InterpolateRequest.model_construct(**fields))
 
     @bentoml.api(route="/interpolate/apng", input_spec=InterpolateRequest)
-    async def interpolate_apng(self, seed_a: int, seed_b: int, steps: int = 16) -> Annotated[Path, ContentType("image/apng")]:
+    async def interpolate_apng(
+        self, seed_a: int, seed_b: int, steps: int = 16, truncation: float = 1.0
+    ) -> Annotated[Path, ContentType("image/apng")]:
         """The frames of /interpolate as a looping animated PNG (lossless, also for RGB models). Also GET."""
-        return await self.interpolation_response(seed_a, seed_b, steps, "/interpolate/apng")
+        fields = {"seed_a": seed_a, "seed_b": seed_b, "steps": steps, "truncation": truncation}
+        return await self.respond("/interpolate/apng", InterpolateRequest.model_construct(**fields))
 
-    @bentoml.api(route="/interpolate/strip", input_spec=InterpolateRequest)
-    async def interpolate_strip(self, seed_a: int, seed_b: int, steps: int = 16) -> Annotated[Path, ContentType("image/png")]:
-        """The frames of /interpolate side by side in one PNG row, 2 px apart, seed_a on the left. Also GET."""
-        return await self.interpolation_response(seed_a, seed_b, steps, "/interpolate/strip")
+    @bentoml.api(route="/interpolate/strip", input_spec=StripRequest)
+    async def interpolate_strip(
+        self,
+        seed_a: int,
+        seed_b: int,
+        steps: int = 16,
+        truncation: float = 1.0,
+        format: str = "png",
+        quality: int = DEFAULT_QUALITY,
+    ) -> Annotated[Path, ContentType("image/png")]:
+        """The frames of /interpolate side by side in one row, 2 px apart, seed_a on the left (PNG unless `format`). Also GET."""
+        fields = {"seed_a": seed_a, "seed_b": seed_b, "steps": steps, "truncation": truncation, "format": format, "quality": quality}
+        return await self.respond("/interpolate/strip", StripRequest.model_construct(**fields))
 
 
 # Outermost first: the request id (service/request_id.py), then (service/http_guard.py) the API key, the whole body within
 # its deadline and valid, and only then a place among the requests in progress, so that slow or bad clients never hold one.
 EntryService.add_asgi_middleware(RequestId)
 if SETTINGS.api_key:  # no layer at all without a key: every middleware costs each request
-    EntryService.add_asgi_middleware(ApiKeyAuth, key=SETTINGS.api_key, paths=frozenset({*REQUEST_MODELS, "/info"}))
+    EntryService.add_asgi_middleware(ApiKeyAuth, key=SETTINGS.api_key, paths=frozenset({*ROUTES, "/info"}))
 EntryService.add_asgi_middleware(
-    RequestGuard, post_models=REQUEST_MODELS, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES, body_timeout_s=SETTINGS.body_timeout_s
+    RequestGuard, post_models=ROUTES, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES, body_timeout_s=SETTINGS.body_timeout_s
 )
-EntryService.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=frozenset(REQUEST_MODELS))
+EntryService.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=frozenset(ROUTES))
 
 svc = EntryService

@@ -30,6 +30,8 @@ RETRY_AFTER_S = 1  # a batch on the committed model takes well under a second; c
 # awaits it only while a request waits for the generator (service/coalesce.py), so a request whose client left is
 # dropped before its latents reach the generator, and a request that does not wait costs no extra task.
 CLIENT_LEFT: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("dcgan_client_left", default=None)
+# For the request being handled: (method, its If-None-Match header or None), for service/responses.py's not_modified.
+CONDITIONAL: ContextVar[tuple[str, str | None]] = ContextVar("dcgan_conditional", default=("POST", None))
 
 
 class ApiKeyAuth:
@@ -99,7 +101,7 @@ class RequestGuard:
         await self._run_with_body(scope, body, receive, send)
 
     async def _run_with_body(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-        """Run the app with the body replayed, and CLIENT_LEFT set for the handler: costs nothing unless awaited."""
+        """Run the app with the body replayed, CLIENT_LEFT (costs nothing unless awaited) and CONDITIONAL set for the handler."""
 
         async def client_left() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -115,10 +117,12 @@ class RequestGuard:
             return await receive()  # the body is consumed; what is left is the disconnect message
 
         token = CLIENT_LEFT.set(client_left)
+        conditional = CONDITIONAL.set((scope["method"], Headers(scope=scope).get("if-none-match")))
         try:
             await self.app(scope, replay, send)
         finally:
             CLIENT_LEFT.reset(token)
+            CONDITIONAL.reset(conditional)
 
     async def _read_body(self, scope: Scope, receive: Receive, check_type: bool):
         """(rejection or None, body). Checks the content type and size before and while reading."""

@@ -43,6 +43,20 @@ def png_bytes(image: np.ndarray) -> bytes:
     return PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
+def image_bytes(image: np.ndarray, file_format: str, quality: int) -> bytes:
+    """(H, W, C) uint8 -> a file: "png" (service's own writer), "webp" (lossless) or "jpeg" (at `quality`) by Pillow.
+
+    Each is a pure function of the pixels (and the quality) for a given Pillow build."""
+    if file_format == "png":
+        return png_bytes(image)
+    buf = io.BytesIO()
+    if file_format == "webp":
+        _pil(image).save(buf, format="WEBP", lossless=True)
+    else:
+        _pil(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
     """(B, H, W, C) uint8 -> one (rows*(H+p)+p, cols*(W+p)+p, C) image, row-major; cols defaults to ceil(sqrt(B))."""
     b, h, w, c = images.shape

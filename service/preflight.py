@@ -10,7 +10,8 @@ here, in order:
   3. in a child process (so that the serving process holds no ONNX Runtime session, nor a CUDA
      context): the ONNX file loads, on the provider the generator will use, its input and output
      match the manifest (names, nz), one warm-up inference returns the manifest's image shape with
-     finite values, and with DCGAN_REQUIRE_CUDA=1 that provider is CUDA.
+     finite values, the golden outputs recorded at export come out within their tolerance on that
+     provider (contract/golden.py), and with DCGAN_REQUIRE_CUDA=1 that provider is CUDA.
 """
 
 from __future__ import annotations
@@ -59,24 +60,28 @@ def check_stored_model(stored) -> str:
 def check_runtime(model_dir: Path, tag: str) -> str:
     """Step 3, in this process: load, compare with the manifest, warm up, check the provider."""
     from service.model_source import verified_manifest
-    from service.runtime import CUDA, open_runtime, warm_up
+    from service.runtime import CUDA, open_checked
     from service.settings import SETTINGS
 
     manifest = verified_manifest(model_dir, tag)
     try:
-        runtime = open_runtime(model_dir, manifest, SETTINGS.ort_threads)
+        runtime, golden = open_checked(model_dir, manifest, SETTINGS.ort_threads)
     except BentoMLException:
         raise
     except Exception as e:  # onnxruntime raises its own types for a file it cannot load
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BentoMLException(f"model {tag}: ONNX Runtime cannot load it ({type(e).__name__}: {first}); re-export the artifact") from None
-    warm_up(runtime, manifest)
     if SETTINGS.require_cuda and runtime.provider != CUDA:
         raise BentoMLException(
             f"DCGAN_REQUIRE_CUDA=1 but ONNX Runtime would serve {tag} on {runtime.provider}: "
             "no CUDA driver, no GPU visible to this container, or the CUDA provider failed to load (see its log)"
         )
-    return f"{tag}: {runtime.model_file} loads, matches its manifest and warms up on {runtime.provider}"
+    checked = (
+        f"gives its {golden['images']} golden images within {golden['max_level_diff']} of {golden['tolerance_levels']} levels"
+        if golden["checked"]
+        else "has no golden outputs to check"
+    )
+    return f"{tag}: {runtime.model_file} loads, matches its manifest, warms up and {checked} on {runtime.provider}"
 
 
 def main() -> None:

@@ -11,9 +11,11 @@ import numpy as np
 import onnxruntime as ort
 from bentoml.exceptions import BentoMLException
 
+from contract import golden
 from contract.artifact import ONNX, ONNX_FP16
 from contract.latents import latents_for_seed
 from contract.onnx_cpu import cpu_session_options
+from contract.pixels import to_uint8
 
 logger = logging.getLogger("bentoml.dcgan")
 CUDA = "CUDAExecutionProvider"
@@ -39,10 +41,10 @@ def cuda_driver_present() -> bool:
         return False
 
 
-def open_runtime(model_dir: Path, manifest: dict, cpu_threads: int) -> Runtime:
+def open_runtime(model_dir: Path, manifest: dict, cpu_threads: int, fp16: bool = True) -> Runtime:
     files = manifest["files"]
     if CUDA in ort.get_available_providers() and cuda_driver_present():
-        name = ONNX_FP16 if ONNX_FP16 in files else ONNX
+        name = ONNX_FP16 if fp16 and ONNX_FP16 in files else ONNX
         # The CUDA provider has no library path to CUDA/cuDNN installed as pip wheels
         # (onnxruntime-gpu[cuda,cudnn], as in the bento image): load them first.
         ort.preload_dlls()
@@ -68,6 +70,38 @@ def _checked(rt: Runtime, manifest: dict) -> Runtime:
             f"{m['input']}[batch, {m['nz']}] -> {m['output']}; re-export the artifact"
         )
     return rt
+
+
+def run_uint8(rt: Runtime, latents: np.ndarray) -> np.ndarray:
+    """(B, nz) float32 latents -> (B, H, W, C) uint8 images. Releases the GIL while ONNX Runtime runs."""
+    (images,) = rt.session.run([rt.output_name], {rt.input_name: latents})  # (B, C, H, W) in [-1, 1]
+    return np.ascontiguousarray(to_uint8(images).transpose(0, 2, 3, 1))
+
+
+def check_golden(rt: Runtime, model_dir: Path, manifest: dict) -> dict:
+    """The golden outputs regenerated on this runtime (contract/golden.py); BentoMLException (one line) out of tolerance."""
+    result = {**golden.compare(model_dir, manifest, lambda z: run_uint8(rt, z)), "provider": rt.provider, "model_file": rt.model_file}
+    if not result["ok"]:
+        raise BentoMLException(f"{golden.verdict(result)}, on {rt.provider} with {rt.model_file}")
+    return result
+
+
+def open_checked(model_dir: Path, manifest: dict, cpu_threads: int) -> tuple[Runtime, dict]:
+    """open_runtime, one warm-up inference, and the golden outputs: (runtime, the golden check's result).
+
+    On CUDA the float16 file serves when its golden outputs are within tolerance, else the float32 one does (a
+    warning says so); out of tolerance on float32, BentoMLException with one line."""
+    rt = open_runtime(model_dir, manifest, cpu_threads)
+    warm_up(rt, manifest)
+    try:
+        return rt, check_golden(rt, model_dir, manifest)
+    except BentoMLException as e:
+        if rt.model_file != ONNX_FP16:
+            raise
+        logger.warning("%s; serving %s instead", e, ONNX)
+    rt = open_runtime(model_dir, manifest, cpu_threads, fp16=False)
+    warm_up(rt, manifest)
+    return rt, check_golden(rt, model_dir, manifest)
 
 
 def warm_up(rt: Runtime, manifest: dict) -> None:

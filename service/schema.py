@@ -8,16 +8,55 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 import bentoml
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from starlette.responses import JSONResponse
 
 from service.settings import MAX_SEED, SETTINGS
 
 MAX_STEPS = 64  # frames of one interpolation: 64 images, the cost of the largest default /sample
 SEED_RULE = "Integer in [0, 2**63-1]."
+FORMATS = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}  # image format -> media type
+DEFAULT_QUALITY = 90
+
+
+# Options of the image routes, one definition each.
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+# (0, 1]: the lower bound is checked by a validator, since `gt` would write JSON Schema's numeric exclusiveMinimum into
+# BentoML's OpenAPI 3.0 document, where that keyword is a boolean beside "minimum".
+Truncation = Annotated[
+    float,
+    Field(
+        le=1,
+        json_schema_extra={"minimum": 0, "exclusiveMinimum": True},
+        description="Latent scale psi in (0, 1]: the latents are multiplied by it (the truncation trick); smaller values "
+        "trade variety for typical-looking images. 1 (default) is the plain model.",
+        examples=[1.0],
+    ),
+    AfterValidator(_positive),
+]
+ImageFormat = Annotated[
+    Literal["png", "webp", "jpeg"],
+    Field(description="png (lossless, default), webp (lossless) or jpeg (lossy, see quality).", examples=["png"]),
+]
+Quality = Annotated[
+    int,
+    Field(ge=1, le=100, description=f"JPEG quality 1..100 (default {DEFAULT_QUALITY}); only with format jpeg.", examples=[DEFAULT_QUALITY]),
+]
+
+
+def _quality_only_for_jpeg(quality: int, info: ValidationInfo) -> int:
+    """A quality given with another format is a mistake worth a 422, not a setting silently ignored."""
+    if info.data.get("format", "png") != "jpeg":
+        raise ValueError(f"applies to format jpeg only, not {info.data.get('format', 'png')}")
+    return quality
 
 
 class SampleRequest(bentoml.IODescriptor):
@@ -42,6 +81,21 @@ class SampleRequest(bentoml.IODescriptor):
             examples=[4],
         ),
     ] = 1
+    truncation: Truncation = 1.0
+    format: ImageFormat = "png"
+    quality: Quality = DEFAULT_QUALITY
+
+    _jpeg_quality = field_validator("quality")(_quality_only_for_jpeg)
+
+
+class RawRequest(bentoml.IODescriptor):
+    """/sample/raw: the pixels themselves, so no image format."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    seed: Annotated[int, SampleRequest.model_fields["seed"]]
+    n: Annotated[int, SampleRequest.model_fields["n"]] = 1
+    truncation: Truncation = 1.0
 
 
 class InterpolateRequest(bentoml.IODescriptor):
@@ -75,6 +129,16 @@ class InterpolateRequest(bentoml.IODescriptor):
             examples=[8],
         ),
     ] = 16
+    truncation: Truncation = 1.0
+
+
+class StripRequest(InterpolateRequest):
+    """/interpolate/strip: the frames in one image, in the format asked for."""
+
+    format: ImageFormat = "png"
+    quality: Quality = DEFAULT_QUALITY
+
+    _jpeg_quality = field_validator("quality")(_quality_only_for_jpeg)
 
 
 class SampleResponse(bentoml.IODescriptor):
@@ -83,16 +147,18 @@ class SampleResponse(bentoml.IODescriptor):
     model: str = Field(description="BentoML model tag that made the images, name:version")
     width: int
     height: int
-    channels: int = Field(description="1 = grayscale PNGs, 3 = RGB PNGs")
+    channels: int = Field(description="1 = grayscale images, 3 = RGB images")
+    truncation: float = Field(description="the latent scale the images were made with")
+    format: str = Field(description="png, webp or jpeg: the format of every image")
     images: list[
         Annotated[
             str,
             Field(
-                description="one PNG file, base64-encoded (standard alphabet, padded)",
-                json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/png"},
+                description="one image file in `format`, base64-encoded (standard alphabet, padded)",
+                json_schema_extra={"contentEncoding": "base64"},
             ),
         ]
-    ] = Field(description="n base64-encoded PNG images, in latent order")
+    ] = Field(description="n base64-encoded images, in latent order")
 
 
 def error_response(status: int, message: str, errors: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
@@ -112,6 +178,14 @@ def _rule(e: dict, model: type[bentoml.IODescriptor]) -> str:
         return "is required"
     if kind == "int_type":
         return "must be an integer (a JSON number without fraction or exponent; not a boolean or a string)"
+    if kind == "float_type":
+        return "must be a number"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}"
+    if kind == "value_error":
+        return str(ctx.get("error", e["msg"]))  # the validator's own words
     if kind == "greater_than_equal":
         return f"must be >= {ctx['ge']}"
     if kind == "less_than_equal":
@@ -155,6 +229,18 @@ def _query_int(text: str) -> int | str:
 
 
 def request_from_query(params: dict[str, str], model: type[bentoml.IODescriptor]) -> bentoml.IODescriptor:
-    """Parse and validate GET query parameters (strings); integers (signed, any length) become ints, anything else
-    fails the int rule. So `seed=-1` is "must be >= 0" and a 5,000-digit seed is "must be <= ...", never a 500."""
-    return model.model_validate({k: _query_int(v) for k, v in params.items()})
+    """Parse and validate GET query parameters (strings): the values of integer fields become ints (signed, any length),
+    of number fields floats, anything unparsable stays a string and fails its field's rule. So `seed=-1` is "must be
+    >= 0" and a 5,000-digit seed is "must be <= ...", never a 500."""
+    values = {}
+    for name, text in params.items():
+        kind = model.model_fields[name].annotation if name in model.model_fields else str
+        values[name] = _query_int(text) if kind is int else _query_float(text) if kind is float else text
+    return model.model_validate(values)
+
+
+QUERY_FLOAT = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+
+
+def _query_float(text: str) -> float | str:
+    return float(text) if QUERY_FLOAT.fullmatch(text) and len(text) <= QUERY_INT_DIGITS else text

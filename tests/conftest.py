@@ -64,7 +64,7 @@ def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) 
 
 
 def _tiny_artifact(workdir: Path) -> Path:
-    """A real artifact from the real exporter: an untrained ngf=8 generator (fast on CPU; values do not matter here)."""
+    """A real artifact from the real exporter: an untrained ngf=8 generator (fast on CPU), its images varying with the latents."""
     run_dir, artifact_dir = workdir / "run", workdir / "artifact"
     code = (
         "import json, sys, torch\n"
@@ -73,6 +73,8 @@ def _tiny_artifact(workdir: Path) -> Path:
         "from training.rundir import save_generator\n"
         "run = Path(sys.argv[1]); cfg = GeneratorConfig(ngf=8)\n"
         "g = build_generator(cfg); init_weights(g, torch.Generator().manual_seed(0))\n"
+        "with torch.no_grad():\n"  # conv weights 4x their N(0, 0.02) init: images then vary with the latents (std ~7 levels)
+        "    [p.mul_(4) for p in g.parameters() if p.dim() > 1]\n"
         "save_generator(run, cfg, g)\n"
         "(run / 'config.json').write_text(json.dumps({'note': 'untrained generator for service tests'}))\n"
     )

@@ -17,7 +17,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from contract import golden
 from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
+from contract.golden import GOLDEN
 from contract.latents import latents_for_seed
 from export import onnx_export, parity, torch_export
 from export.build import ExportFailed, export_run
@@ -78,10 +80,10 @@ def exported(run_dir, store, tmp_path_factory) -> tuple[Path, subprocess.Complet
 
 def test_export_writes_every_form_with_a_matching_manifest(exported, run_dir):
     out, proc = exported
-    assert {p.name for p in out.iterdir()} == FORMS | {MANIFEST}  # no external-data side file, nothing else
+    assert {p.name for p in out.iterdir()} == FORMS | {GOLDEN, MANIFEST}  # no external-data side file, nothing else
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dir left behind
     manifest = verify(out)
-    assert set(manifest["files"]) == FORMS
+    assert set(manifest["files"]) == FORMS | {GOLDEN}
     for name, entry in manifest["files"].items():
         assert entry["bytes"] == (out / name).stat().st_size
     assert manifest["model"] == {
@@ -407,3 +409,29 @@ def test_a_fresh_export_names_no_source_paths(exported):
     for path in sorted(artifact_dir.iterdir()):
         data = path.read_bytes()
         assert str(REPO / "training").encode() not in data and b"site-packages" not in data, path.name
+
+
+def test_golden_outputs_are_recorded_and_can_be_added_to_an_older_artifact(exported, tmp_path):
+    """Every export writes golden.npy (ONNX Runtime CPU, the cases of contract/golden.py); `python -m export.golden`
+    writes the same into an artifact exported before, and its manifest still verifies."""
+    out, _ = exported
+    manifest = verify(out)
+    assert manifest["golden"]["tolerance_levels"] == manifest["parity"]["limits"]["levels"]
+    assert [(c["seed"], c["n"]) for c in manifest["golden"]["cases"]] == list(golden.CASES)
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    (older / GOLDEN).unlink()
+    stripped = {k: v for k, v in manifest.items() if k != "golden"}
+    stripped["files"] = {k: v for k, v in manifest["files"].items() if k != GOLDEN}
+    (older / MANIFEST).write_text(json.dumps(stripped))
+    assert golden.compare(older, stripped, lambda z: None) == {
+        "checked": False,
+        "ok": True,
+        "why": "the manifest records no golden outputs (exported before they existed)",
+    }
+    done = subprocess.run([sys.executable, "-m", "export.golden", str(older)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (older / GOLDEN).read_bytes() == (out / GOLDEN).read_bytes()
+    assert verify(older)["golden"] == manifest["golden"]
+    bad = subprocess.run([sys.executable, "-m", "export.golden", str(tmp_path / "nothing")], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

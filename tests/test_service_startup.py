@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, service_env
 
@@ -162,3 +163,20 @@ def _cuda_serves() -> bool:
     from service.runtime import CUDA, cuda_driver_present
 
     return CUDA in ort.get_available_providers() and cuda_driver_present()
+
+
+def test_golden_outputs_out_of_tolerance_stop_startup(serve_to_exit, service_artifact, tmp_path):
+    """The export's golden images, regenerated before any worker starts: one 3-level change in the batch of 8 stops it."""
+
+    def shift(artifact, manifest):
+        images = np.load(artifact / "golden.npy", allow_pickle=False)
+        value = int(images[2 + 5, 4, 4, 0])  # case (7, 8) starts after the two lone images
+        images[2 + 5, 4, 4, 0] = value + 3 if value <= 252 else value - 3
+        np.save(artifact / "golden.npy", images, allow_pickle=False)
+        manifest["files"]["golden.npy"]["sha256"] = hashlib.sha256((artifact / "golden.npy").read_bytes()).hexdigest()
+        manifest["files"]["golden.npy"]["bytes"] = (artifact / "golden.npy").stat().st_size
+
+    artifact = _edited(service_artifact, tmp_path, shift)
+    _one_line_error(
+        *serve_to_exit(artifact_dir=artifact), "golden outputs: seed 7 at batch size 8", "by 3 levels (tolerance 1", "CPUExecutionProvider"
+    )
