@@ -12,6 +12,7 @@
     GET  /ui/                                    -> the page: gallery, seed explorer, latent walk (service/page/)
     GET  /                                       -> redirect to /ui/ (BentoML's Swagger UI is at /docs)
     GET  /livez /readyz /metrics                 -> BentoML's probes and Prometheus metrics
+    /v2/...                                      -> the Open Inference Protocol (KServe v2), service/v2.py
 
 Each answer is a pure function of (model, route, request): strong ETags and If-None-Match (service/responses.py).
 Every call into the generator goes through `_images`, which merges concurrent requests into shared
@@ -50,6 +51,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from contract.latents import LATENTS, latents_for_seed
+from service import v2
 from service.coalesce import ClientGone, Coalescer, Overloaded
 from service.drain import DRAIN, install_entry_drain
 from service.engine import Engine
@@ -143,6 +145,7 @@ get_app = Starlette(
     routes=[
         Route("/info", info_route, methods=["GET"]),
         *(Route(route, get_route(route), methods=["GET"]) for route in ROUTES),
+        *v2.routes(bentoml.get_current_service),
         Route("/", to_page, methods=["GET"]),
         Route("/ui", to_page, methods=["GET"]),
         Route("/docs", swagger_route, methods=["GET"]),
@@ -195,7 +198,7 @@ class EntryService:
         name_requests_in_logs()
         freeze_startup_heap()
 
-    async def _describe(self) -> dict:
+    async def describe(self) -> dict:
         if self._described is None:
             self._described = await self.generator.to_async.describe()
         return self._described
@@ -231,7 +234,7 @@ class EntryService:
         return True
 
     async def info(self) -> dict:
-        described = await self._describe()
+        described = await self.describe()
         return {
             **described,
             "latents": LATENTS,
@@ -262,7 +265,7 @@ class EntryService:
         }
 
     async def _nz(self) -> int:
-        return (await self._describe())["manifest"]["model"]["nz"]
+        return (await self.describe())["manifest"]["model"]["nz"]
 
     async def _images(self, latents: np.ndarray) -> np.ndarray:
         """(B, nz) float32 latents -> (B, H, W, C) uint8 images, in a generator call shared with concurrent requests."""
@@ -307,6 +310,21 @@ class EntryService:
             # Answered, refused or given up: either way new requests are judged afresh (a call still failing marks it
             # down again), so the entry can never stay refusing with nothing left to clear the mark.
             self._merged.generator_up()
+
+    async def infer_v2(self, body: bytes, header_length: str | None) -> Response:
+        """POST /v2/models/dcgan/infer (service/v2.py): seed (+ n) or raw latents z, through the same batching."""
+        nz = await self._nz()
+        try:
+            request, inputs = v2.parse_infer(body, header_length)
+            asked = v2.latents_from(inputs, nz)
+        except v2.BadInfer as e:
+            return error_response(400, str(e))
+        latents = latents_for_seed(*asked, nz) if isinstance(asked, tuple) else asked  # (B, nz)
+        try:
+            images = await self._images(latents)
+        except NoImages as e:
+            return e.response()
+        return v2.infer_response(request, self._described["model"].split(":")[-1], images)
 
     async def respond(self, route: str, request) -> Response:
         """Every generation route, POST or GET: a cached answer (304/412) without the model, or the images in the route's
@@ -388,10 +406,16 @@ class EntryService:
 # its deadline and valid, and only then a place among the requests in progress, so that slow or bad clients never hold one.
 EntryService.add_asgi_middleware(RequestId)
 if SETTINGS.api_key:  # no layer at all without a key: every middleware costs each request
-    EntryService.add_asgi_middleware(ApiKeyAuth, key=SETTINGS.api_key, paths=frozenset({*ROUTES, "/info"}))
+    protected = frozenset({*ROUTES, "/info", v2.INFER_PATH, f"/v2/models/{v2.MODEL_NAME}"})
+    EntryService.add_asgi_middleware(ApiKeyAuth, key=SETTINGS.api_key, paths=protected)
 EntryService.add_asgi_middleware(
-    RequestGuard, post_models=ROUTES, get_paths=GET_ROUTES, max_body=MAX_BODY_BYTES, body_timeout_s=SETTINGS.body_timeout_s
+    RequestGuard,
+    post_models=ROUTES,
+    get_paths=GET_ROUTES,
+    max_body=MAX_BODY_BYTES,
+    body_timeout_s=SETTINGS.body_timeout_s,
+    raw_bodies={v2.INFER_PATH: v2.MAX_INFER_BODY},
 )
-EntryService.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=frozenset(ROUTES))
+EntryService.add_asgi_middleware(AdmissionLimit, limit=SETTINGS.max_inflight, paths=frozenset({*ROUTES, v2.INFER_PATH}))
 
 svc = EntryService

@@ -58,7 +58,9 @@ class ApiKeyAuth:
 class RequestGuard:
     """Generation routes take a small JSON object that validates against the route's request model (POST) or a
     query string (GET/HEAD, validated by its route); anything else is a 4xx here. A valid body is replayed to
-    BentoML unchanged, with CLIENT_LEFT set for it."""
+    BentoML unchanged, with CLIENT_LEFT set for it. `raw_bodies` paths (path -> most bytes) take POST bodies that
+    their handler parses itself (the Open Inference Protocol's JSON or binary tensors): read within the same
+    deadline and size limit, not checked here."""
 
     cancelled = 0  # requests whose client left before its body was in (this worker), shown at /info
 
@@ -69,28 +71,32 @@ class RequestGuard:
         get_paths: frozenset[str],
         max_body: int,
         body_timeout_s: float,
+        raw_bodies: Mapping[str, int] | None = None,
     ) -> None:
         self.app, self.post_models, self.get_paths = app, post_models, get_paths
         self.max_body, self.body_timeout_s = max_body, body_timeout_s
+        self.raw_bodies = dict(raw_bodies or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
-        if scope["type"] != "http" or path not in self.post_models:
+        if scope["type"] != "http" or (path not in self.post_models and path not in self.raw_bodies):
             return await self.app(scope, receive, send)
         method = scope["method"]
         readable = method in ("GET", "HEAD") and path in self.get_paths
+        raw = path in self.raw_bodies
         if method != "POST" and not readable:
             allow = "GET, HEAD, POST" if path in self.get_paths else "POST"
             refusal = error_response(405, f"method {method} not allowed on {path}; use {allow}", headers={"Allow": allow})
             return await refusal(scope, receive, send)
         try:
             async with asyncio.timeout(self.body_timeout_s):
-                rejection, body = await self._read_body(scope, receive, check_type=not readable)
+                limit = self.raw_bodies.get(path, self.max_body)
+                rejection, body = await self._read_body(scope, receive, check_type=not (readable or raw), max_body=limit)
         except TimeoutError:
             rejection = error_response(
                 408, f"the request body did not arrive within {self.body_timeout_s:g} s", headers={"Connection": "close"}
             )
-        if rejection is None and not readable:
+        if rejection is None and not (readable or raw):
             model = self.post_models[path]
             try:
                 request_from_json(body, model)
@@ -124,7 +130,7 @@ class RequestGuard:
             CLIENT_LEFT.reset(token)
             CONDITIONAL.reset(conditional)
 
-    async def _read_body(self, scope: Scope, receive: Receive, check_type: bool):
+    async def _read_body(self, scope: Scope, receive: Receive, check_type: bool, max_body: int):
         """(rejection or None, body). Checks the content type and size before and while reading."""
         headers = Headers(scope=scope)
         content_type = headers.get("content-type")
@@ -132,8 +138,8 @@ class RequestGuard:
         if check_type and content_type is not None and content_type.split(";")[0].strip().lower() != "application/json":
             return error_response(415, f"content type must be application/json, got {content_type!r}"), b""
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return error_response(413, f"body must be at most {self.max_body} bytes, Content-Length is {length}"), b""
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            return error_response(413, f"body must be at most {max_body} bytes, Content-Length is {length}"), b""
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -142,8 +148,8 @@ class RequestGuard:
                 return error_response(400, "client disconnected before sending the whole body"), b""
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                return error_response(413, f"body must be at most {self.max_body} bytes"), b""
+            if size > max_body:
+                return error_response(413, f"body must be at most {max_body} bytes"), b""
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return None, b"".join(chunks)

@@ -146,3 +146,16 @@ def test_a_request_whose_client_left_is_dropped_before_the_generator(deadline_ur
     served = after["requests"] - before["requests"]
     print(f"40 impatient requests: {dropped} dropped unsent, {served} generated")
     assert dropped > 0 and served < 40, (dropped, served)
+
+
+def test_the_python_client_retries_after_retry_after_until_served(tight_url):
+    """dcgan_client under the 429s of a 2-request limit: every call ends in its images, the refusals retried."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dcgan_client import Client
+
+    client = Client(tight_url, retries=30)
+    with ThreadPoolExecutor(24) as pool:
+        arrays = list(pool.map(lambda seed: client.sample_array(seed), range(24)))
+    assert [a.shape[0] for a in arrays] == [1] * 24
+    assert client.stats["retries"] > 0 and client.stats["requests"] == 24 + client.stats["retries"]

@@ -1,0 +1,128 @@
+"""A Python client for the DCGAN service: standard library, numpy and Pillow only (no torch, no BentoML).
+
+    from dcgan_client import Client
+
+    client = Client("http://127.0.0.1:3000")          # timeout=30, retries=5, api_key=None, cache_size=0
+    images = client.sample(42, n=4)                    # list of PIL images (format="png"|"webp"|"jpeg", truncation=1.0)
+    pixels = client.sample_array(42, n=4)              # (4, H, W, C) uint8, the raw bytes of /sample/raw
+    frames = client.interpolate(1, 2, steps=8)         # list of PIL images, seed 1's image first, seed 2's last
+    grid = client.grid(42, n=16)                       # one PIL image
+
+Requests use the service's GET routes. A 429 or 503 is retried after the server's Retry-After (at most
+`retries` times), and so is a refused or reset connection (a pod restarting), after a growing pause; any other
+error raises ServiceError with the service's one-line message. With `cache_size` > 0 the client keeps that many
+responses and revalidates them with If-None-Match: a 304 costs the server no model call. Every answer is a
+pure function of (model, request), so a cached one is what the server would send again for the same model.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+
+import numpy as np
+from PIL import Image, ImageSequence
+
+__all__ = ["Client", "ServiceError"]
+RETRY_STATUSES = (429, 503)
+CONNECTION_PAUSES_S = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+class ServiceError(Exception):
+    """The service answered with an error: `status` and its one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message = status, message
+
+
+class Client:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:3000",
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        api_key: str | None = None,
+        cache_size: int = 0,
+    ) -> None:
+        self.url, self.timeout, self.retries, self.api_key = url.rstrip("/"), timeout, retries, api_key
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[str, dict[str, str], bytes]] = OrderedDict()  # url -> (etag, headers, body)
+        self.stats = {"requests": 0, "retries": 0, "not_modified": 0}
+
+    def sample(
+        self, seed: int, n: int = 1, *, truncation: float = 1.0, format: str = "png", quality: int | None = None
+    ) -> list[Image.Image]:
+        """n images for a seed."""
+        query = {"seed": seed, "n": n, "truncation": truncation, "format": format, **({"quality": quality} if quality else {})}
+        body = json.loads(self._get("/sample", query)[1])
+        return [Image.open(io.BytesIO(base64.b64decode(data))) for data in body["images"]]
+
+    def sample_array(self, seed: int, n: int = 1, *, truncation: float = 1.0) -> np.ndarray:
+        """The n images as one (n, H, W, C) uint8 array."""
+        headers, body = self._get("/sample/raw", {"seed": seed, "n": n, "truncation": truncation})
+        shape = tuple(int(d) for d in headers["x-shape"].split(","))
+        return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+    def grid(self, seed: int, n: int = 16, *, truncation: float = 1.0, format: str = "png", quality: int | None = None) -> Image.Image:
+        query = {"seed": seed, "n": n, "truncation": truncation, "format": format, **({"quality": quality} if quality else {})}
+        return Image.open(io.BytesIO(self._get("/sample/grid", query)[1]))
+
+    def interpolate(self, seed_a: int, seed_b: int, steps: int = 16, *, truncation: float = 1.0) -> list[Image.Image]:
+        """The frames of a spherical walk from seed_a's image 0 to seed_b's (decoded from the lossless APNG)."""
+        body = self._get("/interpolate/apng", {"seed_a": seed_a, "seed_b": seed_b, "steps": steps, "truncation": truncation})[1]
+        return [frame.copy() for frame in ImageSequence.Iterator(Image.open(io.BytesIO(body)))]
+
+    def info(self) -> dict:
+        return json.loads(self._get("/info", {})[1])
+
+    def _get(self, path: str, query: dict) -> tuple[dict[str, str], bytes]:
+        url = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        cached = self._cache.get(url)
+        headers = {"Accept": "*/*", **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
+        if cached:
+            headers["If-None-Match"] = cached[0]
+        status, answer_headers, body = self._send(url, headers)
+        if status == 304 and cached:
+            self.stats["not_modified"] += 1
+            self._cache.move_to_end(url)
+            return cached[1], cached[2]
+        if status != 200:
+            try:
+                message = json.loads(body)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = body[:200].decode(errors="replace")
+            raise ServiceError(status, message)
+        if self.cache_size and "etag" in answer_headers:
+            self._cache[url] = (answer_headers["etag"], answer_headers, body)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return answer_headers, body
+
+    def _send(self, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """(status, lower-cased headers, body), retrying overload (after Retry-After) and connection failures."""
+        attempt = 0
+        while True:
+            self.stats["requests"] += 1
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout) as response:
+                    return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+            except urllib.error.HTTPError as e:  # any status but 2xx, 304 included
+                status, answer_headers, body = e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+                if status not in RETRY_STATUSES or attempt == self.retries:
+                    return status, answer_headers, body
+                pause = float(answer_headers.get("retry-after") or 1)
+            except (urllib.error.URLError, ConnectionError) as e:
+                if attempt == self.retries:
+                    raise ServiceError(0, f"cannot reach {self.url}: {getattr(e, 'reason', e)}") from None
+                pause = CONNECTION_PAUSES_S[min(attempt, len(CONNECTION_PAUSES_S) - 1)]
+            attempt += 1
+            self.stats["retries"] += 1
+            time.sleep(pause)

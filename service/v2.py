@@ -1,0 +1,161 @@
+"""The Open Inference Protocol (KServe v2, as Triton speaks it) beside the service's own API, over the same batching.
+
+    GET  /v2                          server metadata
+    GET  /v2/health/live, /v2/health/ready, /v2/models/dcgan/ready
+    GET  /v2/models/dcgan             model metadata: inputs seed, n (INT64 [1, 1]) or z (FP32 [B, nz]); output images
+    POST /v2/models/dcgan/infer       seed (+ n, default 1) or raw latents z -> images UINT8 [B, H, W, C]
+
+Inputs and outputs may travel as JSON or with the binary tensor data extension (the JSON header's length in
+`Inference-Header-Content-Length`, the tensors' bytes after it), as the official clients (tritonclient[http])
+send and ask by default. A seed's images are the bytes /sample/raw gives for it: same latents, same batching.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.schema import error_response
+from service.settings import MAX_SEED, SETTINGS
+
+MODEL_NAME = "dcgan"
+INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
+MAX_INFER_BODY = 1 << 20  # the largest valid body: z for MAX_N images, as JSON text
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DTYPES = {"INT64": np.int64, "INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32}
+
+
+class BadInfer(Exception):
+    """A request the protocol cannot serve: 400 with its reason."""
+
+
+def _tensor(spec: dict, blob: memoryview, offset: int) -> tuple[np.ndarray, int]:
+    """One input tensor from its JSON spec: its "data", or its bytes in the binary part at `offset`."""
+    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+    if datatype not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise BadInfer(f"input {name!r}: datatype must be one of {', '.join(DTYPES)} and shape a list of sizes")
+    dtype, count = np.dtype(DTYPES[datatype]), int(np.prod(shape))
+    size = (spec.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if size != count * dtype.itemsize or offset + size > len(blob):
+            raise BadInfer(f"input {name!r}: binary_data_size {size} does not fit shape {shape} of {datatype} or the body")
+        return np.frombuffer(blob[offset : offset + size], dtype=dtype).reshape(shape), offset + size
+    try:
+        values = np.asarray(spec["data"], dtype=dtype).reshape(shape)
+    except (KeyError, ValueError, TypeError, OverflowError):
+        raise BadInfer(f'input {name!r}: "data" must hold {count} {datatype} values for shape {shape}') from None
+    return values, offset
+
+
+def parse_infer(body: bytes, header_length: str | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(the request's JSON, its inputs by name) from a JSON body or a JSON header plus binary tensors."""
+    try:
+        split = int(header_length) if header_length is not None else len(body)
+        if not 0 < split <= len(body):
+            raise ValueError
+        request = json.loads(body[:split])
+        specs = request["inputs"]
+        if not isinstance(request, dict) or not isinstance(specs, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise BadInfer('the body must be an inference request: {"inputs": [{"name", "datatype", "shape", "data"}, ...]}') from None
+    blob, offset, inputs = memoryview(body)[split:], 0, {}
+    for spec in specs:
+        if not isinstance(spec, dict):
+            raise BadInfer("each input must be an object with name, datatype, shape and data")
+        inputs[spec.get("name")], offset = _tensor(spec, blob, offset)
+    return request, inputs
+
+
+def latents_from(inputs: dict[str, np.ndarray], nz: int) -> tuple[int, int] | np.ndarray:
+    """(seed, n) for inputs seed [+ n], or the (B, nz) float32 latents of input z."""
+    unknown = set(inputs) - {"seed", "n", "z"}
+    if unknown or ("z" in inputs) == ("seed" in inputs) or ("n" in inputs and "z" in inputs):
+        raise BadInfer('give input "seed" (INT64 [1, 1], with "n" optional) or input "z" (FP32 [batch, nz]), nothing else')
+    if "z" in inputs:
+        z = inputs["z"]
+        if z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != nz or not 1 <= z.shape[0] <= SETTINGS.max_n or not np.isfinite(z).all():
+            raise BadInfer(f"input z must be finite FP32 of shape [batch, {nz}], batch 1..{SETTINGS.max_n}; got {z.dtype} {list(z.shape)}")
+        return np.ascontiguousarray(z)
+    seed, n = inputs["seed"], inputs.get("n", np.ones(1, np.int64))
+    if seed.size != 1 or n.size != 1 or seed.dtype.kind not in "iu" or n.dtype.kind not in "iu":
+        raise BadInfer("inputs seed and n must be one integer each")
+    seed, n = int(seed.ravel()[0]), int(n.ravel()[0])
+    if not 0 <= seed <= MAX_SEED or not 1 <= n <= SETTINGS.max_n:
+        raise BadInfer(f"seed must be in [0, 2**63-1] and n in [1, {SETTINGS.max_n}]; got {seed}, {n}")
+    return seed, n
+
+
+def wants_binary(request: dict) -> bool:
+    params = request.get("parameters") or {}
+    outputs = request.get("outputs") or []
+    return bool(params.get("binary_data_output")) or any(
+        (o.get("parameters") or {}).get("binary_data") for o in outputs if isinstance(o, dict)
+    )
+
+
+def infer_response(request: dict, version: str, images: np.ndarray) -> Response:
+    """images (B, H, W, C) uint8 as the output tensor "images", in JSON or as binary data after a JSON header."""
+    output = {"name": "images", "datatype": "UINT8", "shape": list(images.shape)}
+    head = {"model_name": MODEL_NAME, "model_version": version, "outputs": [output]}
+    if "id" in request:
+        head["id"] = request["id"]
+    if not wants_binary(request):
+        output["data"] = images.ravel().tolist()
+        return JSONResponse(head)
+    output["parameters"] = {"binary_data_size": images.nbytes}
+    header = json.dumps(head).encode()
+    return Response(header + images.tobytes(), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))})
+
+
+def model_metadata(described: dict) -> dict:
+    m = described["manifest"]["model"]
+    return {
+        "name": MODEL_NAME,
+        "versions": [described["model"].split(":")[-1]],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": "seed", "datatype": "INT64", "shape": [1, 1]},
+            {"name": "n", "datatype": "INT64", "shape": [1, 1]},
+            {"name": "z", "datatype": "FP32", "shape": [-1, m["nz"]]},
+        ],
+        "outputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, m["image_size"], m["image_size"], m["channels"]]}],
+    }
+
+
+def routes(service: Callable[[], object]) -> list[Route]:
+    """The protocol's routes; `service()` is the running EntryService (it has `infer_v2`, `describe` and the probes)."""
+
+    def known(request: Request) -> Response | None:
+        name = request.path_params["name"]
+        return None if name == MODEL_NAME else error_response(404, f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
+
+    def probe(check: Callable[[object], Awaitable[bool]]):
+        async def endpoint(request: Request) -> Response:
+            unknown = known(request) if "name" in request.path_params else None
+            return unknown or Response(status_code=200 if await check(service()) else 503)
+
+        return endpoint
+
+    async def metadata(request: Request) -> Response:
+        return known(request) or JSONResponse(model_metadata(await service().describe()))
+
+    async def server(request: Request) -> Response:
+        return JSONResponse({"name": "dcgan-serving", "version": "2", "extensions": ["binary_tensor_data"]})
+
+    async def infer(request: Request) -> Response:
+        return known(request) or await service().infer_v2(await request.body(), request.headers.get(HEADER_LENGTH))
+
+    return [
+        Route("/v2", server, methods=["GET"]),
+        Route("/v2/health/live", probe(lambda svc: svc.__is_alive__()), methods=["GET"]),
+        Route("/v2/health/ready", probe(lambda svc: svc.__is_ready__()), methods=["GET"]),
+        Route("/v2/models/{name}/ready", probe(lambda svc: svc.__is_ready__()), methods=["GET"]),
+        Route("/v2/models/{name}", metadata, methods=["GET"]),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+    ]
