@@ -309,3 +309,16 @@ def test_stacked_mnist_cli_build_and_evaluate(tmp_path, capsys):
     report = json.loads((run / "stacked-mnist.json").read_text())
     assert report["figures"]["real stacked digits (floor)"]["modes"] > 200
     assert "PacDCGAN2" in capsys.readouterr().out
+
+
+def test_evaluate_cli_on_a_model_artifact(service_artifact, tmp_path, capsys):
+    """An artifact is evaluated from its hash-checked generator.onnx on ONNX Runtime; its folder is never written to."""
+    out = tmp_path / "eval.json"
+    before = sorted(p.name for p in service_artifact.iterdir())
+    assert main([str(service_artifact), "--samples", "200", "--draws", "1", "--latent-scale", "0.8", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert "generator.onnx on ONNX Runtime CPU" in figures["figures"] and figures["latent_scale"] == 0.8
+    assert sorted(p.name for p in service_artifact.iterdir()) == before
+    with pytest.raises(SystemExit) as e:
+        main([str(service_artifact), "--samples", "200"])
+    assert e.value.code == 2 and "pass --json FILE" in capsys.readouterr().err

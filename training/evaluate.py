@@ -27,12 +27,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common.cli import OneLineErrorParser, UserError, cli_main
 from common.files import atomic_write_json
+from contract.artifact import MANIFEST, ONNX, ArtifactError, verify
 from training import rundir
 from training.classifier import DEFAULT_DIR, bundled_digits, load_classifier, predict, to_input
 from training.metrics import (
@@ -109,6 +112,35 @@ def generate(
     return torch.cat([G(chunk.to(device)) for chunk in z.split(batch)])
 
 
+class OnnxGenerator:
+    """A model artifact's hash-checked generator.onnx on ONNX Runtime's CPU provider, called like the torch generator:
+    the images the service serves, evaluated without the run dir (an artifact holds no safetensors weights)."""
+
+    def __init__(self, session) -> None:
+        self.session, self.input = session, session.get_inputs()[0].name
+
+    @classmethod
+    def load(cls, artifact: Path):
+        import onnxruntime as ort
+
+        try:
+            manifest = verify(artifact)
+        except ArtifactError as e:
+            raise UserError(f"{artifact}: {e}") from None
+        session = ort.InferenceSession(str(artifact / ONNX), providers=["CPUExecutionProvider"])
+        return SimpleNamespace(nz=manifest["model"]["nz"]), cls(session), {"step": manifest["source"]["config"].get("steps")}
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:  # (B, nz) -> (B, C, H, W) in [-1, 1], on z's device
+        (images,) = self.session.run(None, {self.input: z.cpu().numpy().astype(np.float32)})
+        return torch.from_numpy(images).to(z.device)
+
+
 class CoverageMonitor:
     """The trainer's collapse detector: cheap figures of a generator on fixed latents."""
 
@@ -166,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("Examples:", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run dir written by `python -m training.run`")
+    p.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a run dir written by `python -m training.run`, or a model artifact (its generator.onnx on ONNX Runtime CPU; needs --json)",
+    )
     p.add_argument(
         "--samples",
         type=int,
@@ -222,17 +258,21 @@ def main(argv=None) -> int:
         raise UserError(f"--latent-scale must be in (0, 10], got {args.latent_scale}; 1 draws the latents as trained")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available")
-    stems = [s for s in STEMS if (run_dir / f"{s}.json").is_file()]
+    artifact = (run_dir / MANIFEST).is_file()
+    if artifact and not args.json:
+        raise UserError(f"{run_dir} is a model artifact, whose folder is not written to: pass --json FILE")
+    stems = [ONNX] if artifact else [s for s in STEMS if (run_dir / f"{s}.json").is_file()]
     if not run_dir.is_dir() or not stems:
         raise UserError(
-            f"{run_dir} holds no generator ({', '.join(s + '.json' for s in STEMS)}); pass the folder that training.run printed"
+            f"{run_dir} holds no generator ({', '.join(s + '.json' for s in STEMS)}) and is no model artifact ({MANIFEST}); "
+            "pass the folder that training.run or export printed"
         )
     device = torch.device(args.device)
     evaluator = DigitEvaluator(args.classifier, device)
     rows = {"real training digits (floor)": evaluator.floor(args.samples)}
     grid = None
     for stem in stems:
-        cfg, G, meta = rundir.load_generator(run_dir, stem)
+        cfg, G, meta = OnnxGenerator.load(run_dir) if artifact else rundir.load_generator(run_dir, stem)
         G = G.to(device)
         draws = []
         for i in range(args.draws):
@@ -240,7 +280,8 @@ def main(argv=None) -> int:
             draws.append(evaluator.figures(images))
             if args.unclear_grid and grid is None:
                 grid = {"generator": stem, **write_unclear_grid(Path(args.unclear_grid), evaluator, images)}
-        rows[f"{stem} ({'EMA' if meta.get('ema') else 'raw'})"] = {**mean_figures(draws), "step": meta.get("step")}
+        label = f"{stem} on ONNX Runtime CPU" if artifact else f"{stem} ({'EMA' if meta.get('ema') else 'raw'})"
+        rows[label] = {**mean_figures(draws), "step": meta.get("step")}
     floor_fd = rows["real training digits (floor)"]["fd"]
     scaled = "" if args.latent_scale == 1 else f", latents scaled by {args.latent_scale}"
     print(
