@@ -331,8 +331,8 @@ class EntryService:
         form (service/responses.py)."""
         nz = await self._nz()  # also fetches the model tag, once
         model = self._described["model"]
-        method, if_none_match = CONDITIONAL.get()
-        answered = not_modified(method, if_none_match, etag(model, route, request))
+        tag = etag(model, route, request)
+        answered = not_modified(*CONDITIONAL.get(), tag)
         if answered is not None:
             return answered
         if isinstance(request, InterpolateRequest):
@@ -345,7 +345,7 @@ class EntryService:
             images = await self._images(latents)  # (B, H, W, C)
         except NoImages as e:
             return e.response()
-        return images_response(model, route, request, images)
+        return images_response(model, route, request, images, tag)
 
     @bentoml.api(route="/sample", input_spec=SampleRequest)
     async def sample(

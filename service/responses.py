@@ -3,7 +3,7 @@
     ROUTES                         route -> the request model its JSON body or query string validates against
     etag(model, route, request)    the strong ETag of that response
     not_modified(...)              the answer to a matching If-None-Match: 304 (GET, HEAD) or 412 (POST), else None
-    images_response(...)           the images in the route's form, with ETag, Cache-Control and X- headers
+    images_response(...)           the images in the route's form, with ETag, Cache-Control (and X- headers)
 
 Every (model tag, route, request) always gives the same bytes, so a successful generation response is
 `Cache-Control: public, max-age=31536000, immutable` with a strong ETag, and a client or CDN that holds it
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 
 import numpy as np
 from starlette.responses import Response
@@ -37,8 +36,9 @@ CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
 def etag(model: str, route: str, request) -> str:
-    """A strong ETag: a hash of the model tag, the route and every field of the request (defaults included)."""
-    key = json.dumps([model, route, request.model_dump()], sort_keys=True)
+    """A strong ETag: a hash of the model tag, the route and every field of the request (defaults included), each
+    field as name=repr(value) in the model's own field order."""
+    key = "\n".join([model, route, *(f"{name}={value!r}" for name, value in request)])
     return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
 
@@ -58,36 +58,25 @@ def not_modified(method: str, if_none_match: str | None, tag: str) -> Response |
     )
 
 
-def images_response(model: str, route: str, request, images: np.ndarray) -> Response:
-    """(B, H, W, C) uint8 images -> the route's response: JSON of base64 files, one image file, an animation or raw bytes."""
+def images_response(model: str, route: str, request, images: np.ndarray, tag: str) -> Response:
+    """(B, H, W, C) uint8 images -> the route's response: JSON of base64 files, one image file, an animation or raw bytes.
+
+    Every one carries its ETag (`tag`) and Cache-Control; the binary ones also say what they hold in X- headers
+    (the JSON body says it in its fields)."""
+    cached = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
+    if route == "/sample":
+        _, h, w, c = images.shape
+        files = [base64.b64encode(image_bytes(image, request.format, request.quality)).decode("ascii") for image in images]
+        fields = {"seed": request.seed, "n": request.n, "model": model, "width": w, "height": h, "channels": c}
+        body = SampleResponse.model_construct(**fields, truncation=request.truncation, format=request.format, images=files)
+        return Response(body.model_dump_json(), media_type="application/json", headers=cached)
     seeds = (
         {"X-Seed-A": str(request.seed_a), "X-Seed-B": str(request.seed_b), "X-Steps": str(request.steps)}
         if isinstance(request, InterpolateRequest)
         else {"X-Seed": str(request.seed), "X-N": str(request.n)}
     )
-    headers = {
-        "ETag": etag(model, route, request),
-        "Cache-Control": CACHE_CONTROL,
-        **seeds,
-        "X-Model": model,
-        "X-Shape": ",".join(map(str, images.shape)),
-        "X-Truncation": repr(request.truncation),
-    }
-    if route == "/sample":
-        _, h, w, c = images.shape
-        files = [base64.b64encode(image_bytes(image, request.format, request.quality)).decode("ascii") for image in images]
-        body = SampleResponse(
-            seed=request.seed,
-            n=request.n,
-            model=model,
-            width=w,
-            height=h,
-            channels=c,
-            truncation=request.truncation,
-            format=request.format,
-            images=files,
-        )
-        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+    shape = ",".join(map(str, images.shape))
+    headers = {**cached, **seeds, "X-Model": model, "X-Shape": shape, "X-Truncation": repr(request.truncation)}
     if route == "/sample/raw":
         return Response(images.tobytes(), media_type="application/octet-stream", headers=headers)
     if route in ANIMATIONS:
