@@ -16,11 +16,14 @@ import os
 import sys
 from pathlib import Path
 
-from mosec import Server, ValidationError, Worker
-
 from common.cli import OneLineErrorParser, cli_main
-from loadtest.peer_work import PeerModel, base64_pngs
+from loadtest.peer_work import PeerModel, add_peer_arguments, base64_pngs
 from loadtest.response_checks import MAX_SEED
+
+_ours, sys.argv = sys.argv, sys.argv[:1]  # Mosec parses the command line when imported (and answers --help itself)
+from mosec import Server, ValidationError, Worker  # noqa: E402
+
+sys.argv = _ours
 
 ENV_ARTIFACT, ENV_THREADS = "DCGAN_PEER_ARTIFACT", "DCGAN_PEER_THREADS"  # how the worker processes get their settings
 MAX_N = 64
@@ -58,11 +61,8 @@ class Sample(Worker):
 
 @cli_main
 def main(argv=None) -> None:
-    parser = OneLineErrorParser(prog="python -m loadtest.mosec_server", description=__doc__.split("\n\n")[1])
-    parser.add_argument("artifact", type=Path, metavar="ARTIFACT", help="model artifact directory (manifest.json + generator.onnx)")
-    parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
-    parser.add_argument("--max-batch", type=int, default=128, help="Mosec's max_batch_size (default: %(default)s)")
+    parser = OneLineErrorParser(prog="python -m loadtest.mosec_server", description=__doc__.split("\n\n")[2])
+    add_peer_arguments(parser, "Mosec's max_batch_size")
     parser.add_argument("--max-wait-ms", type=int, default=1, help="Mosec's max_wait_time, >= 1 (default: %(default)s)")
     args = parser.parse_args(argv)
     PeerModel(args.artifact, 1)  # a bad artifact stops here, with one line, before any worker starts

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from contract.artifact import ONNX, verify
+from common.cli import UserError
+from contract.artifact import ONNX, ArtifactError, verify
 from contract.latents import latents_for_seed
 from contract.onnx_cpu import cpu_session_options
 from contract.pixels import to_uint8
@@ -23,7 +24,10 @@ class PeerModel:
     """The artifact's generator.onnx on ONNX Runtime CPU, with the service's session options."""
 
     def __init__(self, artifact: Path, threads: int | None = None) -> None:
-        manifest = verify(artifact)  # the file hashes, as the service checks them
+        try:
+            manifest = verify(artifact)  # the file hashes, as the service checks them
+        except ArtifactError as e:
+            raise UserError(f"{artifact}: {e}") from None
         self.nz = manifest["model"]["nz"]
         self.model = f"{manifest['model']['arch']}:{artifact.name}"
         self.threads = threads or len(os.sched_getaffinity(0))
@@ -45,6 +49,14 @@ class PeerModel:
         images = self.images(latents)
         bounds = np.cumsum([0] + [n for _, n in requests])
         return [images[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def add_peer_arguments(parser, max_batch_help: str) -> None:
+    """The arguments every peer server takes: ARTIFACT, --port, --threads, --max-batch (default 128)."""
+    parser.add_argument("artifact", type=Path, metavar="ARTIFACT", help="model artifact directory (manifest.json + generator.onnx)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    parser.add_argument("--max-batch", type=int, default=128, help=f"{max_batch_help} (default: %(default)s)")
 
 
 def base64_pngs(images: np.ndarray) -> list[str]:

@@ -13,15 +13,18 @@ the service's /sample returns. Ready when GET /v2/health/ready answers 200.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
 
-from common.cli import OneLineErrorParser, cli_main
+try:
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+except ImportError:  # it lives in an environment of its own (loadtest/peer_env.py)
+    Triton = None
+
+from common.cli import OneLineErrorParser, UserError, cli_main
 from common.server import free_port
-from loadtest.peer_work import PeerModel, base64_pngs
+from loadtest.peer_work import PeerModel, add_peer_arguments, base64_pngs
 
 MODEL_NAME = "dcgan"
 
@@ -40,14 +43,15 @@ def infer_function(model: PeerModel):
 @cli_main
 def main(argv=None) -> None:
     parser = OneLineErrorParser(prog="python -m loadtest.triton_server", description=__doc__.split("\n\n")[2])
-    parser.add_argument("artifact", type=Path, metavar="ARTIFACT", help="model artifact directory (manifest.json + generator.onnx)")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
-    parser.add_argument("--max-batch", type=int, default=128, help="requests per dynamic batch, at most (default: %(default)s)")
+    add_peer_arguments(parser, "requests per dynamic batch, at most")
     parser.add_argument(
         "--queue-delay-us", type=int, default=0, help="the dynamic batcher's max_queue_delay_microseconds (default: %(default)s)"
     )
     args = parser.parse_args(argv)
+    if Triton is None:
+        raise UserError(
+            "nvidia-pytriton is not installed in this Python: run this with .venv-peers/triton/bin/python (loadtest.run --peers triton makes it)"
+        )
     model = PeerModel(args.artifact, args.threads)
     logging.basicConfig(level=logging.WARNING)
     config = TritonConfig(
