@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if Triton is None:
         raise UserError(
-            "nvidia-pytriton is not installed in this Python: run this with .venv-peers/triton/bin/python (loadtest.run --peers triton makes it)"
+            "nvidia-pytriton is not installed in this Python: run this with .venv-peers/triton/bin/python "
+            "(loadtest.run --peers triton makes it)"
         )
     model = PeerModel(args.artifact, args.threads)
     logging.basicConfig(level=logging.WARNING)
