@@ -18,7 +18,7 @@
 Examples:
   python -m research.gpu_stage pack                      # here: .gpu-stage/part-NN + manifest.json (~260 MB in 6 parts)
   python -m research.gpu_stage unpack --dry-run          # here: the check above
-  python3 -m research.gpu_stage unpack --into /tmp/stage # there, once every part has arrived
+  python3 -m research.gpu_stage unpack                   # there, once every part has arrived
 
 Only the standard library is imported: it runs before anything is installed.
 """

@@ -204,9 +204,10 @@ class EntryService:
         return self._described
 
     async def __is_ready__(self) -> bool:
-        """Ready while the generator answers (it has loaded and warmed up); not while draining or while it is down.
+        """Ready while the generator answers (it has loaded, warmed up and passed its golden check); not while draining
+        or while it is down. In process the engine did all that before this worker took a request.
 
-        The generator is asked on every probe, with a short timeout: while a generator worker restarts, its
+        A generator service is asked on every probe, with a short timeout: while a generator worker restarts, its
         listening socket still accepts connections, and an unbounded call would hang the probe instead of failing it.
         """
         if DRAIN.draining:
