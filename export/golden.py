@@ -20,7 +20,7 @@ from common.cli import OneLineErrorParser, UserError, cli_main
 from common.files import atomic_write_bytes, atomic_write_json
 from contract import golden
 from contract.artifact import MANIFEST, ONNX, ArtifactError, file_sha256, verify
-from contract.pixels import to_uint8
+from contract.pixels import to_nhwc_uint8
 
 
 def reference_generator(onnx_path: Path) -> tuple[golden.Generate, str]:
@@ -30,7 +30,7 @@ def reference_generator(onnx_path: Path) -> tuple[golden.Generate, str]:
 
     def generate(latents: np.ndarray) -> np.ndarray:
         (images,) = session.run(None, {name: latents})  # (B, C, H, W) in [-1, 1]
-        return np.ascontiguousarray(to_uint8(images).transpose(0, 2, 3, 1))
+        return to_nhwc_uint8(images)
 
     return generate, f"onnxruntime {ort.__version__} CPUExecutionProvider, {onnx_path.name}"
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from common.cli import OneLineErrorParser, cli_main
 from contract.latents import latents_for_seed
-from contract.pixels import to_uint8
+from contract.pixels import to_nhwc_uint8
 from loadtest.torch_eager import load_eager
 from service.images import png_bytes  # torch-free, light: the service's own PNG encoder
 
@@ -44,7 +44,7 @@ def make_app(model_path: str, threads: int | None = None) -> FastAPI:
         z = torch.from_numpy(latents_for_seed(req.seed, req.n, generator.nz))  # (n, nz)
         with torch.inference_mode():
             images = generator.module(z).numpy()  # (n, C, H, W) in [-1, 1]
-        pixels = to_uint8(images).transpose(0, 2, 3, 1)  # (n, H, W, C) uint8
+        pixels = to_nhwc_uint8(images)  # (n, H, W, C) uint8
         _, h, w, c = pixels.shape
         encoded = [base64.b64encode(png_bytes(p)).decode("ascii") for p in pixels]
         return {"seed": req.seed, "n": req.n, "model": generator.source, "width": w, "height": h, "channels": c, "images": encoded}

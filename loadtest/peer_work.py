@@ -16,7 +16,7 @@ from common.cli import UserError
 from contract.artifact import ONNX, ArtifactError, verify
 from contract.latents import latents_for_seed
 from contract.onnx_cpu import cpu_session_options
-from contract.pixels import to_uint8
+from contract.pixels import to_nhwc_uint8
 from service.images import png_bytes
 
 
@@ -41,7 +41,7 @@ class PeerModel:
     def images(self, latents: np.ndarray) -> np.ndarray:
         """(B, nz) float32 -> (B, H, W, C) uint8."""
         (out,) = self.session.run(None, {self.input_name: latents})  # (B, C, H, W) in [-1, 1]
-        return np.ascontiguousarray(to_uint8(out).transpose(0, 2, 3, 1))
+        return to_nhwc_uint8(out)
 
     def batch(self, requests: list[tuple[int, int]]) -> list[np.ndarray]:
         """[(seed, n), ...] -> each request's (n, H, W, C) images, from one ONNX Runtime call for all of them."""

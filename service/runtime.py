@@ -15,7 +15,7 @@ from contract import golden
 from contract.artifact import ONNX, ONNX_FP16
 from contract.latents import latents_for_seed
 from contract.onnx_cpu import cpu_session_options
-from contract.pixels import to_uint8
+from contract.pixels import to_nhwc_uint8
 
 logger = logging.getLogger("bentoml.dcgan")
 CUDA = "CUDAExecutionProvider"
@@ -75,7 +75,7 @@ def _checked(rt: Runtime, manifest: dict) -> Runtime:
 def run_uint8(rt: Runtime, latents: np.ndarray) -> np.ndarray:
     """(B, nz) float32 latents -> (B, H, W, C) uint8 images. Releases the GIL while ONNX Runtime runs."""
     (images,) = rt.session.run([rt.output_name], {rt.input_name: latents})  # (B, C, H, W) in [-1, 1]
-    return np.ascontiguousarray(to_uint8(images).transpose(0, 2, 3, 1))
+    return to_nhwc_uint8(images)
 
 
 def check_golden(rt: Runtime, model_dir: Path, manifest: dict) -> dict:
