@@ -36,6 +36,16 @@ class GeneratorModel(BentoModel):
             found = BentoModel.stored.fget(self)
         return found
 
+    def resolve(self, base_path=None):
+        """The stored model, never a download: where BentoML would fetch a missing model from BentoCloud (and, on
+        the pod's read-only root, fail writing its cloud config with a traceback), start-up stops with one line."""
+        if self.stored is None:
+            raise BentoMLException(
+                f"model {self.tag} is not in the BentoML model store (nor packed in this bento): set DCGAN_MODEL to a tag "
+                "that `bentoml models list` shows, or build the bento with it (DCGAN_MODEL=TAG bentoml build)"
+            )
+        return BentoModel.resolve(self, base_path)
+
     def _register_default(self) -> None:
         from contract.store import register  # torch-free; only needed on a fresh store
 

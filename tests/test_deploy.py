@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,8 +21,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ["cpu", "gpu"]
-COMPONENT = K8S / "components" / "scale-on-inflight"
+COMPONENTS = K8S / "components"
+SCALE_ON_INFLIGHT = COMPONENTS / "scale-on-inflight"
+OPTIONAL = ["prometheus-operator", "network-policy", "ingress"]  # components a cluster adds when it has what they need
 KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+OPTIONAL_KINDS = {"PodMonitor", "NetworkPolicy", "Ingress"}
+CRD_KINDS = {"PodMonitor"}  # the Prometheus Operator's: not in the Kubernetes schemas
 # Oldest and newest Kubernetes minor versions kubernetes-validate ships schemas for.
 K8S_VERSIONS = [kubernetes_validate.utils.all_versions()[0], kubernetes_validate.utils.latest_version()]
 
@@ -35,13 +40,13 @@ def kustomize(directory: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def with_component(tmp_path: Path, overlay: str) -> Path:
-    """A user's kustomization: an overlay plus the scale-on-inflight component (kustomize wants relative paths)."""
+def users_kustomization(tmp_path: Path, overlay: str, components: list[str]) -> Path:
+    """A user's kustomization: an overlay plus components (kustomize wants relative paths)."""
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
                 "resources": [os.path.relpath(K8S / "overlays" / overlay, tmp_path)],
-                "components": [os.path.relpath(COMPONENT, tmp_path)],
+                "components": [os.path.relpath(COMPONENTS / c, tmp_path) for c in components],
             }
         )
     )
@@ -50,7 +55,7 @@ def with_component(tmp_path: Path, overlay: str) -> Path:
 
 def by_kind(objects: list[dict]) -> dict[str, dict]:
     kinds = [o["kind"] for o in objects]
-    assert sorted(kinds) == sorted(KINDS), kinds
+    assert len(set(kinds)) == len(kinds) and KINDS <= set(kinds) <= KINDS | OPTIONAL_KINDS, kinds
     return {o["kind"]: o for o in objects}
 
 
@@ -59,18 +64,19 @@ def container(objects: list[dict]) -> dict:
     return c
 
 
-@pytest.fixture(scope="module", params=OVERLAYS + ["gpu+scale-on-inflight"])
+@pytest.fixture(scope="module", params=OVERLAYS + ["cpu+scale-on-inflight", "gpu+" + "+".join(OPTIONAL)])
 def rendered(request, tmp_path_factory) -> list[dict]:
-    if request.param.endswith("+scale-on-inflight"):
-        overlay = request.param.split("+")[0]
-        return kustomize(with_component(tmp_path_factory.mktemp("user-kustomization"), overlay))
-    return kustomize(K8S / "overlays" / request.param)
+    overlay, *components = request.param.split("+")
+    if components:
+        return kustomize(users_kustomization(tmp_path_factory.mktemp("user-kustomization"), overlay, components))
+    return kustomize(K8S / "overlays" / overlay)
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_object_is_valid_kubernetes(rendered, version):
     for obj in rendered:
-        kubernetes_validate.validate(obj, version, strict=True)
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, version, strict=True)
 
 
 def test_the_validator_rejects_a_misspelt_field(rendered):
@@ -179,20 +185,106 @@ def test_gpu_overlay_asks_for_one_gpu_and_cpu_overlay_for_none():
     assert "tolerations" not in by_kind(cpu)["Deployment"]["spec"]["template"]["spec"]
 
 
-def test_overlays_run_the_image_bentoml_containerize_names():
-    """`bentoml containerize NAME:VERSION` tags the image NAME:VERSION; NAME is bentofile.yaml's `name`."""
-    bento_name = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["name"]
+def test_each_overlay_runs_its_own_image():
+    """`python -m deploy.image` tags each image as `bentoml containerize` would, NAME:VERSION with NAME the variant's bento
+    name (bentofile.yaml's `name` for the GPU image, with -cpu for the CPU image)."""
+    from deploy.image.variants import variant
+
     for overlay in OVERLAYS:
         image = container(kustomize(K8S / "overlays" / overlay))["image"]
         repository, _, tag = image.rpartition(":")
-        assert repository.rsplit("/", 1)[-1] == bento_name and tag, image
+        assert repository.rsplit("/", 1)[-1] == variant(overlay).bento_name and tag, image
 
 
-def test_scale_on_inflight_uses_the_metric_the_adapter_exposes(tmp_path):
-    hpa = by_kind(kustomize(with_component(tmp_path, "gpu")))["HorizontalPodAutoscaler"]
-    (metric,) = hpa["spec"]["metrics"]  # the CPU target is replaced, not kept beside it
-    assert metric["type"] == "Pods"
-    rules = yaml.safe_load((COMPONENT / "prometheus-adapter-rules.yaml").read_text())
-    (rule,) = rules["rules"]["custom"]
-    assert metric["pods"]["metric"]["name"] == rule["name"]["as"]
-    assert rule["name"]["as"] in rule["seriesQuery"]
+def adapter_rule() -> dict:
+    (rule,) = yaml.safe_load((SCALE_ON_INFLIGHT / "prometheus-adapter-rules.yaml").read_text())["rules"]["custom"]
+    return rule
+
+
+def generation_endpoints_regex() -> str:
+    """The `endpoint=~"..."` matcher of the adapter rule (PromQL anchors it at both ends, as fullmatch does)."""
+    (regex,) = re.findall(r'endpoint=~"([^"]+)"', adapter_rule()["metricsQuery"])
+    return regex
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "cpu"])
+def test_gpu_overlay_scales_on_requests_in_flight_and_cpu_on_cpu(overlay, tmp_path):
+    hpa = by_kind(kustomize(K8S / "overlays" / overlay))["HorizontalPodAutoscaler"]
+    (metric,) = hpa["spec"]["metrics"]  # one target: the component replaces the CPU target, not adds to it
+    if overlay == "cpu":
+        assert (metric["type"], metric["resource"]["name"]) == ("Resource", "cpu")
+        return
+    rule = adapter_rule()
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
+    series = re.match(r"^(\w+)\{", rule["seriesQuery"]).group(1)
+    assert re.fullmatch(rule["name"]["matches"], series)  # the adapter renames the gauge it reads
+
+
+def test_the_adapter_rule_counts_every_generation_route_and_nothing_else():
+    """Every route that runs the model counts toward the in-flight metric; probes, /metrics, /info and the page do not.
+    tests/test_service.py checks the same regex against the labels a running service exports."""
+    from service.responses import ROUTES
+    from service.v2 import INFER_PATH
+
+    regex = generation_endpoints_regex()
+    for route in [*ROUTES, INFER_PATH]:
+        assert re.fullmatch(regex, route), route
+    for route in ["/readyz", "/livez", "/metrics", "/info", "/ui/", "/v2/health/ready", "/v2/models/dcgan", "/docs"]:
+        assert not re.fullmatch(regex, route), route
+
+
+def test_gpu_rollout_needs_no_spare_gpu_and_keeps_one_pod_serving():
+    objs = by_kind(kustomize(K8S / "overlays" / "gpu"))
+    rolling = objs["Deployment"]["spec"]["strategy"]["rollingUpdate"]
+    assert (rolling["maxSurge"], rolling["maxUnavailable"]) == (0, 1)  # the new pod takes the old one's GPU
+    pdb = objs["PodDisruptionBudget"]["spec"]
+    assert pdb["maxUnavailable"] <= rolling["maxUnavailable"]  # a drain takes no more pods at once than a rollout
+    assert objs["HorizontalPodAutoscaler"]["spec"]["minReplicas"] > rolling["maxUnavailable"]  # one pod always serves
+
+
+def test_pods_spread_over_nodes_and_zones(rendered):
+    pod = by_kind(rendered)["Deployment"]["spec"]["template"]
+    spread = pod["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for c in spread:
+        assert c["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway"  # a one-zone cluster still schedules every replica
+
+
+def test_optional_components_point_at_the_pods_and_port(tmp_path):
+    objs = by_kind(kustomize(users_kustomization(tmp_path, "gpu", OPTIONAL)))
+    deployment, service = objs["Deployment"], objs["Service"]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    (port,) = pod["spec"]["containers"][0]["ports"]
+    monitor = objs["PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    annotations = pod["metadata"]["annotations"]  # the annotation-based set-up scrapes the same port and path
+    assert endpoint["port"] == port["name"] and endpoint["path"] == annotations["prometheus.io/path"]
+    assert annotations["prometheus.io/port"] == str(port["containerPort"])
+    policy = objs["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    (rule,) = policy["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [port["name"]]
+    (ingress_rule,) = objs["Ingress"]["spec"]["rules"]
+    (path,) = ingress_rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_an_image_digest_replaces_the_tag(overlay, tmp_path):
+    """The README's way to pin what runs: kustomize `images:` with a digest (what `kustomize edit set image` writes)."""
+    digest = "sha256:" + "ab" * 32
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    kustomization = tree / "overlays" / overlay / "kustomization.yaml"
+    config = yaml.safe_load(kustomization.read_text())
+    (entry,) = config["images"]
+    repository = "registry.internal:5000/ml/" + entry["newName"].rsplit("/", 1)[-1]
+    config["images"] = [{"name": entry["name"], "newName": repository, "digest": digest}]
+    kustomization.write_text(yaml.safe_dump(config))
+    assert container(kustomize(kustomization.parent))["image"] == f"{repository}@{digest}"

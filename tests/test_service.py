@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,6 +21,7 @@ from contract.latents import latents_for_seed
 from contract.pixels import to_uint8
 
 TIMEOUT = 60
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def post(url: str, path: str, body, **kwargs) -> httpx.Response:
@@ -281,6 +283,30 @@ def test_metrics_have_the_batch_size_histogram(service_url):
     metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
     assert re.search(r'^dcgan_generator_batch_images_bucket\{.*le="1.0".*\} [1-9]', metrics, re.M)
     assert re.search(r'^bentoml_service_request_total\{.*endpoint="/sample".*http_response_code="200"', metrics, re.M)
+
+
+def test_the_autoscaler_counts_every_generation_route_the_service_labels(service_url):
+    """The GPU overlay scales on BentoML's in-progress gauge summed over the generation routes by the adapter rule's
+    regex: every route that runs the model must appear under a label the regex matches (deploy/k8s, test_deploy.py)."""
+    import yaml
+
+    from service.responses import ROUTES
+    from service.v2 import INFER_PATH
+
+    rules = yaml.safe_load((ROOT / "deploy/k8s/components/scale-on-inflight/prometheus-adapter-rules.yaml").read_text())
+    (regex,) = re.findall(r'endpoint=~"([^"]+)"', rules["rules"]["custom"][0]["metricsQuery"])
+
+    query = {"/interpolate": "seed_a=1&seed_b=2&steps=2", "/interpolate/apng": "seed_a=1&seed_b=2&steps=2"}
+    query["/interpolate/strip"] = query["/interpolate"]
+    for route in ROUTES:
+        r = httpx.get(f"{service_url}{route}?{query.get(route, 'seed=1&n=1')}", timeout=TIMEOUT)
+        assert r.status_code == 200, (route, r.text)
+    infer = {"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], "data": [1]}]}
+    assert post(service_url, INFER_PATH, infer).status_code == 200
+    metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
+    labelled = set(re.findall(r'^bentoml_service_request_in_progress\{[^}]*endpoint="([^"]+)"', metrics, re.M))
+    assert {*ROUTES, INFER_PATH} <= labelled, labelled
+    assert {e for e in labelled if re.fullmatch(regex, e)} == {*ROUTES, INFER_PATH}, labelled
 
 
 def test_info_reports_manifest_provider_and_batching(service_url, manifest):

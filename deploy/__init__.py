@@ -1,0 +1,1 @@
+"""Deployment: the container images (`python -m deploy.image`) and the Kubernetes manifests (k8s/)."""

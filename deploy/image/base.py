@@ -1,0 +1,76 @@
+"""A local stand-in for the `python:3.11-slim` base image, for machines that cannot pull from a registry.
+
+Debian's debootstrap makes a minimal bookworm root with Debian's Python 3.11; the engine imports it and
+tags it with the name the generated Dockerfile's FROM line uses, so the build resolves it without a
+registry (`--pull=never`). It is a documented option (`python -m deploy.image --local-base`), not the
+default: with registry access the official image is used. Needs root, debootstrap and a Debian mirror
+(read from the machine's apt sources).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from common.cli import UserError
+
+# Debian release whose python3 is the bento's python_version.
+SUITES = {"3.11": "bookworm"}
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+LABEL = "org.opencontainers.image.description=debootstrap stand-in for python:{py}-slim, built by deploy.image"
+
+
+def official_name(python_version: str) -> str:
+    """What `FROM python:X.Y-slim` resolves to."""
+    return f"docker.io/library/python:{python_version}-slim"
+
+
+def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
+    """The first Debian (not -security) archive of the machine's apt sources, deb822 or one-line format."""
+    texts = [p.read_text(errors="replace") for p in sorted(apt_dir.glob("sources.list.d/*.sources"))]
+    uris = [u for t in texts for line in re.findall(r"^URIs:\s*(.+)$", t, re.M) for u in line.split()]
+    one_line = [apt_dir / "sources.list", *sorted(apt_dir.glob("sources.list.d/*.list"))]
+    for p in one_line:
+        if p.is_file():
+            uris += re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)", p.read_text(errors="replace"), re.M)
+    for uri in uris:
+        if "security" not in uri and uri.rstrip("/").endswith("/debian"):
+            return uri.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def ensure(engine, python_version: str) -> str:
+    """Build the stand-in unless the engine already has an image by that name; returns the name."""
+    name = official_name(python_version)
+    if engine.has_image(name):
+        return name
+    suite = SUITES.get(python_version)
+    if suite is None:
+        raise UserError(f"--local-base knows Debian suites for Python {', '.join(SUITES)} only, the bento asks for {python_version}")
+    if shutil.which("debootstrap") is None:
+        raise UserError("--local-base needs debootstrap (Debian/Ubuntu: apt-get install debootstrap)")
+    with tempfile.TemporaryDirectory(prefix="dcgan-base-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        mirror = debian_mirror()
+        print(f"building the local base image {name} from {suite} ({mirror}) with debootstrap...", flush=True)
+        packages = f"python{python_version},python3-venv,python3-pip,ca-certificates"
+        out = subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={packages}", suite, str(rootfs), mirror],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise UserError(f"debootstrap failed (exit {out.returncode}): {out.stdout.strip().splitlines()[-1:]}{out.stderr[-500:]}")
+        # The official image's pip installs into the system Python; Debian's refuses without this (PEP 668).
+        (rootfs / f"usr/lib/python{python_version}/EXTERNALLY-MANAGED").unlink(missing_ok=True)
+        for link in ("python", "python3"):  # the official image's interpreter lives in /usr/local/bin
+            (rootfs / "usr/local/bin" / link).symlink_to(f"/usr/bin/python{python_version}")
+        shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+        (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
+        archive = Path(tmp) / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], check=True)
+        engine.import_rootfs(archive, name, LABEL.format(py=python_version))
+    return name
