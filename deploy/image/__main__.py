@@ -105,9 +105,9 @@ def main(argv=None) -> int:
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     variants = [variant(name) for name in (VARIANTS if args.variant == "all" else (args.variant,))]
-    python_versions = {str(v.bentofile["docker"]["python_version"]) for v in variants}
     if args.local_base:
-        for py in python_versions:
+        python_versions = {str(v.bentofile.get("docker", {}).get("python_version", "")) for v in variants}
+        for py in sorted(python_versions):
             print(f"base image: {base.ensure(builder, py)} (local stand-in)", flush=True)
     with tempfile.TemporaryDirectory(prefix="dcgan-build-settings-") as scratch:
         settings = build_settings.host_pip_settings()

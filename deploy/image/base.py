@@ -9,6 +9,7 @@ default: with registry access the official image is used. Needs root, debootstra
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -49,7 +50,12 @@ def ensure(engine, python_version: str) -> str:
         return name
     suite = SUITES.get(python_version)
     if suite is None:
-        raise UserError(f"--local-base knows Debian suites for Python {', '.join(SUITES)} only, the bento asks for {python_version}")
+        raise UserError(
+            f"--local-base knows Debian suites for Python {', '.join(SUITES)} only; bentofile.yaml's docker.python_version is "
+            f"{python_version or 'not set'}"
+        )
+    if os.geteuid() != 0:
+        raise UserError("--local-base runs debootstrap, which needs root: run as root, or build without it where a registry is reachable")
     if shutil.which("debootstrap") is None:
         raise UserError("--local-base needs debootstrap (Debian/Ubuntu: apt-get install debootstrap)")
     with tempfile.TemporaryDirectory(prefix="dcgan-base-") as tmp:
