@@ -1,8 +1,8 @@
 """deploy/k8s: every overlay renders with the real kustomize (`kubectl kustomize`), every object is
 valid against the Kubernetes OpenAPI schemas (kubernetes-validate, offline, strict: unknown fields
-fail), and the manifests agree with the service and the image `bentoml containerize` builds.
+fail), and the manifests agree with the service, each other and the images `python -m deploy.image` builds.
 
-That the probe paths really answer on the built bento is checked in test_bento.py.
+That the probe paths really answer in the image, run as the manifests run it, is checked in test_image.py.
 """
 
 from __future__ import annotations
