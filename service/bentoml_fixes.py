@@ -31,6 +31,15 @@ means re-reading those files: `check_version()` stops start-up until PATCHED_FOR
    requests or 300 s and closes the old one under requests still using it ("Cannot write to
    closing transport", https://github.com/bentoml/BentoML/issues/4971). Both services run in one
    pod, so there is nothing to rebalance: never replace it.
+
+5. serve_in_either_generator_mode: a bento serves with DCGAN_GENERATOR=service or inprocess, whichever it
+   was built with. _bentoml_sdk/service/factory.py: Service.on_load_bento looks every service of the
+   running graph up among the services the bento recorded at build time, with a bare `next()`. The graph
+   depends on DCGAN_GENERATOR (the in-process default has no "generator" service), so the image of a
+   default build, run with the GPU overlay's DCGAN_GENERATOR=service, stopped at start-up with a
+   StopIteration traceback. The lookup serves to pin Hugging Face model revisions (this service has
+   none: its model is found in the bento's own store either way) and to set `svc.bento`; the fix does
+   the same, skipping the pinning for a service the bento did not record.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import contextvars
 import logging
 
 import bentoml
+from _bentoml_sdk.models import HuggingFaceModel
+from _bentoml_sdk.service.factory import Service
 from bentoml._internal.marshal import dispatcher
 from bentoml._internal.server.http import traffic
 from bentoml.exceptions import ServiceUnavailable
@@ -114,6 +125,24 @@ class OneLineWhenShedding(logging.Filter):
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+def serve_in_either_generator_mode() -> None:
+    """(5) Install the fix in this process; call before BentoML loads the bento (at import of the service)."""
+    check_version()
+    Service.on_load_bento = _on_load_bento
+
+
+def _on_load_bento(self, bento) -> None:
+    recorded = {info.name: info for info in bento.info.services}
+    for svc in self.all_services().values():
+        info = recorded.get(svc.name)
+        for model, model_info in zip(svc.models, info.models if info else []):
+            # Upstream's own step: replace a Hugging Face model's revision with the one in the bento.
+            if isinstance(model, HuggingFaceModel):
+                model.model_id = model_info.metadata.get("model_id") or model_info.tag.name.replace("--", "/")
+                model.revision = model_info.metadata.get("revision", model_info.tag.version)
+        svc.bento = bento
 
 
 def log_shedding_in_one_line() -> None:

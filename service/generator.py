@@ -13,7 +13,13 @@ import logging
 import bentoml
 import numpy as np
 
-from service.bentoml_fixes import RUNNER_CONNECTION, bound_batch_wait, log_shedding_in_one_line, release_request_timers
+from service.bentoml_fixes import (
+    RUNNER_CONNECTION,
+    bound_batch_wait,
+    log_shedding_in_one_line,
+    release_request_timers,
+    serve_in_either_generator_mode,
+)
 from service.drain import install_generator_drain
 from service.engine import Engine
 from service.gc_freeze import freeze_startup_heap
@@ -24,6 +30,7 @@ logger = logging.getLogger("bentoml.dcgan")
 MODEL = GeneratorModel(SETTINGS.model_tag, default_artifact=SETTINGS.default_artifact)
 bound_batch_wait(SETTINGS.max_batch_wait_ms)  # before BentoML builds this service's dispatcher
 release_request_timers()  # before BentoML builds this service's app (entry.py imports this module too)
+serve_in_either_generator_mode()  # before BentoML loads a bento built in the other DCGAN_GENERATOR mode
 BATCHING = (
     {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
     if SETTINGS.max_batch_size > 1

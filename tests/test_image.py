@@ -13,6 +13,7 @@ Where crun cannot run containers (inside another container), deploy/image/contai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -176,25 +177,33 @@ def test_image_user_port_and_environment_agree_with_the_manifests(images, varian
     assert not {k for k in env if k.startswith(("PIP_", "UV_INDEX", "SSL_CERT", "REQUESTS_CA"))}, env
 
 
-@pytest.fixture(scope="module")
-def container(images):
-    """The CPU image, run as the CPU overlay runs it."""
-    pod = deployment("cpu")["spec"]["template"]["spec"]
+@contextlib.contextmanager
+def run_as_the_pod_does(image: str, overlay: str, **extra_env: str):
+    """`podman run` of the image as the overlay's pod runs it: its user, read-only root, only /tmp writable, no
+    capabilities, no privilege escalation, its environment. Yields (url, container name) once /readyz answers."""
+    pod = deployment(overlay)["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     sc, csc = pod["securityContext"], c["securityContext"]
     assert csc["readOnlyRootFilesystem"] and csc["capabilities"]["drop"] == ["ALL"] and not csc["allowPrivilegeEscalation"]
-    port, name = free_port(), f"dcgan-test-{os.getpid()}"
+    port, name = free_port(), f"dcgan-test-{overlay}-{os.getpid()}"
     argv = ["run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--user", f"{sc['runAsUser']}:{sc['runAsGroup']}"]
     argv += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-p", f"127.0.0.1:{port}:{c['ports'][0]['containerPort']}"]
-    for k, v in pod_env(c).items():
+    for k, v in {**pod_env(c), **extra_env}.items():
         argv += ["--env", f"{k}={v}"]
-    podman(*argv, images["cpu"]["image"])
+    podman(*argv, image)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, name)
         yield url, name
     finally:
         podman("rm", "--force", "--time", "0", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def container(images):
+    """The CPU image, run as the CPU overlay runs it."""
+    with run_as_the_pod_does(images["cpu"]["image"], "cpu") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +258,21 @@ def test_the_container_log_is_clean(container):
     text = logs.stdout + logs.stderr
     assert "Traceback" not in text and "Read-only file system" not in text, text[-3000:]
     assert not re.search(r"\[[WE]:onnxruntime", text), text[-3000:]
+
+
+def test_the_gpu_image_without_a_gpu_serves_on_cpu_unless_the_gpu_overlay_requires_cuda(images, container):
+    """The GPU image also runs on CPU nodes (onnxruntime-gpu's CPU provider): same bytes as the CPU image. With the GPU
+    overlay's DCGAN_REQUIRE_CUDA=1 it refuses to start instead, with one line. (On a GPU: docs/deploy.md.)"""
+    cpu_url, _ = container
+    request = {"seed": 11, "n": 8}
+    overrides = {"DCGAN_REQUIRE_CUDA": "0"}  # the GPU overlay's own setting, lifted to see it serve here
+    with run_as_the_pod_does(images["gpu"]["image"], "gpu", **overrides) as (url, _):
+        assert httpx.get(f"{url}/info", timeout=10).json()["provider"] == "CPUExecutionProvider"
+        got = httpx.post(f"{url}/sample", json=request, timeout=60).json()
+    assert got["images"] == httpx.post(f"{cpu_url}/sample", json=request, timeout=60).json()["images"]
+    refused = podman("run", "--rm", "--read-only", "--tmpfs", "/tmp", "--env", "DCGAN_REQUIRE_CUDA=1", images["gpu"]["image"], check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "CUDA" in output and "Traceback" not in output, output[-3000:]
 
 
 def test_sigterm_drains_admitted_requests_and_exits_0(container):
