@@ -18,9 +18,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from common.server import bentoml_serve_argv, free_port, running
 from contract.artifact import MANIFEST, MODEL_NAME, file_sha256, verify
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
@@ -166,6 +168,17 @@ def test_dockerfile(built):
     assert "torch" not in dockerfile.lower()
     # The empty $BENTOML_HOME directories BentoML needs on the read-only root (deploy/image/setup.sh).
     assert re.search(r"^RUN chmod \+x \./env/docker/script__\w+ && \./env/docker/script__\w+$", dockerfile, re.M)
+
+
+def test_a_default_build_serves_with_the_generator_as_a_service_too(built, tmp_path):
+    """The GPU overlay runs the image with DCGAN_GENERATOR=service; the default build records the in-process graph
+    (service/bentoml_fixes.py, fix 5). test_image.py runs the GPU image so; this needs no container engine."""
+    env = {**built.env, "DCGAN_GENERATOR": "service"}
+    port = free_port()
+    with running(bentoml_serve_argv(port, built.tag), env, tmp_path / "serve.log", port, cwd=tmp_path) as server:
+        r = httpx.post(f"{server.url}/sample", json={"seed": 3, "n": 2}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{server.url}/info", timeout=10).json()["generator"] == "service"
 
 
 def test_dcgan_model_at_build_time_picks_the_model_the_image_carries(built, tmp_path):
