@@ -69,7 +69,8 @@ def ensure(engine, python_version: str) -> str:
             text=True,
         )
         if out.returncode != 0:
-            raise UserError(f"debootstrap failed (exit {out.returncode}): {out.stdout.strip().splitlines()[-1:]}{out.stderr[-500:]}")
+            said = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or ["no output"]
+            raise UserError(f"debootstrap {suite} from {mirror} failed (exit {out.returncode}): {said[0]}")
         # The official image's pip installs into the system Python; Debian's refuses without this (PEP 668).
         (rootfs / f"usr/lib/python{python_version}/EXTERNALLY-MANAGED").unlink(missing_ok=True)
         for link in ("python", "python3"):  # the official image's interpreter lives in /usr/local/bin
@@ -77,6 +78,8 @@ def ensure(engine, python_version: str) -> str:
         shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
         (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
         archive = Path(tmp) / "rootfs.tar"
-        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], check=True)
+        packed = subprocess.run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], capture_output=True, text=True)
+        if packed.returncode != 0:
+            raise UserError(f"could not pack the debootstrapped root: {packed.stderr.strip()[-300:]}")
         engine.import_rootfs(archive, name, LABEL.format(py=python_version))
     return name

@@ -28,8 +28,12 @@ class Engine:
     def mounts_in_build(self) -> bool:
         return self.name in ("podman", "buildah")
 
-    def _run(self, *argv: str, capture: bool = True, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([self.binary, *argv], capture_output=capture, text=True, **kw)
+    def _run(self, *argv: str, capture: bool = True, check: bool = False) -> subprocess.CompletedProcess:
+        out = subprocess.run([self.binary, *argv], capture_output=capture, text=True)
+        if check and out.returncode != 0:
+            said = (out.stderr or "").strip().splitlines()[-1:] or [f"exit {out.returncode}"]
+            raise UserError(f"`{self.name} {argv[0]}` failed: {said[0]}")
+        return out
 
     def _inspect_argv(self, name: str) -> list[str]:
         return ["inspect", "--type", "image", name] if self.name == "buildah" else ["image", "inspect", name]
