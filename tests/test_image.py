@@ -6,7 +6,8 @@ file system, only /tmp writable, no capabilities, the CPU overlay's environment)
 bytes as `bentoml serve service:svc` from the checkout, the page at /ui/, and drain on SIGTERM. The CPU
 overlay's Deployment also runs under `podman kube play`.
 
-Needs podman (CI installs podman, buildah, runc and debootstrap); without it these tests skip, saying so.
+Needs podman, root and debootstrap (CI installs podman, buildah, runc and debootstrap and runs as root);
+without them these tests skip, saying so.
 Where crun cannot run containers (inside another container), deploy/image/containers-runc.conf selects runc.
 """
 
@@ -40,6 +41,10 @@ CASES = [(0, 1), (42, 3), (2**31 - 1, 16)]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(PODMAN is None, reason="no podman: apt-get install podman buildah runc debootstrap (as .ci/run does)"),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("debootstrap") is None,
+        reason="the images are built on a debootstrapped base (no registry needed): that needs root and debootstrap",
+    ),
 ]
 
 
