@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from k8s_render import overlay_deployment
 
 from common.server import bentoml_serve_argv, free_port, running
 from contract.artifact import MANIFEST, MODEL_NAME, file_sha256, verify
@@ -28,24 +29,12 @@ from contract.artifact import MANIFEST, MODEL_NAME, file_sha256, verify
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "deploy" / "k8s"
 CONTRACT_FILES = {f"contract/{p.name}" for p in (ROOT / "contract").glob("*.py")}  # the torch-free artifact contract, whole
 NOT_IN_THE_IMAGE = {"torch", "torchvision", "torchaudio", "triton", "tensorflow", "onnxruntime"}  # onnxruntime: CPU-only twin
 
 
-def render(directory: Path) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl not found: the manifests are rendered with `kubectl kustomize` (kubectl >= 1.27)")
-    out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
-
-
-def cpu_container() -> dict:
-    (deployment,) = [o for o in render(K8S / "overlays" / "cpu") if o["kind"] == "Deployment"]
-    (c,) = deployment["spec"]["template"]["spec"]["containers"]
-    return c
+def cpu_pod() -> dict:
+    return overlay_deployment("cpu")["spec"]["template"]["spec"]
 
 
 def dist_name(name: str) -> str:
@@ -151,15 +140,14 @@ def test_lock_covers_every_import_of_the_packed_code(built):
 def test_dockerfile(built):
     """What every builder builds from (test_image.py builds and runs it with podman), checked as text."""
     dockerfile = (built.path / "env" / "docker" / "Dockerfile").read_text()
-    c = cpu_container()
-    (port,) = c["ports"]
+    pod = cpu_pod()
+    (port,) = pod["containers"][0]["ports"]
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)  # a plain Python base: CUDA comes as wheels
     assert re.search(rf"^EXPOSE {port['containerPort']}$", dockerfile, re.M)
     # The image installs the lock checked above, and runs as the user the manifests name.
     assert re.search(r"pip install -r \$BENTO_PATH/env/python/requirements\.txt", dockerfile)
     assert re.search(r"^USER bentoml$", dockerfile, re.M)
-    (deployment,) = [o for o in render(K8S / "overlays" / "cpu") if o["kind"] == "Deployment"]
-    uid = deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    uid = pod["securityContext"]["runAsUser"]
     assert re.search(rf"^ARG BENTO_USER_UID={uid}$", dockerfile, re.M)
     # bentofile.yaml's envs become ARG defaults + ENV: CUDA for a Python base, no ORT telemetry files.
     assert re.search(r"^ARG NVIDIA_DRIVER_CAPABILITIES=compute,utility$", dockerfile, re.M)

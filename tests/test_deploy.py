@@ -11,15 +11,14 @@ import copy
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
+from k8s_render import K8S, kustomize
 
 ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ["cpu", "gpu"]
 COMPONENTS = K8S / "components"
 SCALE_ON_INFLIGHT = COMPONENTS / "scale-on-inflight"
@@ -29,15 +28,6 @@ OPTIONAL_KINDS = {"PodMonitor", "NetworkPolicy", "Ingress"}
 CRD_KINDS = {"PodMonitor"}  # the Prometheus Operator's: not in the Kubernetes schemas
 # Oldest and newest Kubernetes minor versions kubernetes-validate ships schemas for.
 K8S_VERSIONS = [kubernetes_validate.utils.all_versions()[0], kubernetes_validate.utils.latest_version()]
-
-
-def kustomize(directory: Path) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl not found: these tests render with `kubectl kustomize` (kubectl >= 1.27 embeds kustomize v5)")
-    out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
 def users_kustomization(tmp_path: Path, overlay: str, components: list[str]) -> Path:

@@ -28,11 +28,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from k8s_render import overlay_deployment
 
 from common.server import free_port, serve_bentoml
 
 ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "deploy" / "k8s"
 PODMAN = shutil.which("podman")
 READY_TIMEOUT_S = 180
 # (seed, n) compared byte for byte between the image and the checkout
@@ -60,17 +60,6 @@ def podman(*argv: str, timeout: float = 120, check: bool = True) -> subprocess.C
     if check:
         assert out.returncode == 0, f"podman {' '.join(argv[:3])}: {out.stderr[-2000:]}"
     return out
-
-
-def kustomize(overlay: str) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
-
-
-def deployment(overlay: str) -> dict:
-    (d,) = [o for o in kustomize(overlay) if o["kind"] == "Deployment"]
-    return d
 
 
 def pod_env(container: dict) -> dict[str, str]:
@@ -168,7 +157,7 @@ def test_a_model_the_image_does_not_carry_stops_start_up_with_one_line(images):
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
 def test_image_user_port_and_environment_agree_with_the_manifests(images, variant):
     image = images[variant]["image"]
-    pod = deployment(variant)["spec"]["template"]["spec"]
+    pod = overlay_deployment(variant)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     (port,) = container["ports"]
     config = podman("image", "inspect", image, "--format", "{{json .Config}}").stdout
@@ -186,7 +175,7 @@ def test_image_user_port_and_environment_agree_with_the_manifests(images, varian
 def run_as_the_pod_does(image: str, overlay: str, **extra_env: str):
     """`podman run` of the image as the overlay's pod runs it: its user, read-only root, only /tmp writable, no
     capabilities, no privilege escalation, its environment. Yields (url, container name) once /readyz answers."""
-    pod = deployment(overlay)["spec"]["template"]["spec"]
+    pod = overlay_deployment(overlay)["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     sc, csc = pod["securityContext"], c["securityContext"]
     assert csc["readOnlyRootFilesystem"] and csc["capabilities"]["drop"] == ["ALL"] and not csc["allowPrivilegeEscalation"]
@@ -236,7 +225,7 @@ def test_the_cpu_image_serves_the_same_bytes_as_the_checkout(container, checkout
 
 def test_the_probe_paths_answer_and_the_page_loads(container):
     url, _ = container
-    (c,) = deployment("cpu")["spec"]["template"]["spec"]["containers"]
+    (c,) = overlay_deployment("cpu")["spec"]["template"]["spec"]["containers"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert httpx.get(url + c[probe]["httpGet"]["path"], timeout=10).status_code == 200, probe
     page = httpx.get(f"{url}/ui/", timeout=10)
@@ -250,7 +239,7 @@ def test_the_probe_paths_answer_and_the_page_loads(container):
 
 def test_info_reflects_the_pods_environment(container):
     url, _ = container
-    (c,) = deployment("cpu")["spec"]["template"]["spec"]["containers"]
+    (c,) = overlay_deployment("cpu")["spec"]["template"]["spec"]["containers"]
     info = httpx.get(f"{url}/info", timeout=10).json()
     assert info["provider"] == "CPUExecutionProvider"
     assert info["ort_threads"] == int(pod_env(c)["DCGAN_ORT_THREADS"])
@@ -301,7 +290,7 @@ def test_sigterm_drains_admitted_requests_and_exits_0(container):
 def test_podman_kube_play_runs_the_cpu_overlay(images, tmp_path):
     """The rendered CPU overlay's Deployment under `podman kube play`: what podman applies of it is checked here;
     what it ignores (readiness/startup probes, preStop, the grace period) is listed in docs/deploy.md."""
-    d = deployment("cpu")
+    d = overlay_deployment("cpu")
     d["spec"]["replicas"] = 1
     (c,) = d["spec"]["template"]["spec"]["containers"]
     c["image"] = f"localhost/{images['cpu']['image']}"
