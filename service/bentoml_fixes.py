@@ -1,8 +1,10 @@
-"""Every workaround for BentoML behaviour this service depends on, in one place, each behind the version guard.
+"""Every workaround for BentoML behaviour this service depends on, in one place, installed by one call: `install()`.
 
-Written against bentoml 1.4.40 (the pin in pyproject.toml). Each fix names the upstream file it
-patches; docs/bentoml-upstream.md holds a ready-to-file upstream report for each. Changing the pin
-means re-reading those files: `check_version()` stops start-up until PATCHED_FOR is updated.
+Written against bentoml 1.4.40. Each fix names the upstream code it patches or relies on, and
+`check_internals()` compares that code with what was read then (a hash of its source): on a BentoML
+whose internals changed, start-up stops with one line naming the workaround that no longer applies
+and what to re-read, whatever the version number says. A release that leaves them alone serves as
+is. docs/bentoml-upstream.md holds a ready-to-file upstream report for each.
 
 1. bound_batch_wait: cap the adaptive-batching dispatcher's learned wait.
    bentoml/_internal/marshal/dispatcher.py: CorkDispatcher keeps the queued requests waiting while
@@ -46,33 +48,91 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
+import inspect
 import logging
+from dataclasses import dataclass
 
 import bentoml
 from _bentoml_sdk.models import HuggingFaceModel
+from _bentoml_sdk.service import config
 from _bentoml_sdk.service.factory import Service
 from bentoml._internal.marshal import dispatcher
+from bentoml._internal.server import http_app
 from bentoml._internal.server.http import traffic
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BentoMLConfigException, ServiceUnavailable
 from starlette.responses import JSONResponse
 
-PATCHED_FOR = "1.4.40"  # the BentoML files named above were read at this version
+READ_AT = "1.4.40"  # the BentoML version whose code the fixes were written against
 
 # (4) the generator service's `runner_connection`: keep one connection pool for the process's life.
 RUNNER_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 10.0**9}
 
 
-def check_version() -> None:
-    if bentoml.__version__ != PATCHED_FOR:
-        raise RuntimeError(
-            f"service/bentoml_fixes.py patches bentoml {PATCHED_FOR}, but bentoml {bentoml.__version__} is "
-            "installed: re-read the upstream files it names, then update or drop each fix and PATCHED_FOR"
-        )
+@dataclass(frozen=True)
+class Relies:
+    """One piece of BentoML code a workaround patches or relies on, and the hash of its source when it was read."""
+
+    fix: str  # the workaround, as numbered above
+    where: str  # the upstream code, for the one-line message
+    code: object  # the class or function itself
+    sha256: str  # first 16 hex digits of sha256(inspect.getsource(code)) at READ_AT
+
+
+RELIES = (
+    Relies("1 bound_batch_wait", "bentoml/_internal/marshal/dispatcher.py Optimizer", dispatcher.Optimizer, "71fb51d7feb7a91f"),
+    Relies(
+        "1 bound_batch_wait",
+        "bentoml/_internal/marshal/dispatcher.py CorkDispatcher.__init__",
+        dispatcher.CorkDispatcher.__init__,
+        "5a214027709d1a3d",
+    ),
+    Relies(
+        "2 release_request_timers",
+        "bentoml/_internal/server/http/traffic.py TimeoutMiddleware",
+        traffic.TimeoutMiddleware,
+        "4dab3e6bdd06efc5",
+    ),
+    Relies("3 log_shedding_in_one_line", "bentoml/_internal/server/http_app.py log_exception", http_app.log_exception, "8e37ab2b4433dff1"),
+    Relies(
+        "4 RUNNER_CONNECTION", "_bentoml_sdk/service/config.py RunnerConnectionSchema", config.RunnerConnectionSchema, "296e822eb89c5760"
+    ),
+    Relies(
+        "5 serve_in_either_generator_mode",
+        "_bentoml_sdk/service/factory.py Service.on_load_bento",
+        Service.on_load_bento,
+        "a5f74eb7a05d6b1c",
+    ),
+)
+
+
+def source_hash(code: object) -> str:
+    return hashlib.sha256(inspect.getsource(code).encode()).hexdigest()[:16]
+
+
+def check_internals() -> None:
+    """BentoMLConfigException (one line, no traceback from `bentoml serve`) naming the first workaround whose BentoML
+    code differs from what it was written against."""
+    for relied in RELIES:
+        if source_hash(relied.code) != relied.sha256:
+            raise BentoMLConfigException(
+                f"bentoml {bentoml.__version__}: workaround {relied.fix} (service/bentoml_fixes.py) no longer applies: "
+                f"{relied.where} changed since bentoml {READ_AT}; re-read it, then update or drop the workaround and its hash"
+            )
+
+
+def install(settings) -> None:
+    """Check BentoML's internals, then install every workaround in this process (at import of the entry service,
+    before BentoML loads the bento, builds a service's app or its dispatcher)."""
+    check_internals()
+    bound_batch_wait(settings.max_batch_wait_ms)
+    release_request_timers()
+    serve_in_either_generator_mode()
+    log_shedding_in_one_line()
 
 
 def bound_batch_wait(max_wait_ms: int) -> None:
     """(1) Cap the dispatcher's learned wait at max_wait_ms in this process; call before the service app is built."""
-    check_version()
     cap_s = max_wait_ms / 1000.0
 
     class BoundedWaitOptimizer(dispatcher.Optimizer):
@@ -111,7 +171,6 @@ async def _timeout_middleware_call(self, scope, receive, send) -> None:
 
 def release_request_timers() -> None:
     """(2) Install the fix in this process; call before BentoML builds the service's app."""
-    check_version()
     traffic.TimeoutMiddleware.__call__ = _timeout_middleware_call
 
 
@@ -129,7 +188,6 @@ class OneLineWhenShedding(logging.Filter):
 
 def serve_in_either_generator_mode() -> None:
     """(5) Install the fix in this process; call before BentoML loads the bento (at import of the service)."""
-    check_version()
     Service.on_load_bento = _on_load_bento
 
 
@@ -147,4 +205,4 @@ def _on_load_bento(self, bento) -> None:
 
 def log_shedding_in_one_line() -> None:
     """(3) Install the filter on the logger BentoML's HTTP app reports errors on."""
-    logging.getLogger("bentoml._internal.server.http_app").addFilter(OneLineWhenShedding())
+    logging.getLogger(http_app.__name__).addFilter(OneLineWhenShedding())

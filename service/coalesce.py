@@ -9,12 +9,13 @@ How: a call goes out at once when fewer than `max_inflight` calls are in flight;
 waits, and when a call returns, everything waiting (up to `max_images` images) goes out as one
 call. Under light load nothing waits; under heavy load the batches grow with the queue. No timer.
 
-Overload: the queue is bounded in images, and each request has a deadline (`deadline_s`). A request
-whose images would not start within the deadline, by the queue ahead of it and the measured cost
-per image, is refused at once with Overloaded (the entry answers 503 + Retry-After); one that still
-waited past its deadline is refused when its turn comes rather than sent late. A caller that goes
-away (its task cancelled: the client disconnected) is dropped before its latents reach the
-generator. So admitted requests finish within about the deadline, and the queue never outlives a burst.
+Overload: the queue is bounded in images (past it, Overloaded), and each request has a deadline
+(`deadline_s`). A request whose images would not start within the deadline, by the queue ahead of it
+and the measured cost per image, is refused at once with PastDeadline; one that still waited past its
+deadline is refused when its turn comes rather than sent late. Both answer 503 + Retry-After as they
+are (service/errors.py). A caller that goes away (its task cancelled, or `client_left` returned: the
+client disconnected) is dropped before its latents reach the generator, with ClientGone. So admitted
+requests finish within about the deadline, and the queue never outlives a burst.
 
 Results are split back in order, so each caller gets exactly the rows of its own latents. Rows do
 not interact in the model (its BatchNorm layers use running statistics in the exported graph), so
@@ -31,16 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import metrics
+from service.errors import ClientGone, Overloaded, PastDeadline
+
 Call = Callable[[np.ndarray], Awaitable[np.ndarray]]
 EWMA_WEIGHT = 0.2  # of each new call in the running cost per image
-
-
-class Overloaded(Exception):
-    """The request cannot be served within its deadline; the client should retry later."""
-
-
-class ClientGone(Exception):
-    """The caller's client disconnected while the request waited: nobody is left to answer."""
 
 
 @dataclass
@@ -48,6 +44,7 @@ class _Waiting:
     latents: np.ndarray
     future: asyncio.Future
     deadline: float  # time.monotonic() by which its call must have started
+    since: float  # time.monotonic() it joined the queue
     queued: bool = True  # its images still count in the queue (not yet sent, nor cancelled)
 
 
@@ -61,10 +58,17 @@ class Coalescer:
         max_inflight: int = 2,
         deadline_s: float = float("inf"),
         max_queued_images: int | None = None,
+        model: str = "",
     ) -> None:
         if max_images < 1 or max_inflight < 1 or not deadline_s > 0:
             raise ValueError(f"max_images, max_inflight must be >= 1 and deadline_s > 0, got {max_images}, {max_inflight}, {deadline_s}")
         self._call = call
+        # This model's series of the queue and call metrics (service/metrics.py).
+        self._queued_images_gauge = metrics.QUEUED_IMAGES.labels(model=model)
+        self._queued_requests_gauge = metrics.QUEUED_REQUESTS.labels(model=model)
+        self._queue_wait = metrics.QUEUE_WAIT.labels(model=model)
+        self._call_seconds = metrics.CALL_SECONDS.labels(model=model)
+        self._outage_count = metrics.OUTAGES.labels(model=model)
         self.max_images = max_images
         self.max_inflight = max_inflight
         self.deadline_s = deadline_s
@@ -89,6 +93,7 @@ class Coalescer:
         if self.unavailable_since is None:
             self.unavailable_since = time.monotonic()
             self._outages += 1
+            self._outage_count.inc()
 
     def generator_up(self) -> None:
         if self.unavailable_since is not None:
@@ -113,18 +118,23 @@ class Coalescer:
         n = len(latents)
         if self.unavailable_since is not None:
             self.refused += 1
-            raise Overloaded(f"the generator is restarting (unreachable for {time.monotonic() - self.unavailable_since:.1f} s)")
+            unreachable_s = time.monotonic() - self.unavailable_since
+            raise Overloaded(f"server overloaded: the generator is restarting (unreachable for {unreachable_s:.1f} s)")
         if self.max_queued_images is not None and self._waiting and self._queued_images + n > self.max_queued_images:
             self.refused += 1
-            raise Overloaded(f"{self._queued_images} images already queued (at most {self.max_queued_images})")
+            raise Overloaded(f"server overloaded: {self._queued_images} images already queued (at most {self.max_queued_images})")
         if self.expected_wait_s(n) > self.deadline_s:
             self.refused += 1
-            raise Overloaded(f"the queue ahead would take about {self.expected_wait_s(n):.1f} s (deadline {self.deadline_s:g} s)")
+            wait_s = self.expected_wait_s(n)
+            raise PastDeadline(f"server overloaded: the queue ahead would take about {wait_s:.1f} s (deadline {self.deadline_s:g} s)")
+        now = time.monotonic()
         future = asyncio.get_running_loop().create_future()
-        item = _Waiting(latents, future, time.monotonic() + self.deadline_s)
+        item = _Waiting(latents, future, now + self.deadline_s, now)
         future.add_done_callback(lambda _: self._unqueue(item) if future.cancelled() else None)
         self._waiting.append(item)
         self._queued_images += n
+        self._queued_images_gauge.inc(n)
+        self._queued_requests_gauge.inc()
         self._send()
         if client_left is None or future.done() or not item.queued:
             return await future  # sent at once (or no way to tell a departure): nothing to watch
@@ -146,6 +156,8 @@ class Coalescer:
         if item.queued:
             item.queued = False
             self._queued_images -= len(item.latents)
+            self._queued_images_gauge.dec(len(item.latents))
+            self._queued_requests_gauge.dec()
 
     def _prune(self) -> None:
         """Drop the callers at the head of the queue that are gone (cancelled) or already past their deadline."""
@@ -157,11 +169,12 @@ class Coalescer:
                 self.dropped += 1
             else:
                 self.refused += 1
-                item.future.set_exception(Overloaded(f"waited past its deadline ({self.deadline_s:g} s) in the queue"))
+                item.future.set_exception(PastDeadline(f"server overloaded: waited past its deadline ({self.deadline_s:g} s) in the queue"))
 
     def _pop(self) -> _Waiting:
         item = self._waiting.popleft()
         self._unqueue(item)
+        self._queue_wait.observe(time.monotonic() - item.since)
         return item
 
     def _send(self) -> None:
@@ -189,6 +202,7 @@ class Coalescer:
         try:
             latents = batch[0].latents if len(batch) == 1 else np.concatenate([item.latents for item in batch])
             result = await self._call(latents)
+            self._call_seconds.observe(time.monotonic() - started)
             if self._outages == outages and self.unavailable_since is None:  # one that waited through an outage says nothing
                 weight = EWMA_WEIGHT if self._measured else 1.0
                 self.seconds_per_image += weight * ((time.monotonic() - started) / images - self.seconds_per_image)

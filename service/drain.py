@@ -39,7 +39,7 @@ class DrainState:
     def __init__(self) -> None:
         self.draining = False
         self.since: float | None = None  # time.monotonic() of the signal
-        self.inflight = 0  # admitted generation requests not yet answered (service/http_guard.py counts them)
+        self.inflight = 0  # admitted generation requests not yet answered (service/api.py counts them)
 
     def start(self) -> None:
         if not self.draining:

@@ -13,24 +13,16 @@ import logging
 import bentoml
 import numpy as np
 
-from service.bentoml_fixes import (
-    RUNNER_CONNECTION,
-    bound_batch_wait,
-    log_shedding_in_one_line,
-    release_request_timers,
-    serve_in_either_generator_mode,
-)
+from service.bentoml_fixes import RUNNER_CONNECTION
 from service.drain import install_generator_drain
-from service.engine import Engine
 from service.gc_freeze import freeze_startup_heap
+from service.model_engine import Engine
 from service.model_source import GeneratorModel
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
 MODEL = GeneratorModel(SETTINGS.model_tag, default_artifact=SETTINGS.default_artifact)
-bound_batch_wait(SETTINGS.max_batch_wait_ms)  # before BentoML builds this service's dispatcher
-release_request_timers()  # before BentoML builds this service's app (entry.py imports this module too)
-serve_in_either_generator_mode()  # before BentoML loads a bento built in the other DCGAN_GENERATOR mode
+# BentoML's workarounds (service/bentoml_fixes.py) are installed by service/entry.py, which imports this module.
 BATCHING = (
     {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
     if SETTINGS.max_batch_size > 1
@@ -49,7 +41,6 @@ class GeneratorService:
     model = MODEL
 
     def __init__(self) -> None:
-        log_shedding_in_one_line()
         self.engine = Engine(self.model)
         install_generator_drain(SETTINGS.drain_timeout_s)  # SIGTERM: serve until the entry has drained (service/drain.py)
         frozen = freeze_startup_heap()

@@ -1,9 +1,9 @@
-"""What each generation route answers, and how it is cached: a response is a pure function of (model, route, request).
+"""What a generation route answers, and how it is cached: a response is a pure function of (model, route, request).
 
-    ROUTES                         route -> the request model its JSON body or query string validates against
-    etag(model, route, request)    the strong ETag of that response
-    not_modified(...)              the answer to a matching If-None-Match: 304 (GET, HEAD) or 412 (POST), else None
-    images_response(...)           the images in the route's form, with ETag, Cache-Control (and X- headers)
+    etag(model, route, request)        the strong ETag of that response
+    not_modified(method, header, tag)  a matching If-None-Match: True for 304 (GET, HEAD); PreconditionFailed (POST)
+    sample_json / one_image / raw_bytes / animation
+                                       the encoders of the route table (service/routes.py): images -> an Answer
 
 Every (model tag, route, request) always gives the same bytes, so a successful generation response is
 `Cache-Control: public, max-age=31536000, immutable` with a strong ETag, and a client or CDN that holds it
@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+from dataclasses import dataclass, field
 
 import numpy as np
-from starlette.responses import Response
 
+from service.errors import PreconditionFailed
 from service.images import animation_bytes, grid, image_bytes
-from service.schema import FORMATS, InterpolateRequest, RawRequest, SampleRequest, SampleResponse, StripRequest, error_response
+from service.schema import FORMATS
 
-ROUTES = {
-    "/sample": SampleRequest,
-    "/sample/grid": SampleRequest,
-    "/sample/raw": RawRequest,
-    "/interpolate": InterpolateRequest,
-    "/interpolate/apng": InterpolateRequest,
-    "/interpolate/strip": StripRequest,
-}
-ANIMATIONS = {"/interpolate": ("GIF", "image/gif"), "/interpolate/apng": ("PNG", "image/apng")}  # route -> (Pillow format, type)
 CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful response: its body, media type and the headers beyond ETag and Cache-Control."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def etag(model: str, route: str, request) -> str:
@@ -48,40 +50,62 @@ def _matches(if_none_match: str, tag: str) -> bool:
     return "*" in values or tag in values or f"W/{tag}" in values
 
 
-def not_modified(method: str, if_none_match: str | None, tag: str) -> Response | None:
+def not_modified(method: str, if_none_match: str | None, tag: str) -> bool:
+    """True when the client holds this response already (answer 304); raises PreconditionFailed on a POST."""
     if if_none_match is None or not _matches(if_none_match, tag):
-        return None
+        return False
     if method in ("GET", "HEAD"):
-        return Response(status_code=304, headers={"ETag": tag, "Cache-Control": CACHE_CONTROL})
-    return error_response(
-        412, "precondition failed: If-None-Match matches this response's ETag (a POST answers that with 412; GET answers 304)"
+        return True
+    raise PreconditionFailed(
+        "precondition failed: If-None-Match matches this response's ETag (a POST answers that with 412; GET answers 304)"
     )
 
 
-def images_response(model: str, route: str, request, images: np.ndarray, tag: str) -> Response:
-    """(B, H, W, C) uint8 images -> the route's response: JSON of base64 files, one image file, an animation or raw bytes.
-
-    Every one carries its ETag (`tag`) and Cache-Control; the binary ones also say what they hold in X- headers
-    (the JSON body says it in its fields)."""
-    cached = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
-    if route == "/sample":
-        _, h, w, c = images.shape
-        files = [base64.b64encode(image_bytes(image, request.format, request.quality)).decode("ascii") for image in images]
-        fields = {"seed": request.seed, "n": request.n, "model": model, "width": w, "height": h, "channels": c}
-        body = SampleResponse.model_construct(**fields, truncation=request.truncation, format=request.format, images=files)
-        return Response(body.model_dump_json(), media_type="application/json", headers=cached)
+def _facts(model: str, request, images: np.ndarray) -> dict[str, str]:
+    """What a binary answer holds, in X- headers (the JSON answer says it in its fields)."""
     seeds = (
         {"X-Seed-A": str(request.seed_a), "X-Seed-B": str(request.seed_b), "X-Steps": str(request.steps)}
-        if isinstance(request, InterpolateRequest)
+        if hasattr(request, "seed_a")
         else {"X-Seed": str(request.seed), "X-N": str(request.n)}
     )
     shape = ",".join(map(str, images.shape))
-    headers = {**cached, **seeds, "X-Model": model, "X-Shape": shape, "X-Truncation": repr(request.truncation)}
-    if route == "/sample/raw":
-        return Response(images.tobytes(), media_type="application/octet-stream", headers=headers)
-    if route in ANIMATIONS:
-        file_format, media_type = ANIMATIONS[route]
-        return Response(animation_bytes(images, file_format), media_type=media_type, headers=headers)
-    cols = request.steps if route == "/interpolate/strip" else None  # the strip: every frame in one row
+    return {**seeds, "X-Model": model, "X-Shape": shape, "X-Truncation": repr(request.truncation)}
+
+
+def sample_json(model: str, request, images: np.ndarray) -> Answer:
+    """/sample: JSON with the n images as base64 files (the fields of schema.SampleResponse, in its order)."""
+    _, h, w, c = images.shape
+    files = [base64.b64encode(image_bytes(image, request.format, request.quality)).decode("ascii") for image in images]
+    body = {
+        "seed": request.seed,
+        "n": request.n,
+        "model": model,
+        "width": w,
+        "height": h,
+        "channels": c,
+        "truncation": request.truncation,
+        "format": request.format,
+        "images": files,
+    }
+    return Answer(json.dumps(body, separators=(",", ":")).encode(), "application/json")
+
+
+def one_image(model: str, request, images: np.ndarray) -> Answer:
+    """/sample/grid and /interpolate/strip: the images in one file (the strip: every frame in one row)."""
+    cols = request.steps if hasattr(request, "steps") else None
     content = image_bytes(grid(images, cols=cols), request.format, request.quality)
-    return Response(content, media_type=FORMATS[request.format], headers=headers)
+    return Answer(content, FORMATS[request.format], _facts(model, request, images))
+
+
+def raw_bytes(model: str, request, images: np.ndarray) -> Answer:
+    """/sample/raw: uint8 NHWC bytes, the shape in X-Shape."""
+    return Answer(images.tobytes(), "application/octet-stream", _facts(model, request, images))
+
+
+def animation(file_format: str, media_type: str):
+    """/interpolate (GIF) and /interpolate/apng: the frames as a looping animation."""
+
+    def encode(model: str, request, images: np.ndarray) -> Answer:
+        return Answer(animation_bytes(images, file_format), media_type, _facts(model, request, images))
+
+    return encode

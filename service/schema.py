@@ -1,4 +1,4 @@
-"""The HTTP contract: request and response models, and the 4xx error body every bad request gets.
+"""The HTTP contract: request and response models, and how a bad request becomes a 4xx naming each field and rule.
 
 The request models are strict on purpose: `true`, `1.0` and `"1"` are not integers here, and an
 unknown field (a typo such as "count") is an error rather than silently ignored.
@@ -10,10 +10,9 @@ import json
 import re
 from typing import Annotated, Literal
 
-import bentoml
-from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-from starlette.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from service.errors import BadRequest, HttpError, Unprocessable
 from service.settings import MAX_SEED, SETTINGS
 
 MAX_STEPS = 64  # frames of one interpolation: 64 images, the cost of the largest default /sample
@@ -59,7 +58,7 @@ def _quality_only_for_jpeg(quality: int, info: ValidationInfo) -> int:
     return quality
 
 
-class SampleRequest(bentoml.IODescriptor):
+class SampleRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     seed: Annotated[
@@ -88,7 +87,7 @@ class SampleRequest(bentoml.IODescriptor):
     _jpeg_quality = field_validator("quality")(_quality_only_for_jpeg)
 
 
-class RawRequest(bentoml.IODescriptor):
+class RawRequest(BaseModel):
     """/sample/raw: the pixels themselves, so no image format."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -98,7 +97,7 @@ class RawRequest(bentoml.IODescriptor):
     truncation: Truncation = 1.0
 
 
-class InterpolateRequest(bentoml.IODescriptor):
+class InterpolateRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     seed_a: Annotated[
@@ -141,7 +140,7 @@ class StripRequest(InterpolateRequest):
     _jpeg_quality = field_validator("quality")(_quality_only_for_jpeg)
 
 
-class SampleResponse(bentoml.IODescriptor):
+class SampleResponse(BaseModel):
     seed: int
     n: int
     model: str = Field(description="BentoML model tag that made the images, name:version")
@@ -161,17 +160,12 @@ class SampleResponse(bentoml.IODescriptor):
     ] = Field(description="n base64-encoded images, in latent order")
 
 
-def error_response(status: int, message: str, errors: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
-    """Every error the service itself returns: {"error": one line, "errors": [{"field", "rule"}]}."""
-    return JSONResponse({"error": message, "errors": errors or []}, status_code=status, headers=headers)
-
-
-def example_body(model: type[bentoml.IODescriptor]) -> str:
+def example_body(model: type[BaseModel]) -> str:
     """A valid JSON body for a request model, from its fields' examples: '{"seed": 42, "n": 4}'."""
     return json.dumps({name: field.examples[0] for name, field in model.model_fields.items()})
 
 
-def _rule(e: dict, model: type[bentoml.IODescriptor]) -> str:
+def _rule(e: dict, model: type[BaseModel]) -> str:
     """The rule a pydantic error broke, in the API's words (pydantic's own message otherwise)."""
     kind, ctx = e["type"], e.get("ctx") or {}
     if kind == "missing":
@@ -199,19 +193,22 @@ def _rule(e: dict, model: type[bentoml.IODescriptor]) -> str:
     return e["msg"]
 
 
-def validation_error_response(exc: ValidationError, model: type[bentoml.IODescriptor]) -> JSONResponse:
+def invalid(exc: ValidationError, model: type[BaseModel]) -> HttpError:
     """400 for a body that is not JSON, 422 for JSON that breaks a rule of `model`; both name each field and its rule."""
     details = exc.errors(include_url=False, include_input=False)
     errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "rule": _rule(e, model)} for e in details]
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    status = 400 if any(e["type"] == "json_invalid" for e in details) else 422
-    return error_response(status, f"{first['field']} {first['rule']}{more}", errors)
+    kind = BadRequest if any(e["type"] == "json_invalid" for e in details) else Unprocessable
+    return kind(f"{first['field']} {first['rule']}{more}", errors)
 
 
-def request_from_json(body: bytes, model: type[bentoml.IODescriptor]) -> bentoml.IODescriptor:
-    """Parse and validate a POST body as `model`; raises pydantic.ValidationError."""
-    return model.model_validate_json(body or b"{}")
+def request_from_json(body: bytes, model: type[BaseModel]) -> BaseModel:
+    """Parse and validate a POST body as `model`; raises the 4xx HttpError that names what is wrong."""
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as e:
+        raise invalid(e, model) from None
 
 
 QUERY_INT = re.compile(r"-?[0-9]+")
@@ -228,15 +225,18 @@ def _query_int(text: str) -> int | str:
     return int(text)
 
 
-def request_from_query(params: dict[str, str], model: type[bentoml.IODescriptor]) -> bentoml.IODescriptor:
+def request_from_query(params: dict[str, str], model: type[BaseModel]) -> BaseModel:
     """Parse and validate GET query parameters (strings): the values of integer fields become ints (signed, any length),
     of number fields floats, anything unparsable stays a string and fails its field's rule. So `seed=-1` is "must be
-    >= 0" and a 5,000-digit seed is "must be <= ...", never a 500."""
+    >= 0" and a 5,000-digit seed is "must be <= ...", never a 500. Raises the 4xx HttpError that names what is wrong."""
     values = {}
     for name, text in params.items():
         kind = model.model_fields[name].annotation if name in model.model_fields else str
         values[name] = _query_int(text) if kind is int else _query_float(text) if kind is float else text
-    return model.model_validate(values)
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        raise invalid(e, model) from None
 
 
 QUERY_FLOAT = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")

@@ -1,7 +1,13 @@
-"""Service settings, read once from the environment (BentoML's decorators need them at class definition).
+"""Service settings: each declared once (environment variable, default, bounds, one-line doc), read once at start-up.
 
-Every knob has a default that serves the committed model on a 2-core CPU box; a deployment changes
-them with environment variables, never by editing code.
+BentoML's decorators need them at class definition, so they are read when this module is imported. Every
+setting has a default that serves the committed model on a 2-core CPU box; a deployment changes them with
+environment variables, never by editing code. `SETTINGS_TABLE` is the one declaration: `ServiceSettings` is
+built from it in one loop, /info reports it, and docs/serving.md's table is generated from it
+(`python -m service.settings` prints that table; a test checks the page matches).
+
+A value that is not an integer, below its minimum, or not one of a setting's choices stops start-up with
+one line (BentoMLConfigException, which `bentoml serve` prints without a traceback).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bentoml.exceptions import BentoMLConfigException
 
@@ -16,103 +23,258 @@ from contract.artifact import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GENERATOR_MODES = ("inprocess", "service")  # DCGAN_GENERATOR; the first is the default
+LOG_FORMATS = ("text", "json")  # DCGAN_LOG_FORMAT; the first is the default
 MAX_SEED = 2**63 - 1  # the signed 64-bit range: a seed any int64-typed client (Go, Java, numpy) can send
 
 
-def _env_int(name: str, default: int, low: int) -> int:
-    # BentoMLConfigException: `bentoml serve` prints it as one line and exits, no traceback.
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BentoMLConfigException(f"environment variable {name}={raw!r} is not an integer") from None
-    if value < low:
-        raise BentoMLConfigException(f"environment variable {name}={value} must be >= {low}")
-    return value
+def available_cores() -> int:
+    """The cores this process may run on (a container's cpuset), not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw not in ("1", "true", "yes", "0", "false", "no"):
-        raise BentoMLConfigException(f"environment variable {name}={raw!r} must be 1/true/yes or 0/false/no")
-    return raw in ("1", "true", "yes")
+@dataclass(frozen=True)
+class Setting:
+    """One setting. `default` is a value, or a function of the settings read before it (in table order)."""
+
+    env: str  # the environment variable
+    name: str  # the ServiceSettings field
+    kind: str  # "int", "bool", "str", "path" or "choice"
+    default: Any
+    doc: str  # one line for the docs table
+    low: int | None = None  # ints: the smallest value allowed
+    choices: tuple[str, ...] = ()  # choices: the allowed values, the first being the default
+    default_doc: str | None = None  # how the docs table shows a computed default
+    secret: bool = False  # never shown by /info or repr
+
+    def read(self, environ: dict[str, str], before: dict[str, Any]) -> Any:
+        raw = environ.get(self.env, "").strip()
+        if raw == "":
+            return self.default(before) if callable(self.default) else self.default
+        if self.kind == "int":
+            try:
+                value = int(raw)
+            except ValueError:
+                raise BentoMLConfigException(f"environment variable {self.env}={raw!r} is not an integer") from None
+            if self.low is not None and value < self.low:
+                raise BentoMLConfigException(f"environment variable {self.env}={value} must be >= {self.low}")
+            return value
+        if self.kind == "bool":
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise BentoMLConfigException(f"environment variable {self.env}={raw!r} must be 1/true/yes or 0/false/no")
+            return raw.lower() in ("1", "true", "yes")
+        if self.kind == "choice":
+            if raw.lower() not in self.choices:
+                raise BentoMLConfigException(f"environment variable {self.env}={raw!r} must be one of: {', '.join(self.choices)}")
+            return raw.lower()
+        return Path(raw) if self.kind == "path" else raw
+
+    def shown_default(self) -> str:
+        if self.default_doc is not None:
+            return self.default_doc
+        if self.kind == "bool":
+            return "1" if self.default else "0"
+        return f"`{self.default}`" if self.kind in ("str", "choice") else str(self.default)
 
 
-def _env_choice(name: str, choices: tuple[str, ...]) -> str:
-    """One of `choices` (the first is the default)."""
-    raw = os.environ.get(name, "").strip().lower() or choices[0]
-    if raw not in choices:
-        raise BentoMLConfigException(f"environment variable {name}={raw!r} must be one of: {', '.join(choices)}")
-    return raw
+def _calls_default(before: dict[str, Any]) -> int:
+    # One ONNX Runtime call at a time in process uses every core (the queue behind it forms the next batch); two
+    # with a generator service, so one call's round trip overlaps the other's inference.
+    return 1 if before["generator"] == "inprocess" else 2
+
+
+SETTINGS_TABLE: tuple[Setting, ...] = (
+    Setting("DCGAN_MODEL", "model_tag", "str", f"{MODEL_NAME}:latest", "which stored model to serve"),
+    Setting(
+        "DCGAN_DEFAULT_ARTIFACT",
+        "default_artifact",
+        "path",
+        REPO_ROOT / "artifacts" / "default",
+        "what is registered when the store has no generator",
+        default_doc="`artifacts/default`",
+    ),
+    Setting("DCGAN_MAX_N", "max_n", "int", 64, "most images per request", low=1),
+    Setting(
+        "DCGAN_MAX_BATCH",
+        "max_batch_size",
+        "int",
+        128,
+        "most images per merged call and per ONNX Runtime call; 1 turns batching off",
+        low=1,
+    ),
+    Setting(
+        "DCGAN_GENERATOR",
+        "generator",
+        "choice",
+        GENERATOR_MODES[0],
+        "where the model runs: `inprocess` (in each entry worker) or `service` (a generator service of its own; the GPU overlay's choice)",
+        choices=GENERATOR_MODES,
+    ),
+    Setting(
+        "DCGAN_WORKERS",
+        "workers",
+        "int",
+        1,
+        "entry worker processes (BentoML's `workers` of the entry service); ONNX Runtime's threads are divided among them",
+        low=1,
+    ),
+    Setting(
+        "DCGAN_GENERATOR_CALLS",
+        "generator_calls",
+        "int",
+        _calls_default,
+        "generator calls an entry worker keeps in flight; requests arriving while they are busy are merged into the next one",
+        low=1,
+        default_doc="1 in process, 2 as a service",
+    ),
+    Setting(
+        "DCGAN_ORT_THREADS",
+        "ort_threads",
+        "int",
+        lambda before: max(1, available_cores() // before["workers"]),
+        "ONNX Runtime intra-op threads on CPU, per process that runs the model",
+        low=1,
+        default_doc="available cores / `DCGAN_WORKERS`",
+    ),
+    Setting(
+        "DCGAN_MAX_LATENCY_MS",
+        "max_latency_ms",
+        "int",
+        5000,
+        "`service` only: the generator's queueing budget; past it, 503",
+        low=1,
+    ),
+    Setting(
+        "DCGAN_MAX_BATCH_WAIT_MS",
+        "max_batch_wait_ms",
+        "int",
+        0,
+        "`service` only: longest an idle generator holds a batch open for more requests (0: a batch is what queued meanwhile)",
+        low=0,
+    ),
+    Setting("DCGAN_MAX_INFLIGHT", "max_inflight", "int", 256, "generation requests in progress per entry worker; past it, 429", low=1),
+    Setting(
+        "DCGAN_DEADLINE_MS",
+        "deadline_ms",
+        "int",
+        2000,
+        "a request whose images cannot be done within this is refused at once (503 + `Retry-After`)",
+        low=1,
+    ),
+    Setting(
+        "DCGAN_MAX_QUEUED_IMAGES",
+        "max_queued_images",
+        "int",
+        1024,
+        "images waiting for the generator per entry worker; past it, 503",
+        low=1,
+    ),
+    Setting(
+        "DCGAN_DRAIN_TIMEOUT_S",
+        "drain_timeout_s",
+        "int",
+        15,
+        "on SIGTERM, the longest wait for admitted requests before exiting (preStop 5 s + 15 + shutdown < Kubernetes' 30 s)",
+        low=0,
+    ),
+    Setting("DCGAN_BODY_TIMEOUT_S", "body_timeout_s", "int", 5, "a request body must arrive within this; else 408", low=1),
+    Setting(
+        "DCGAN_GENERATOR_RESTART_WAIT_S",
+        "generator_restart_wait_s",
+        "int",
+        25,
+        "how long a call keeps retrying an unreachable generator service, and how long it may not answer before `/livez` turns 503",
+        low=0,
+    ),
+    Setting(
+        "DCGAN_API_KEY",
+        "api_key",
+        "str",
+        "",
+        "when set, the generation routes and `/info` want `Authorization: Bearer <key>`",
+        default_doc="unset",
+        secret=True,
+    ),
+    Setting(
+        "DCGAN_REQUIRE_CUDA", "require_cuda", "bool", False, "1: start-up fails unless ONNX Runtime runs on CUDA (the GPU overlay sets it)"
+    ),
+    Setting(
+        "DCGAN_ACCESS_LOG",
+        "access_log",
+        "bool",
+        False,
+        "1: one access line per request (route, status, duration, model, refusal reason, request id)",
+    ),
+    Setting(
+        "DCGAN_LOG_FORMAT",
+        "log_format",
+        "choice",
+        LOG_FORMATS[0],
+        "`json`: every log line of the service is one JSON object (for log pipelines); `text`: plain lines",
+        choices=LOG_FORMATS,
+    ),
+    Setting(
+        "DCGAN_TRACING",
+        "tracing",
+        "bool",
+        False,
+        "1: OpenTelemetry spans (configure an exporter in BentoML's configuration); off, the tracing middleware skips every URL",
+    ),
+)
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    model_tag: str  # DCGAN_MODEL: BentoML model store tag to serve
-    default_artifact: Path  # DCGAN_DEFAULT_ARTIFACT: registered when the store holds no generator yet
-    max_n: int  # DCGAN_MAX_N: most images one request may ask for
-    max_batch_size: int  # DCGAN_MAX_BATCH: most images in one ONNX Runtime call (adaptive batching cap; 1 = batching off)
-    max_latency_ms: int  # DCGAN_MAX_LATENCY_MS: queueing budget; past it the generator sheds load (503)
-    # DCGAN_MAX_BATCH_WAIT_MS: longest an idle generator holds a batch open for more requests. 0: batches form only
-    # from what queued while the model was busy; the entry has already merged its waiting requests (coalesce.py).
-    max_batch_wait_ms: int
-    max_inflight: int  # DCGAN_MAX_INFLIGHT: requests in progress at the entry; more get 429 at once
-    # DCGAN_GENERATOR_CALLS: generator calls an entry worker keeps in flight; later requests wait and are merged. Default
-    # 1 in process (one ONNX Runtime call at a time uses every core; the queue behind it forms the next batch), 2 with
-    # a generator service (one call's round trip overlaps the other's inference)
-    generator_calls: int
-    ort_threads: int  # DCGAN_ORT_THREADS: ONNX Runtime intra-op threads on CPU
-    # DCGAN_DEADLINE_MS: a request whose images could not be done within this is refused at once (503 + Retry-After),
-    # so admitted requests finish within about it however heavy the load
-    deadline_ms: int
-    max_queued_images: int  # DCGAN_MAX_QUEUED_IMAGES: images waiting for the generator per entry worker; past it, 503
-    drain_timeout_s: int  # DCGAN_DRAIN_TIMEOUT_S: on SIGTERM, longest wait for admitted requests (service/drain.py)
-    body_timeout_s: int  # DCGAN_BODY_TIMEOUT_S: a request body must arrive within this, else 408
-    # DCGAN_GENERATOR_RESTART_WAIT_S: how long a call keeps retrying an unreachable generator (a worker restarting)
-    generator_restart_wait_s: int
-    api_key: str = field(repr=False)  # DCGAN_API_KEY: when set, the generation routes and /info want `Authorization: Bearer <key>`
-    require_cuda: bool  # DCGAN_REQUIRE_CUDA: 1 = start-up fails unless ONNX Runtime runs on CUDA (GPU pods)
-    # DCGAN_GENERATOR: where the model runs. "inprocess": in the entry worker (no second process, no internal HTTP
-    # call; the CPU default). "service": in a generator service of its own, which BentoML batches across entry
-    # workers (a GPU shared by several entry workers: the GPU overlay's choice).
+    model_tag: str
+    default_artifact: Path
+    max_n: int
+    max_batch_size: int
     generator: str
-    # DCGAN_ACCESS_LOG: 1 = BentoML's access log, one ~580-byte line per request (12 MB a minute at 400 requests/s);
-    # off by default: Prometheus metrics count every request and error, and the log cost the entry CPU per request
+    workers: int
+    generator_calls: int
+    ort_threads: int
+    max_latency_ms: int
+    max_batch_wait_ms: int
+    max_inflight: int
+    deadline_ms: int
+    max_queued_images: int
+    drain_timeout_s: int
+    body_timeout_s: int
+    generator_restart_wait_s: int
+    api_key: str = field(repr=False)
+    require_cuda: bool
     access_log: bool
-    # DCGAN_TRACING: 1 = OpenTelemetry spans for the API routes (configure an exporter in BentoML's configuration);
-    # off by default: with no exporter the spans go nowhere, but each still cost the entry CPU
+    log_format: str
     tracing: bool
 
     @classmethod
-    def from_env(cls) -> ServiceSettings:
-        # sched_getaffinity: the cores this process may run on (a container's cpuset), not the host's count.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        generator = _env_choice("DCGAN_GENERATOR", GENERATOR_MODES)
-        return cls(
-            model_tag=os.environ.get("DCGAN_MODEL") or f"{MODEL_NAME}:latest",
-            default_artifact=Path(os.environ.get("DCGAN_DEFAULT_ARTIFACT") or REPO_ROOT / "artifacts" / "default"),
-            max_n=_env_int("DCGAN_MAX_N", 64, 1),
-            max_batch_size=_env_int("DCGAN_MAX_BATCH", 128, 1),
-            max_latency_ms=_env_int("DCGAN_MAX_LATENCY_MS", 5000, 1),
-            max_batch_wait_ms=_env_int("DCGAN_MAX_BATCH_WAIT_MS", 0, 0),
-            max_inflight=_env_int("DCGAN_MAX_INFLIGHT", 256, 1),
-            generator_calls=_env_int("DCGAN_GENERATOR_CALLS", 1 if generator == "inprocess" else 2, 1),
-            ort_threads=_env_int("DCGAN_ORT_THREADS", cores, 1),
-            deadline_ms=_env_int("DCGAN_DEADLINE_MS", 2000, 1),
-            max_queued_images=_env_int("DCGAN_MAX_QUEUED_IMAGES", 1024, 1),
-            drain_timeout_s=_env_int("DCGAN_DRAIN_TIMEOUT_S", 15, 0),
-            body_timeout_s=_env_int("DCGAN_BODY_TIMEOUT_S", 5, 1),
-            generator_restart_wait_s=_env_int("DCGAN_GENERATOR_RESTART_WAIT_S", 25, 0),
-            api_key=os.environ.get("DCGAN_API_KEY", ""),
-            require_cuda=_env_bool("DCGAN_REQUIRE_CUDA", False),
-            generator=generator,
-            access_log=_env_bool("DCGAN_ACCESS_LOG", False),
-            tracing=_env_bool("DCGAN_TRACING", False),
-        )
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServiceSettings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in SETTINGS_TABLE:
+            values[setting.name] = setting.read(environ, values)
+        return cls(**values)
+
+    @property
+    def in_process(self) -> bool:
+        return self.generator == "inprocess"
+
+    def public(self) -> dict[str, Any]:
+        """Every setting by its environment variable, as /info shows them (the API key only as whether one is set)."""
+        shown = {}
+        for setting in SETTINGS_TABLE:
+            value = getattr(self, setting.name)
+            shown[setting.env] = bool(value) if setting.secret else str(value) if isinstance(value, Path) else value
+        return shown
+
+
+def markdown_table() -> str:
+    """docs/serving.md's settings table, from SETTINGS_TABLE."""
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    rows += [f"| `{s.env}` | {s.shown_default()} | {s.doc} |" for s in SETTINGS_TABLE]
+    return "\n".join(rows)
 
 
 SETTINGS = ServiceSettings.from_env()
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -13,15 +13,14 @@ send and ask by default. A seed's images are the bytes /sample/raw gives for it:
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.schema import error_response
-from service.settings import MAX_SEED, SETTINGS
+from service.errors import NotFound
+from service.settings import MAX_SEED
 
 MODEL_NAME = "dcgan"
 INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
@@ -72,22 +71,22 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[dict, dict[str,
     return request, inputs
 
 
-def latents_from(inputs: dict[str, np.ndarray], nz: int) -> tuple[int, int] | np.ndarray:
+def latents_from(inputs: dict[str, np.ndarray], nz: int, max_n: int) -> tuple[int, int] | np.ndarray:
     """(seed, n) for inputs seed [+ n], or the (B, nz) float32 latents of input z."""
     unknown = set(inputs) - {"seed", "n", "z"}
     if unknown or ("z" in inputs) == ("seed" in inputs) or ("n" in inputs and "z" in inputs):
         raise BadInfer('give input "seed" (INT64 [1, 1], with "n" optional) or input "z" (FP32 [batch, nz]), nothing else')
     if "z" in inputs:
         z = inputs["z"]
-        if z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != nz or not 1 <= z.shape[0] <= SETTINGS.max_n or not np.isfinite(z).all():
-            raise BadInfer(f"input z must be finite FP32 of shape [batch, {nz}], batch 1..{SETTINGS.max_n}; got {z.dtype} {list(z.shape)}")
+        if z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != nz or not 1 <= z.shape[0] <= max_n or not np.isfinite(z).all():
+            raise BadInfer(f"input z must be finite FP32 of shape [batch, {nz}], batch 1..{max_n}; got {z.dtype} {list(z.shape)}")
         return np.ascontiguousarray(z)
     seed, n = inputs["seed"], inputs.get("n", np.ones(1, np.int64))
     if seed.size != 1 or n.size != 1 or seed.dtype.kind not in "iu" or n.dtype.kind not in "iu":
         raise BadInfer("inputs seed and n must be one integer each")
     seed, n = int(seed.ravel()[0]), int(n.ravel()[0])
-    if not 0 <= seed <= MAX_SEED or not 1 <= n <= SETTINGS.max_n:
-        raise BadInfer(f"seed must be in [0, 2**63-1] and n in [1, {SETTINGS.max_n}]; got {seed}, {n}")
+    if not 0 <= seed <= MAX_SEED or not 1 <= n <= max_n:
+        raise BadInfer(f"seed must be in [0, 2**63-1] and n in [1, {max_n}]; got {seed}, {n}")
     return seed, n
 
 
@@ -99,18 +98,19 @@ def wants_binary(request: dict) -> bool:
     )
 
 
-def infer_response(request: dict, version: str, images: np.ndarray) -> Response:
-    """images (B, H, W, C) uint8 as the output tensor "images", in JSON or as binary data after a JSON header."""
+def infer_response(request: dict, version: str, images: np.ndarray) -> tuple[str, dict[str, str], bytes]:
+    """images (B, H, W, C) uint8 as the output tensor "images", in JSON or as binary data after a JSON header:
+    (media type, headers, body)."""
     output = {"name": "images", "datatype": "UINT8", "shape": list(images.shape)}
     head = {"model_name": MODEL_NAME, "model_version": version, "outputs": [output]}
     if "id" in request:
         head["id"] = request["id"]
     if not wants_binary(request):
         output["data"] = images.ravel().tolist()
-        return JSONResponse(head)
+        return "application/json", {}, json.dumps(head, separators=(",", ":")).encode()
     output["parameters"] = {"binary_data_size": images.nbytes}
     header = json.dumps(head).encode()
-    return Response(header + images.tobytes(), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))})
+    return "application/octet-stream", {HEADER_LENGTH: str(len(header))}, header + images.tobytes()
 
 
 def model_metadata(described: dict) -> dict:
@@ -128,34 +128,39 @@ def model_metadata(described: dict) -> dict:
     }
 
 
-def routes(service: Callable[[], object]) -> list[Route]:
-    """The protocol's routes; `service()` is the running EntryService (it has `infer_v2`, `describe` and the probes)."""
+def routes(api) -> list[Route]:
+    """The protocol's other routes, served by `api` (service/api.py's Api: its description, probes and API key)."""
 
-    def known(request: Request) -> Response | None:
+    def known(request: Request) -> None:
         name = request.path_params["name"]
-        return None if name == MODEL_NAME else error_response(404, f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
+        if name != MODEL_NAME:
+            raise NotFound(f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
 
-    def probe(check: Callable[[object], Awaitable[bool]]):
+    def probe(check: str):
         async def endpoint(request: Request) -> Response:
-            unknown = known(request) if "name" in request.path_params else None
-            return unknown or Response(status_code=200 if await check(service()) else 503)
+            if "name" in request.path_params:
+                known(request)
+            return Response(status_code=200 if await getattr(api, check)() else 503)
 
         return endpoint
 
     async def metadata(request: Request) -> Response:
-        return known(request) or JSONResponse(model_metadata(await service().describe()))
+        known(request)
+        api.authorise(dict(request.headers.raw))
+        return JSONResponse(model_metadata(await api.describe()))
+
+    async def infer_elsewhere(request: Request) -> Response:
+        known(request)  # INFER_PATH itself is a generation route of service/api.py
+        raise NotFound(f"no route {request.url.path}")
 
     async def server(request: Request) -> Response:
         return JSONResponse({"name": "dcgan-serving", "version": "2", "extensions": ["binary_tensor_data"]})
 
-    async def infer(request: Request) -> Response:
-        return known(request) or await service().infer_v2(await request.body(), request.headers.get(HEADER_LENGTH))
-
     return [
         Route("/v2", server, methods=["GET"]),
-        Route("/v2/health/live", probe(lambda svc: svc.__is_alive__()), methods=["GET"]),
-        Route("/v2/health/ready", probe(lambda svc: svc.__is_ready__()), methods=["GET"]),
-        Route("/v2/models/{name}/ready", probe(lambda svc: svc.__is_ready__()), methods=["GET"]),
+        Route("/v2/health/live", probe("alive"), methods=["GET"]),
+        Route("/v2/health/ready", probe("ready"), methods=["GET"]),
+        Route("/v2/models/{name}/ready", probe("ready"), methods=["GET"]),
         Route("/v2/models/{name}", metadata, methods=["GET"]),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/infer", infer_elsewhere, methods=["POST"]),
     ]

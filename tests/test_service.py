@@ -278,23 +278,18 @@ def test_health_endpoints(service_url):
     assert httpx.get(f"{service_url}/readyz", timeout=TIMEOUT).status_code == 200
 
 
-def test_metrics_have_the_batch_size_histogram(service_url):
+def test_metrics_have_the_batch_size_histogram_and_count_requests_by_route(service_url):
     post(service_url, "/sample", {"seed": 1})
     metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
     assert re.search(r'^dcgan_generator_batch_images_bucket\{.*le="1.0".*\} [1-9]', metrics, re.M)
-    assert re.search(r'^bentoml_service_request_total\{.*endpoint="/sample".*http_response_code="200"', metrics, re.M)
+    assert re.search(r'^dcgan_requests_total\{route="/sample",status="200"\} [1-9]', metrics, re.M)
+    assert re.search(r'^dcgan_request_duration_seconds_count\{route="/sample"\} [1-9]', metrics, re.M)
 
 
-def test_the_autoscaler_counts_every_generation_route_the_service_labels(service_url):
-    """The GPU overlay scales on BentoML's in-progress gauge summed over the generation routes by the adapter rule's
-    regex: every route that runs the model must appear under a label the regex matches (deploy/k8s, test_deploy.py)."""
-    import yaml
-
-    from service.responses import ROUTES
+def test_every_generation_route_is_labelled_by_its_path_in_the_in_progress_gauge(service_url):
+    """The autoscaler (deploy/k8s) sums dcgan_requests_in_progress over pods: each route that runs the model is there."""
+    from service.routes import ROUTES
     from service.v2 import INFER_PATH
-
-    rules = yaml.safe_load((ROOT / "deploy/k8s/components/scale-on-inflight/prometheus-adapter-rules.yaml").read_text())
-    (regex,) = re.findall(r'endpoint=~"([^"]+)"', rules["rules"]["custom"][0]["metricsQuery"])
 
     query = {"/interpolate": "seed_a=1&seed_b=2&steps=2", "/interpolate/apng": "seed_a=1&seed_b=2&steps=2"}
     query["/interpolate/strip"] = query["/interpolate"]
@@ -304,9 +299,30 @@ def test_the_autoscaler_counts_every_generation_route_the_service_labels(service
     infer = {"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], "data": [1]}]}
     assert post(service_url, INFER_PATH, infer).status_code == 200
     metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
-    labelled = set(re.findall(r'^bentoml_service_request_in_progress\{[^}]*endpoint="([^"]+)"', metrics, re.M))
-    assert {*ROUTES, INFER_PATH} <= labelled, labelled
-    assert {e for e in labelled if re.fullmatch(regex, e)} == {*ROUTES, INFER_PATH}, labelled
+    labelled = set(re.findall(r'^dcgan_requests_in_progress\{route="([^"]+)"\}', metrics, re.M))
+    assert labelled == {*ROUTES, INFER_PATH}, labelled
+
+
+def test_metrics_stay_bounded_whatever_paths_clients_request(service_url):
+    """Every path that is no route counts under route="other": thousands of random paths add no series."""
+    import secrets
+
+    def scrape() -> str:
+        return httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
+
+    with httpx.Client(timeout=TIMEOUT) as client:
+        client.get(f"{service_url}/warm-up-{secrets.token_hex(8)}")
+        client.post(f"{service_url}/sample/{secrets.token_hex(8)}", json={"seed": 1})
+        before = scrape()
+        for _ in range(1500):
+            client.get(f"{service_url}/{secrets.token_hex(12)}")
+            client.post(f"{service_url}/sample/{secrets.token_hex(12)}", json={"seed": 1})
+        after = scrape()
+    series = lambda text: {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+    grown = series(after) - series(before)
+    assert not grown, sorted(grown)[:10]
+    assert len(after) < len(before) + 200, (len(before), len(after))  # only the counts' digits changed
+    assert re.search(r'^dcgan_requests_total\{route="other",status="404"\} (\S+)', after, re.M)
 
 
 def test_info_reports_manifest_provider_and_batching(service_url, manifest):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from scrape import refused
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
@@ -36,6 +37,8 @@ def test_protected_routes_want_the_key(url, method, path, body):
         assert r.headers["www-authenticate"] == "Bearer" and r.json()["error"].startswith(why), r.text
     r = httpx.request(method, f"{url}{path}", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     assert r.status_code == 200, r.text
+    if path != "/info":
+        assert refused(url, "unauthorised", route=path.split("?")[0]) >= 3
 
 
 @pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from scrape import refused
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
@@ -31,7 +32,8 @@ def test_sigterm_finishes_admitted_requests_refuses_new_ones_and_exits(tmp_path)
         report = asyncio.run(_sigterm_under_load(server.url, server.process))
         code = server.process.wait(30)
         log = server.log()
-    answers, in_progress, readyz, after, exited_s = report
+    answers, in_progress, readyz, after, exited_s, refusal, draining = report
+    assert refusal == 503 and draining >= 1, (refusal, draining)  # dcgan_refused_total{reason="draining"} moved
     statuses = collections.Counter(answer for answer, _ in answers)
     assert set(statuses) <= {"200", "503 server shutting down"}, statuses  # nothing failed, nothing lost
     assert in_progress > 0 and statuses["200"] >= in_progress, (in_progress, statuses)  # every admitted one completed
@@ -62,6 +64,11 @@ async def _sigterm_under_load(url: str, process) -> tuple:
                 in_progress = (await prober.get(f"{url}/info")).json()["merging"]["requests_in_progress"]
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        async with httpx.AsyncClient(timeout=10) as early:  # while the admitted requests still run: refused, and counted
+            while time.monotonic() - signalled < 10 and (await early.get(f"{url}/readyz")).status_code == 200:
+                await asyncio.sleep(0.01)  # the signal reached the worker once it turns not-ready
+            refusal = (await early.post(f"{url}/sample", json={"seed": 999})).status_code
+            draining = refused(url, "draining")
         answers = await asyncio.gather(*requests)
         async with httpx.AsyncClient(timeout=10) as late:  # a new client, as a load balancer's next request
             try:
@@ -78,4 +85,4 @@ async def _sigterm_under_load(url: str, process) -> tuple:
                     after.append((type(e).__name__, None, time.monotonic() - start))
         while process.poll() is None and time.monotonic() - signalled < 60:
             await asyncio.sleep(0.05)
-        return answers, in_progress, readyz, after, time.monotonic() - signalled
+        return answers, in_progress, readyz, after, time.monotonic() - signalled, refusal, draining

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from scrape import refused
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
@@ -33,6 +34,8 @@ def tight_url(start_service):
 
 
 def test_requests_beyond_the_inflight_limit_get_429_with_retry_after(tight_url):
+    counted = refused(tight_url, "overloaded")
+
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as client:
             return await asyncio.gather(*(client.post(f"{tight_url}/sample", json={"seed": i}) for i in range(24)))
@@ -45,6 +48,7 @@ def test_requests_beyond_the_inflight_limit_get_429_with_retry_after(tight_url):
         if r.status_code != 200:
             assert r.headers["retry-after"] == "1"
             assert "retry after" in r.json()["error"]
+    assert refused(tight_url, "overloaded") - counted == statuses[429] + statuses[503], statuses  # each refusal counted
 
 
 def test_work_beyond_the_latency_budget_is_shed_with_503(tight_url):
@@ -53,6 +57,7 @@ def test_work_beyond_the_latency_budget_is_shed_with_503(tight_url):
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1"
     assert "overloaded" in r.json()["error"]
+    assert refused(tight_url, "overloaded") > 0
 
 
 def test_service_recovers_when_load_drops(tight_url):
@@ -105,16 +110,20 @@ async def _closed_loop(url: str, clients: int, seconds: float, n: int) -> list[t
 
 def test_far_past_saturation_admitted_requests_finish_within_the_deadline_and_the_rest_are_refused_at_once(deadline_url):
     """64 closed-loop clients asking for 64 images each: several times what two cores generate in a deadline."""
+    counted = refused(deadline_url, "deadline") + refused(deadline_url, "overloaded")
     results = asyncio.run(_closed_loop(deadline_url, clients=64, seconds=5, n=64))
     statuses = collections.Counter(status for status, _, _ in results)
     assert set(statuses) == {200, 503}, statuses  # nothing else: no timeout, no 500
     served = sorted(s for status, s, _ in results if status == 200)
-    refused = sorted(s for status, s, _ in results if status == 503)
+    refusals = sorted(s for status, s, _ in results if status == 503)
     assert all(retry == "1" for status, _, retry in results if status == 503)
     p99 = served[int(0.99 * (len(served) - 1))]
-    print(f"{statuses}; served p50 {statistics.median(served):.3f} s p99 {p99:.3f} s; refused p50 {statistics.median(refused):.3f} s")
+    print(f"{statuses}; served p50 {statistics.median(served):.3f} s p99 {p99:.3f} s; refused p50 {statistics.median(refusals):.3f} s")
     assert p99 < 2 * DEADLINE_S, (p99, statuses)
-    assert statistics.median(refused) < DEADLINE_S / 8, statistics.median(refused)
+    assert statistics.median(refusals) < DEADLINE_S / 8, statistics.median(refusals)
+    # Every 503 counted under its reason: past the deadline (most), or the queue bound (overloaded).
+    assert refused(deadline_url, "deadline") + refused(deadline_url, "overloaded") - counted == statuses[503]
+    assert refused(deadline_url, "deadline") > 0
 
 
 def test_after_a_burst_the_next_request_is_served_at_once(deadline_url):
@@ -127,6 +136,7 @@ def test_after_a_burst_the_next_request_is_served_at_once(deadline_url):
 def test_a_request_whose_client_left_is_dropped_before_the_generator(deadline_url):
     """Clients that give up after 50 ms: their requests are cancelled while they wait, never generated."""
     before = httpx.get(f"{deadline_url}/info", timeout=30).json()["merging"]
+    gone_before = refused(deadline_url, "client_gone")
 
     async def impatient() -> None:
         async with httpx.AsyncClient(timeout=0.05, limits=httpx.Limits(max_connections=64)) as client:
@@ -146,6 +156,7 @@ def test_a_request_whose_client_left_is_dropped_before_the_generator(deadline_ur
     served = after["requests"] - before["requests"]
     print(f"40 impatient requests: {dropped} dropped unsent, {served} generated")
     assert dropped > 0 and served < 40, (dropped, served)
+    assert refused(deadline_url, "client_gone") - gone_before == dropped  # counted under their reason, as 499s
 
 
 def test_the_python_client_retries_after_retry_after_until_served(tight_url):

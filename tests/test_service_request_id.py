@@ -1,4 +1,4 @@
-"""X-Request-ID on every response, and in the log lines of its request (service/request_id.py)."""
+"""X-Request-ID on every response, and in the log lines of its request (service/api.py, service/logs.py)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from scrape import refused
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
@@ -59,6 +60,7 @@ def test_stalled_bodies_get_408_and_hold_no_admission_slot(server):
             sock.settimeout(10)
             answers.append(sock.recv(200).split(b"\r\n", 1)[0])
         assert set(answers) == {b"HTTP/1.1 408 Request Timeout"}, collections.Counter(answers)
+        assert refused(server.url, "body_timeout") >= SLOW_CONNECTIONS
     finally:
         for sock in slow:
             with contextlib.suppress(OSError):

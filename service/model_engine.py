@@ -12,24 +12,13 @@ from pathlib import Path
 
 import numpy as np
 from bentoml.exceptions import BentoMLException
-from prometheus_client import Gauge, Histogram  # what bentoml.metrics (deprecated) hands out; BentoML aggregates its workers'
 
+from service import metrics
 from service.model_source import verified_manifest
 from service.runtime import CUDA, open_checked, run_uint8
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
-# So a dashboard shows a GPU pod serving on CPU.
-GENERATOR_INFO = Gauge(
-    name="dcgan_generator_info",
-    documentation="1 for the model, ONNX file and ONNX Runtime execution provider this worker serves with",
-    labelnames=["model", "model_file", "provider"],
-)
-BATCH_IMAGES = Histogram(
-    name="dcgan_generator_batch_images",
-    documentation="images per ONNX Runtime call: the batches that adaptive batching formed",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, float("inf")),
-)
 
 
 class Engine:
@@ -42,13 +31,16 @@ class Engine:
         self.runtime, self.golden = open_checked(Path(stored.path), self.manifest, SETTINGS.ort_threads)
         if SETTINGS.require_cuda and self.runtime.provider != CUDA:  # the start-up check passed, this worker did not
             raise BentoMLException(f"DCGAN_REQUIRE_CUDA=1 but this worker runs on {self.runtime.provider}")
-        GENERATOR_INFO.labels(model=self.tag, model_file=self.runtime.model_file, provider=self.runtime.provider).set(1)
+        # So a dashboard shows a GPU pod serving on CPU, or a model whose golden outputs drifted.
+        metrics.GENERATOR_INFO.labels(model=self.tag, model_file=self.runtime.model_file, provider=self.runtime.provider).set(1)
+        metrics.GOLDEN_OK.labels(model=self.tag).set(1 if self.golden.get("ok", True) else 0)
+        self._batch_images = metrics.BATCH_IMAGES.labels(model=self.tag)
 
     def generate(self, latents: np.ndarray) -> np.ndarray:
         """(B, nz) float32 latents -> (B, H, W, C) uint8 images; B mixes many clients' requests. Releases the GIL while
         ONNX Runtime runs, so it may run in a thread beside an event loop."""
         images = run_uint8(self.runtime, latents)
-        BATCH_IMAGES.observe(len(latents))
+        self._batch_images.observe(len(latents))
         return images
 
     def describe(self, batching: dict) -> dict:

@@ -1,0 +1,406 @@
+"""The request path: one ASGI app that answers every route of the service except BentoML's probes.
+
+A generation request (service/routes.py, and the Open Inference Protocol's infer) passes each step once, as
+arguments, in one method (`Api._generate`):
+
+    request id    the client's X-Request-ID when valid, else a new one; on the response and on its log lines
+    API key       with DCGAN_API_KEY set: `Authorization: Bearer <key>` (401)
+    method        POST with a JSON body, or GET/HEAD with the fields in the query string (405)
+    body          read within DCGAN_BODY_TIMEOUT_S (408), bounded (413), JSON only (415)
+    parse         validated once into the route's request model (400/422 naming each field)
+    admission     none while draining (503), at most DCGAN_MAX_INFLIGHT in progress (429); counted only once the
+                  body is in, so slow or bad clients never hold a place
+    conditional   If-None-Match against the response's ETag: 304 (GET/HEAD) or 412 (POST), without the model
+    generate      latents -> a generator call shared with concurrent requests (service/coalesce.py), dropped if
+                  the client leaves while it waits (499), refused past its deadline or the queue bound (503)
+    encode        the route's encoder; ETag and immutable Cache-Control on every success
+
+Every error is an HttpError that carries its status (service/errors.py), raised where it is found and answered as
+it is. Each request is counted in the metrics under its route from the table, or under "other" (service/metrics.py).
+Everything else (/info, the page, /docs and its OpenAPI document, /metrics, the v2 metadata and health routes,
+404s) is a small Starlette app behind it (`Api.pages`), with the same request id, metrics and access line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import logging
+import re
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from contract.latents import LATENTS, latents_for_seed
+from service import logs, metrics, v2
+from service.coalesce import Coalescer
+from service.drain import DRAIN
+from service.errors import (
+    BadRequest,
+    BodyTimeout,
+    Busy,
+    Draining,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorised,
+    UnsupportedMediaType,
+)
+from service.openapi import openapi_document
+from service.responses import CACHE_CONTROL, etag, not_modified
+from service.routes import GENERATION_METHODS, ROUTES
+from service.routes import Route as GenerationRoute
+from service.schema import FORMATS, MAX_STEPS, request_from_json, request_from_query
+from service.settings import ServiceSettings
+
+logger = logging.getLogger("bentoml.dcgan")
+MAX_BODY_BYTES = 4096  # the largest valid body is ~80 bytes; pretty-printed JSON still fits
+REQUEST_ID_HEADER = b"x-request-id"
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # as proxies and tracing systems generate them
+PAGE_DIR = Path(__file__).parent / "page"
+# BentoML's Swagger UI page and its assets: it loads ./static_content/ and ./docs.json, so it works from /docs.
+SWAGGER_PAGE = importlib.resources.files("_bentoml_impl.server") / "main-openapi.html"
+SWAGGER_ASSETS = importlib.resources.files("bentoml._internal.server") / "static_content"
+# The metrics' route label of the paths that are not generation routes: a fixed set, every other path is "other".
+PAGE_LABELS = ("/info", "/metrics", "/docs", "/docs.json", "/", "/ui", "/v2")
+
+
+def request_id_for(given: bytes | None) -> str:
+    """The client's X-Request-ID if it is a valid one, else a new one (32 hex digits)."""
+    if given is not None:
+        text = given.decode("latin-1")
+        if VALID_REQUEST_ID.fullmatch(text):
+            return text
+    return uuid.uuid4().hex
+
+
+def page_label(path: str) -> str:
+    """The route label of a path the pages app serves: one of PAGE_LABELS, or "other"."""
+    if path in PAGE_LABELS:
+        return path
+    for prefix in ("/ui/", "/static_content/"):
+        if path.startswith(prefix):
+            return prefix.rstrip("/") if prefix == "/ui/" else "/docs"
+    return "/v2" if path.startswith("/v2/") and path.count("/") <= 5 else metrics.OTHER
+
+
+class Api:
+    """The ASGI app of the entry service. `attach(generator)` from the worker's service __init__ makes it serve."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.key = settings.api_key.encode("utf-8")
+        self.generator = None  # service/generators.py: InProcess or Remote, set by start()
+        self.merged: Coalescer | None = None
+        self.model = ""  # the served model's tag, once started
+        self.nz = 0
+        self.described: dict = {}
+        self.cancelled = 0  # requests whose client left before its body was in (this worker), shown at /info
+        self.pages = self._pages_app()
+        self.v2_infer = v2.INFER_PATH
+
+    def attach(self, generator) -> None:
+        """Serve with `generator` (from the worker's service __init__)."""
+        self.generator = generator
+
+    async def describe(self) -> dict:
+        """The generator's description, fetched once, at the first request or probe, with a coalescer then put in front
+        of its calls (a generator service may come up after this worker, so it is not asked earlier)."""
+        if self.merged is not None:
+            return self.described
+        described = await self.generator.describe()
+        if self.merged is not None:
+            return self.described  # another request got here first
+        s = self.settings
+        merged = Coalescer(
+            self.generator.generate,
+            s.max_batch_size,
+            s.generator_calls,
+            deadline_s=s.deadline_ms / 1000,
+            max_queued_images=s.max_queued_images,
+            model=described["model"],
+        )
+        self.generator.bind(merged)
+        self.described, self.model, self.nz = described, described["model"], described["manifest"]["model"]["nz"]
+        self.merged = merged
+        return described
+
+    # --- the ASGI entry point -------------------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.pages(scope, receive, send)
+        started = time.perf_counter()
+        headers = dict(scope["headers"])  # lower-case names; a repeated header keeps its last value
+        rid = request_id_for(headers.get(REQUEST_ID_HEADER))
+        token = logs.REQUEST_ID.set(rid)
+        path = scope["path"]
+        route = ROUTES.get(path)
+        try:
+            if route is not None or path == self.v2_infer:
+                label = path
+                status, reason = await self._generation(route, scope, receive, send, headers, rid)
+            else:
+                label = page_label(path)
+                status, reason = await self._page(scope, receive, send, rid), None
+            seconds = time.perf_counter() - started
+            metrics.REQUESTS.labels(route=label, status=status).inc()
+            metrics.DURATION.labels(route=label).observe(seconds)
+            if reason is not None:
+                metrics.REFUSED.labels(route=label, reason=reason).inc()
+            if self.settings.access_log:
+                logs.access(scope["method"], path, label, status, seconds, self.model or None, reason)
+        finally:
+            logs.REQUEST_ID.reset(token)
+
+    async def _page(self, scope, receive, send, rid: str) -> int:
+        """A route of the pages app, with the request id on its response; returns the status sent."""
+        sent = 500
+
+        async def send_with_id(message) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.start":
+                sent = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.pages(scope, receive, send_with_id)
+        return sent
+
+    async def _generation(self, route: GenerationRoute | None, scope, receive, send, headers: dict, rid: str) -> tuple[int, str | None]:
+        """A generation request from start to answer; returns (status, refusal reason or None)."""
+        in_progress = metrics.IN_PROGRESS.labels(route=scope["path"])
+        admitted = False
+        try:
+            try:
+                self.authorise(headers)
+                method, request = await self._parse(route, scope, receive, headers)
+                if DRAIN.draining:
+                    raise Draining("server shutting down")
+                if DRAIN.inflight >= self.settings.max_inflight:
+                    limit = self.settings.max_inflight
+                    raise Busy(f"server busy: {limit} requests already in progress (DCGAN_MAX_INFLIGHT)")
+                DRAIN.inflight += 1  # one event loop per worker: a plain counter
+                in_progress.inc()
+                admitted = True
+                if self.merged is None:
+                    await self.describe()
+                if route is None:
+                    status, response_headers, body = await self._infer_v2(request, receive)
+                else:
+                    status, response_headers, body = await self._generate(route, method, request, headers, receive)
+            except HttpError as e:
+                await _send(send, e.status, [(b"content-type", b"application/json"), *_encode(e.headers)], e.body(), rid)
+                return e.status, e.reason
+            await _send(send, status, response_headers, body, rid)  # uvicorn sends no body for HEAD
+            return status, None
+        finally:
+            if admitted:
+                DRAIN.inflight -= 1
+                in_progress.dec()
+
+    def authorise(self, headers: dict[bytes, bytes]) -> None:
+        """With DCGAN_API_KEY set: Unauthorised unless `headers` (raw, lower-case names) carry the key."""
+        if not self.key:
+            return
+        given = headers.get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        # Header values are bytes as sent: compared with the key's UTF-8 bytes, in constant time.
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+            why = "missing Authorization header" if not given else "wrong API key or scheme"
+            raise Unauthorised(f"{why}: send `Authorization: Bearer <key>` (DCGAN_API_KEY)")
+
+    async def _parse(self, route: GenerationRoute | None, scope, receive, headers: dict):
+        """(method, the validated request): a route's request model, or for the v2 infer route (body, header length)."""
+        method = scope["method"]
+        path = scope["path"]
+        allowed = GENERATION_METHODS if route is not None else ("POST",)
+        if method not in allowed:
+            allow = ", ".join(sorted(allowed))
+            raise MethodNotAllowed(f"method {method} not allowed on {path}; use {allow}", headers={"Allow": allow})
+        if method != "POST":
+            query = scope["query_string"].decode("latin-1")
+            return method, request_from_query(dict(parse_qsl(query, keep_blank_values=True)), route.request)
+        if route is None:
+            body = await self._body(scope, receive, headers, v2.MAX_INFER_BODY, check_type=False)
+            length = headers.get(v2.HEADER_LENGTH.lower().encode())
+            return method, (body, length.decode("latin-1") if length is not None else None)
+        body = await self._body(scope, receive, headers, MAX_BODY_BYTES, check_type=True)
+        return method, request_from_json(body, route.request)
+
+    async def _body(self, scope, receive, headers: dict, max_body: int, check_type: bool) -> bytes:
+        """The whole body, within DCGAN_BODY_TIMEOUT_S; checks the content type and size before and while reading."""
+        content_type = headers.get(b"content-type")
+        # No Content-Type at all is read as JSON (as BentoML does); a different one is refused.
+        if check_type and content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
+            raise UnsupportedMediaType(f"content type must be application/json, got {content_type.decode('latin-1')!r}")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            raise PayloadTooLarge(f"body must be at most {max_body} bytes, Content-Length is {length.decode('latin-1')}")
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        self.cancelled += 1
+                        raise BadRequest("client disconnected before sending the whole body")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > max_body:
+                        raise PayloadTooLarge(f"body must be at most {max_body} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise BodyTimeout(f"the request body did not arrive within {self.settings.body_timeout_s:g} s") from None
+
+    async def _generate(self, route: GenerationRoute, method: str, request, headers: dict, receive) -> tuple[int, list, bytes]:
+        """A cached answer (304) without the model, or the images in the route's form."""
+        tag = etag(self.model, route.path, request)
+        cached = [(b"etag", tag.encode()), (b"cache-control", CACHE_CONTROL.encode())]
+        if_none_match = headers.get(b"if-none-match")
+        if not_modified(method, if_none_match.decode("latin-1") if if_none_match is not None else None, tag):
+            return 304, cached, b""
+        latents = route.latents(request, self.nz)  # (B, nz)
+        if request.truncation != 1:
+            latents = latents * np.float32(request.truncation)
+        images = await self._images(latents, receive)  # (B, H, W, C)
+        answer = route.encode(self.model, request, images)
+        return 200, [(b"content-type", answer.media_type.encode()), *cached, *_encode(answer.headers)], answer.body
+
+    async def _infer_v2(self, parsed: tuple[bytes, str | None], receive) -> tuple[int, list, bytes]:
+        """The Open Inference Protocol's infer (service/v2.py): seed (+ n) or raw latents z, through the same batching."""
+        try:
+            request, inputs = v2.parse_infer(*parsed)
+            asked = v2.latents_from(inputs, self.nz, self.settings.max_n)
+        except v2.BadInfer as e:
+            raise BadRequest(str(e)) from None
+        latents = latents_for_seed(*asked, self.nz) if isinstance(asked, tuple) else asked  # (B, nz)
+        images = await self._images(latents, receive)
+        media_type, extra, body = v2.infer_response(request, self.model.split(":")[-1], images)
+        return 200, [(b"content-type", media_type.encode()), *_encode(extra)], body
+
+    async def _images(self, latents: np.ndarray, receive) -> np.ndarray:
+        """(B, nz) float32 -> (B, H, W, C) uint8, in a generator call shared with concurrent requests; the request is
+        dropped (ClientGone) if its client disconnects while it waits."""
+
+        async def client_left() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        return await self.merged(latents, client_left)
+
+    # --- everything that is not a generation request -------------------------------------------------------------
+
+    def info(self) -> dict:
+        merged = self.merged
+        return {
+            **self.described,
+            "latents": LATENTS,
+            "pixels": "uint8 = clip(round((x + 1) * 127.5), 0, 255), NHWC",
+            "interpolation": "slerp(latents_for_seed(seed_a, 1, nz)[0], latents_for_seed(seed_b, 1, nz)[0], k / (steps - 1))",
+            "routes": {path: route.summary for path, route in ROUTES.items()},
+            "merging": {
+                "requests_in_progress": DRAIN.inflight,  # admitted generation requests of this worker, not yet answered
+                "generator_calls_in_flight": self.settings.generator_calls,
+                "generator_calls": merged.calls,
+                "requests": merged.requests,
+                "refused": merged.refused,
+                "cancelled_disconnected": self.cancelled,  # client left before its request's body was in
+                "dropped_disconnected": merged.dropped,  # client left while its request waited for the generator
+                "seconds_per_image": merged.seconds_per_image,
+            },
+            "formats": sorted(FORMATS),
+            "limits": {
+                "max_n": self.settings.max_n,
+                "max_steps": MAX_STEPS,
+                "max_inflight": self.settings.max_inflight,
+                "max_body_bytes": MAX_BODY_BYTES,
+                "deadline_ms": self.settings.deadline_ms,
+                "max_queued_images": self.settings.max_queued_images,
+                "body_timeout_s": self.settings.body_timeout_s,
+                "drain_timeout_s": self.settings.drain_timeout_s,
+                "api_key_required": bool(self.settings.api_key),
+            },
+            "settings": self.settings.public(),
+        }
+
+    async def ready(self) -> bool:
+        """Ready while the generator answers; not while draining, nor before attach()."""
+        if DRAIN.draining or self.generator is None or not await self.generator.ready():
+            return False
+        await self.describe()
+        return True
+
+    async def alive(self) -> bool:
+        return self.generator is None or await self.generator.alive()
+
+    def _pages_app(self) -> Starlette:
+        async def info(request: Request) -> Response:
+            self.authorise(dict(request.headers.raw))
+            await self.describe()
+            return JSONResponse(self.info())
+
+        async def metrics_route(request: Request) -> Response:
+            content, media_type = metrics.exposition()
+            return Response(content, media_type=media_type)
+
+        async def to_page(request: Request) -> Response:
+            # Relative, so the page is found behind a proxy that serves the service under a path prefix.
+            return RedirectResponse("ui/", status_code=307)
+
+        async def swagger(request: Request) -> Response:
+            return FileResponse(SWAGGER_PAGE)
+
+        async def docs_json(request: Request) -> Response:
+            return JSONResponse(openapi_document(self.settings))
+
+        async def not_found(request: Request, exc: Exception) -> Response:
+            return _json_error(NotFound(f"no route {request.url.path}; the routes are listed at /docs"))
+
+        async def http_error(request: Request, exc: HttpError) -> Response:
+            return _json_error(exc)
+
+        if not PAGE_DIR.is_dir():
+            # A bento whose bentofile.yaml does not include service/page/*: the API works, /ui/ is a 404.
+            logger.warning("no %s: the page at /ui/ is not served", PAGE_DIR)
+        return Starlette(
+            routes=[
+                Route("/info", info, methods=["GET"]),
+                Route("/metrics", metrics_route, methods=["GET"]),
+                Route("/", to_page, methods=["GET"]),
+                Route("/ui", to_page, methods=["GET"]),
+                Route("/docs", swagger, methods=["GET"]),
+                Route("/docs.json", docs_json, methods=["GET"]),
+                *v2.routes(self),
+                Mount("/static_content", StaticFiles(directory=str(SWAGGER_ASSETS))),
+                *([Mount("/ui", StaticFiles(directory=PAGE_DIR, html=True))] if PAGE_DIR.is_dir() else []),
+            ],
+            exception_handlers={404: not_found, HttpError: http_error},
+        )
+
+
+def _json_error(e: HttpError) -> Response:
+    return Response(e.body(), status_code=e.status, media_type="application/json", headers=e.headers)
+
+
+def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode(), value.encode("latin-1")) for name, value in headers.items()]
+
+
+async def _send(send, status: int, headers: list, body: bytes, rid: str) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    headers.append((b"x-request-id", rid.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
