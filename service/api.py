@@ -24,12 +24,13 @@ Everything else (/info, the page, /docs and its OpenAPI document, /metrics, the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import importlib.resources
 import logging
+import os
 import re
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -50,6 +51,7 @@ from service.errors import (
     Busy,
     Draining,
     HttpError,
+    InternalError,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -81,7 +83,7 @@ def request_id_for(given: bytes | None) -> str:
         text = given.decode("latin-1")
         if VALID_REQUEST_ID.fullmatch(text):
             return text
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def page_label(path: str) -> str:
@@ -107,7 +109,9 @@ class Api:
         self.described: dict = {}
         self.cancelled = 0  # requests whose client left before its body was in (this worker), shown at /info
         self.pages = self._pages_app()
+        self._series: dict[str, tuple] = {}  # route label -> its (requests by status, duration, in progress) children
         self.v2_infer = v2.INFER_PATH
+        self.generation_paths = frozenset({*ROUTES, v2.INFER_PATH})
 
     def attach(self, generator) -> None:
         """Serve with `generator` (from the worker's service __init__)."""
@@ -154,14 +158,25 @@ class Api:
                 label = page_label(path)
                 status, reason = await self._page(scope, receive, send, rid), None
             seconds = time.perf_counter() - started
-            metrics.REQUESTS.labels(route=label, status=status).inc()
-            metrics.DURATION.labels(route=label).observe(seconds)
+            by_status, duration, _ = self._route_series(label)
+            counter = by_status.get(status)
+            if counter is None:
+                counter = by_status[status] = metrics.REQUESTS.labels(route=label, status=status)
+            counter.inc()
+            duration.observe(seconds)
             if reason is not None:
                 metrics.REFUSED.labels(route=label, reason=reason).inc()
             if self.settings.access_log:
                 logs.access(scope["method"], path, label, status, seconds, self.model or None, reason)
         finally:
             logs.REQUEST_ID.reset(token)
+
+    def _route_series(self, label: str) -> tuple:
+        """The metric children of a route label, made once (labels() costs a lock and a dict lookup per call)."""
+        series = self._series.get(label)
+        if series is None:
+            series = self._series[label] = ({}, metrics.DURATION.labels(route=label), metrics.IN_PROGRESS.labels(route=label))
+        return series
 
     async def _page(self, scope, receive, send, rid: str) -> int:
         """A route of the pages app, with the request id on its response; returns the status sent."""
@@ -178,8 +193,19 @@ class Api:
         return sent
 
     async def _generation(self, route: GenerationRoute | None, scope, receive, send, headers: dict, rid: str) -> tuple[int, str | None]:
-        """A generation request from start to answer; returns (status, refusal reason or None)."""
-        in_progress = metrics.IN_PROGRESS.labels(route=scope["path"])
+        """A generation request from start to answer; returns (status, refusal reason or None). A fault of the service
+        itself is logged with its traceback and answered 500 (these routes do not pass BentoML's error middleware)."""
+        try:
+            return await self._answer(route, scope, receive, send, headers, rid)
+        except Exception:
+            logger.exception("%s %s failed", scope["method"], scope["path"])
+            error = InternalError("internal error; the server log has the details")
+            with contextlib.suppress(Exception):  # unless the response had already begun
+                await _send(send, 500, [(b"content-type", b"application/json")], error.body(), rid)
+            return 500, None
+
+    async def _answer(self, route: GenerationRoute | None, scope, receive, send, headers: dict, rid: str) -> tuple[int, str | None]:
+        in_progress = self._route_series(scope["path"])[2]
         admitted = False
         try:
             try:

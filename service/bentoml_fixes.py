@@ -42,6 +42,17 @@ is. docs/bentoml-upstream.md holds a ready-to-file upstream report for each.
    StopIteration traceback. The lookup serves to pin Hugging Face model revisions (this service has
    none: its model is found in the bento's own store either way) and to set `svc.bento`; the fix does
    the same, skipping the pinning for a service the bento did not record.
+
+6. answer_first: the entry's generation routes skip BentoML's per-request middleware stack.
+   _bentoml_sdk/service/factory.py: Service.to_asgi builds the worker's Starlette app: a request to a
+   mounted ASGI app (service/api.py, mounted with bentoml.asgi_app) first passes Starlette's error
+   middleware, OpenTelemetry's (even with every URL excluded), the traffic timeout (a task and a timer
+   per request), BentoML's request context (a Starlette Request per request), the exception
+   middleware, the router and the mount. The mounted app needs none of them on its generation routes:
+   it answers every error itself, bounds every wait with its own deadline, and has its own metrics. The
+   fix returns the same app with those paths dispatched to the mounted app before the stack; every
+   other path, the lifespan, and every path while DCGAN_TRACING=1 go through BentoML's app unchanged.
+   What it saves per request: docs/performance.md#where-the-time-goes.
 """
 
 from __future__ import annotations
@@ -121,14 +132,17 @@ def check_internals() -> None:
             )
 
 
-def install(settings) -> None:
+def install(settings, entry: tuple[str, object, frozenset[str]]) -> None:
     """Check BentoML's internals, then install every workaround in this process (at import of the entry service,
-    before BentoML loads the bento, builds a service's app or its dispatcher)."""
+    before BentoML loads the bento, builds a service's app or its dispatcher). `entry`: (the entry service's name,
+    its mounted ASGI app, the paths that app answers first)."""
     check_internals()
     bound_batch_wait(settings.max_batch_wait_ms)
     release_request_timers()
     serve_in_either_generator_mode()
     log_shedding_in_one_line()
+    if not settings.tracing:  # with tracing on, every request keeps BentoML's OpenTelemetry middleware
+        answer_first(*entry)
 
 
 def bound_batch_wait(max_wait_ms: int) -> None:
@@ -201,6 +215,25 @@ def _on_load_bento(self, bento) -> None:
                 model.model_id = model_info.metadata.get("model_id") or model_info.tag.name.replace("--", "/")
                 model.revision = model_info.metadata.get("revision", model_info.tag.version)
         svc.bento = bento
+
+
+def answer_first(service_name: str, app, paths: frozenset[str]) -> None:
+    """(6) In the ASGI app BentoML builds for the service `service_name`, requests to `paths` go to `app` first."""
+    build = Service.to_asgi
+
+    def to_asgi(self, is_main: bool = True):
+        built = build(self, is_main)
+        if self.name != service_name:
+            return built
+
+        async def dispatch(scope, receive, send) -> None:
+            if scope["type"] == "http" and scope["path"] in paths:
+                return await app(scope, receive, send)
+            return await built(scope, receive, send)
+
+        return dispatch
+
+    Service.to_asgi = to_asgi
 
 
 def log_shedding_in_one_line() -> None:

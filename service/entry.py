@@ -29,9 +29,10 @@ from service.model_engine import Engine
 from service.preflight import check_stored_model
 from service.settings import SETTINGS
 
-bentoml_fixes.install(SETTINGS)  # every workaround of BentoML behaviour, checked against the installed BentoML
 logger = logging.getLogger("bentoml.dcgan")
 API = Api(SETTINGS)
+# Every workaround of BentoML behaviour, checked against the installed BentoML; the generation routes go to API first.
+bentoml_fixes.install(SETTINGS, entry=("dcgan", API, API.generation_paths))
 
 
 @bentoml.service(

@@ -113,3 +113,9 @@ class ClientGone(HttpError):
 
     status = 499
     reason = "client_gone"
+
+
+class InternalError(HttpError):
+    """A fault of the service itself, never of the request: logged with its traceback."""
+
+    status = 500

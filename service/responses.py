@@ -40,7 +40,7 @@ class Answer:
 def etag(model: str, route: str, request) -> str:
     """A strong ETag: a hash of the model tag, the route and every field of the request (defaults included), each
     field as name=repr(value) in the model's own field order."""
-    key = "\n".join([model, route, *(f"{name}={value!r}" for name, value in request)])
+    key = "\n".join([model, route, *(f"{name}={value!r}" for name, value in request.__dict__.items())])
     return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
 

@@ -58,3 +58,25 @@ def test_the_timeout_still_answers_504():
     sent, _ = _serve_one(TimeoutMiddleware(_app(5), timeout=0.05))
     assert sent[0]["status"] == 504
     assert b"0.05 seconds" in sent[1]["body"]
+
+
+def test_the_installed_bentoml_has_the_code_every_workaround_was_written_against():
+    from service.bentoml_fixes import check_internals
+
+    check_internals()  # raises, naming the workaround, on a BentoML whose patched code changed
+
+
+def test_changed_bentoml_code_stops_start_up_with_one_line_naming_the_workaround(monkeypatch):
+    import dataclasses
+
+    import pytest
+    from bentoml.exceptions import BentoMLConfigException
+
+    from service import bentoml_fixes
+
+    changed = dataclasses.replace(bentoml_fixes.RELIES[2], sha256="0" * 16)  # as if TimeoutMiddleware had changed
+    monkeypatch.setattr(bentoml_fixes, "RELIES", (*bentoml_fixes.RELIES[:2], changed, *bentoml_fixes.RELIES[3:]))
+    with pytest.raises(BentoMLConfigException) as raised:
+        bentoml_fixes.check_internals()
+    message = str(raised.value)
+    assert "\n" not in message and "workaround 2 release_request_timers" in message and "TimeoutMiddleware" in message, message
