@@ -20,6 +20,8 @@ from bentoml.exceptions import NotFound
 
 from contract.artifact import MANIFEST, MODEL_NAME, ArtifactError, file_sha256, verify
 
+LABELLED = ("arch", "image_size", "channels", "nz")  # fields of the manifest's "model" section shown as labels
+
 
 def register(artifact_dir: str | Path, name: str = MODEL_NAME) -> str:
     """Verify the artifact, store it under `name` unless that exact manifest is already there; return the tag."""
@@ -29,19 +31,25 @@ def register(artifact_dir: str | Path, name: str = MODEL_NAME) -> str:
     existing = _find(name, digest)
     if existing is not None:
         return existing
-    model = manifest["model"]
-    labels = {  # short strings, shown by `bentoml models list`
-        "arch": str(model["arch"]),
-        "image_size": str(model["image_size"]),
-        "channels": str(model["channels"]),
-        "nz": str(model["nz"]),
-        "manifest": digest[:12],
-    }
+    with bentoml.models.create(name, labels=labels(manifest, digest), metadata=metadata(manifest, digest)) as entry:
+        for file in [MANIFEST, *manifest["files"]]:
+            shutil.copyfile(artifact_dir / file, entry.path_of(file))
+        verify(entry.path)  # an exception here leaves nothing in the store
+    return str(entry.tag)
+
+
+def labels(manifest: dict, manifest_sha256: str) -> dict[str, str]:
+    """The entry's labels, short strings `bentoml models list` shows: the manifest's model fields in LABELLED."""
+    return {**{key: str(manifest["model"][key]) for key in LABELLED}, "manifest": manifest_sha256[:12]}
+
+
+def metadata(manifest: dict, manifest_sha256: str) -> dict:
+    """The entry's metadata: the manifest's sections a store user reads, and the manifest's sha256 (check_registered)."""
     source = manifest.get("source", {})
-    metadata = {
-        "manifest_sha256": digest,
+    return {
+        "manifest_sha256": manifest_sha256,
         "format": manifest["format"],
-        "model": model,
+        "model": manifest["model"],
         "versions": manifest.get("versions", {}),
         "parity": [
             {k: row[k] for k in ("form", "runtime", "max_abs", "mean_abs", "max_8bit_levels", "ok")}
@@ -50,11 +58,6 @@ def register(artifact_dir: str | Path, name: str = MODEL_NAME) -> str:
         "source": {k: source[k] for k in ("run_dir", "config_sha256", "generator_sha256") if k in source},
         "files": sorted(manifest["files"]),
     }
-    with bentoml.models.create(name, labels=labels, metadata=metadata) as entry:
-        for file in [MANIFEST, *manifest["files"]]:
-            shutil.copyfile(artifact_dir / file, entry.path_of(file))
-        verify(entry.path)  # an exception here leaves nothing in the store
-    return str(entry.tag)
 
 
 def check_registered(model) -> None:
