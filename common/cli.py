@@ -35,10 +35,3 @@ class OneLineErrorParser(argparse.ArgumentParser):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
-
-def moved(old: str, new: str) -> None:
-    """Run module `new` as `python -m new` would, after saying on stderr that `python -m old` moved there."""
-    import runpy
-
-    print(f"note: `python -m {old}` is now `python -m {new}`", file=sys.stderr)
-    runpy.run_module(new, run_name="__main__", alter_sys=True)

@@ -17,9 +17,8 @@ from pathlib import Path
 from common.cli import UserError
 from common.files import atomic_write_json, read_json
 from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
-from export import golden as export_golden
 from export import manifest as manifest_lib
-from export import onnx_export, parity, torch_export
+from export import onnx_export, parity, record_golden, torch_export
 from training.rundir import CONFIG, load_generator
 
 
@@ -88,7 +87,7 @@ def export_run(
         if report.failed():
             raise ExportFailed(f"parity failed for {', '.join(sorted(report.failed()))}; no artifact written")
 
-        reference = export_golden.write_images(tmp, cfg.nz)  # golden.npy, listed in the manifest's files below
+        reference = record_golden.write_images(tmp, cfg.nz)  # golden.npy, listed in the manifest's files below
         manifest = manifest_lib.build(tmp, description, report.to_manifest(), golden_reference=reference)
         atomic_write_json(tmp / MANIFEST, manifest)
         verify(tmp)

@@ -5,7 +5,7 @@ The manifest is the one description of the model; what else describes it is deri
     describe(...)        the sections known before any file is written: model, source, commands, versions
     onnx_metadata(m)     generator.onnx's metadata props (written from describe()'s result)
     build(dir, m, ...)   the whole manifest: describe()'s sections + files, parity and the "golden" section
-                         (contract/golden.py, its tolerance the parity check's 8-bit limit)
+                         (contract/golden_outputs.py, its tolerance the parity check's 8-bit limit)
     contract.store       the BentoML store entry's labels and metadata, read from the manifest (torch-free)
 """
 
@@ -16,7 +16,7 @@ import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
-from contract import golden
+from contract import golden_outputs
 from contract.artifact import FORMAT, INPUT_NAME, MANIFEST, MODEL_NAME, OUTPUT_NAME, file_sha256
 from contract.latents import LATENTS
 from training.models import GeneratorConfig
@@ -106,4 +106,4 @@ def build(artifact_dir: Path, description: dict, parity: dict, golden_reference:
         "parity": parity,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    return {**manifest, "golden": golden.section(manifest, golden_reference)}
+    return {**manifest, "golden": golden_outputs.section(manifest, golden_reference)}

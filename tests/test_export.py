@@ -17,9 +17,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from contract import golden
+from contract import golden_outputs
 from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
-from contract.golden import GOLDEN
+from contract.golden_outputs import GOLDEN
 from contract.latents import latents_for_seed
 from export import onnx_export, parity, torch_export
 from export.build import ExportFailed, export_run
@@ -412,26 +412,28 @@ def test_a_fresh_export_names_no_source_paths(exported):
 
 
 def test_golden_outputs_are_recorded_and_can_be_added_to_an_older_artifact(exported, tmp_path):
-    """Every export writes golden.npy (ONNX Runtime CPU, the cases of contract/golden.py); `python -m export.golden`
+    """Every export writes golden.npy (ONNX Runtime CPU, the cases of contract/golden_outputs.py); `python -m export.record_golden`
     writes the same into an artifact exported before, and its manifest still verifies."""
     out, _ = exported
     manifest = verify(out)
     assert manifest["golden"]["tolerance_levels"] == manifest["parity"]["limits"]["levels"]
-    assert [(c["seed"], c["n"]) for c in manifest["golden"]["cases"]] == list(golden.CASES)
+    assert [(c["seed"], c["n"]) for c in manifest["golden"]["cases"]] == list(golden_outputs.CASES)
     older = tmp_path / "older"
     shutil.copytree(out, older)
     (older / GOLDEN).unlink()
     stripped = {k: v for k, v in manifest.items() if k != "golden"}
     stripped["files"] = {k: v for k, v in manifest["files"].items() if k != GOLDEN}
     (older / MANIFEST).write_text(json.dumps(stripped))
-    assert golden.compare(older, stripped, lambda z: None) == {
+    assert golden_outputs.compare(older, stripped, lambda z: None) == {
         "checked": False,
         "ok": True,
         "why": "the manifest records no golden outputs (exported before they existed)",
     }
-    done = subprocess.run([sys.executable, "-m", "export.golden", str(older)], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "export.record_golden", str(older)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (older / GOLDEN).read_bytes() == (out / GOLDEN).read_bytes()
     assert verify(older)["golden"] == manifest["golden"]
-    bad = subprocess.run([sys.executable, "-m", "export.golden", str(tmp_path / "nothing")], cwd=REPO, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "export.record_golden", str(tmp_path / "nothing")], cwd=REPO, capture_output=True, text=True
+    )
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
