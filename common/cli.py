@@ -34,4 +34,3 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
-

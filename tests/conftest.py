@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from common.cli import UserError
+from common.paths import REPO_ROOT as REPO
 from common.server import READY_TIMEOUT_S, bentoml_serve_argv, free_port, running, stop
 
-REPO = Path(__file__).resolve().parents[1]
 # Files that take minutes: collected first, so that the two pytest-xdist workers (pyproject.toml's addopts,
 # one file per worker at a time) run them beside the rest instead of one worker finishing alone at the end.
 LONGEST_FIRST = ("test_image.py",)

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
+from common.paths import REPO_ROOT
+
+K8S = REPO_ROOT / "deploy" / "k8s"
 
 
 def kustomize(directory: Path) -> list[dict]:

@@ -18,7 +18,6 @@ import pytest
 import yaml
 from k8s_render import K8S, kustomize
 
-ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ["cpu", "gpu"]
 COMPONENTS = K8S / "components"
 SCALE_ON_INFLIGHT = COMPONENTS / "scale-on-inflight"

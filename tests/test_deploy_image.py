@@ -6,16 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from common.cli import UserError
+from common.paths import REPO_ROOT as ROOT
 from deploy.image.base import debian_mirror
 from deploy.image.build_settings import PipSettings, build_mounts
 from deploy.image.variants import cpu_bentofile, load_bentofile, variant
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_cpu_bento_swaps_only_the_onnx_runtime_build_and_the_name():

@@ -17,6 +17,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from common.paths import REPO_ROOT as REPO
 from contract import golden_outputs
 from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
 from contract.golden_outputs import GOLDEN
@@ -26,7 +27,6 @@ from export.build import ExportFailed, export_run
 from training.models import GeneratorConfig, build_generator, init_weights
 from training.rundir import load_generator, save_generator
 
-REPO = Path(__file__).resolve().parents[1]
 CFG = GeneratorConfig(arch="upsample", nz=16, image_size=32, channels=1, ngf=8)
 RUN_COMMAND = "python -m training.run --ngf 8 --nz 16 --steps 1"
 FORMS = {ONNX, ONNX_FP16, TORCHSCRIPT, EXPORTED_PROGRAM}

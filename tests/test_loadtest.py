@@ -10,11 +10,11 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
+from common.paths import REPO_ROOT as REPO
 from loadtest import backend_bench, run
 from loadtest.locust_run import parse_stats_csv
 from loadtest.prometheus import level_figures, parse
@@ -22,7 +22,6 @@ from loadtest.response_checks import PNG_BASE64_PREFIX, parse_n_mix, problem_wit
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-REPO = Path(__file__).resolve().parents[1]
 STATS_HEADER = (
     "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
     "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"

@@ -12,14 +12,14 @@ import asyncio
 import collections
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from common.paths import REPO_ROOT as REPO
+
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-REPO = Path(__file__).resolve().parents[1]
 DRAIN = {"DCGAN_DEADLINE_MS": "120000", "DCGAN_MAX_QUEUED_IMAGES": "100000", "DCGAN_DRAIN_TIMEOUT_S": "15"}
 REQUESTS = 40  # of 64 images each: a few seconds of work on two cores
 
