@@ -21,18 +21,19 @@ from common.files import atomic_write_bytes, atomic_write_json
 from contract import golden_outputs
 from contract.artifact import MANIFEST, ONNX, ArtifactError, file_sha256, verify
 from contract.pixels import to_nhwc_uint8
+from contract.providers import CPU
 
 
 def reference_generator(onnx_path: Path) -> tuple[golden_outputs.Generate, str]:
     """generator.onnx on ONNX Runtime's CPU provider, uint8 NHWC out; and its description for the manifest."""
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), providers=[CPU])
     name = session.get_inputs()[0].name
 
     def generate(latents: np.ndarray) -> np.ndarray:
         (images,) = session.run(None, {name: latents})  # (B, C, H, W) in [-1, 1]
         return to_nhwc_uint8(images)
 
-    return generate, f"onnxruntime {ort.__version__} CPUExecutionProvider, {onnx_path.name}"
+    return generate, f"onnxruntime {ort.__version__} {CPU}, {onnx_path.name}"
 
 
 def write_images(artifact_dir: Path, nz: int) -> str:

@@ -57,11 +57,11 @@ from pathlib import Path
 
 from common.cli import OneLineErrorParser, UserError, cli_main  # stdlib-only modules
 from common.paths import REPO_ROOT
+from contract.providers import CUDA  # a module without imports
 
 TORCH = "torch==2.13.0"  # the README's pin
 ORT_GPU = "onnxruntime-gpu[cuda,cudnn]==1.31.1"  # as bentofile.yaml installs it
 STAGES = ("env", "train-bench", "compile", "train", "export", "parity", "ort-bench", "serve", "determinism")
-CUDA_EP = "CUDAExecutionProvider"
 
 ENV_PROBE = r"""
 import importlib.metadata as md, json, platform, sys
@@ -189,7 +189,7 @@ def serve_problems(out: Path, cuda: bool) -> list[str]:
         problems.append(f"{failed} failed requests in the sweep")
     if cuda:
         notes = " ".join(n for t in report["targets"] if t["name"] == "bentoml" for n in t["notes"])
-        if f"provider {CUDA_EP}" not in notes:
+        if f"provider {CUDA}" not in notes:
             problems.append(f"our service did not serve on CUDA ({notes or 'no /info note'})")
     return problems
 
