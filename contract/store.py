@@ -9,10 +9,8 @@ Torch-free (service/ imports it): bentoml and contract.artifact only.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import bentoml
@@ -94,21 +92,27 @@ def _find(name: str, manifest_sha256: str) -> str | None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m contract.store",
-        description="Copy a model artifact (after checking its hashes) into the BentoML model store, where "
-        "the service finds it. Prints the tag. Idempotent: the same artifact gives the same tag.",
-    )
-    parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="folder written by `python -m export` (holds manifest.json)")
-    parser.add_argument("--name", default=MODEL_NAME, help=f"model name in the store (default: {MODEL_NAME})")
-    args = parser.parse_args(argv)
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", args.name):  # BentoML's tag rule
-        parser.exit(2, f"error: --name {args.name!r}: use lowercase letters, digits, '.', '_', '-' (alphanumeric at both ends)\n")
-    try:
-        print(register(args.artifact_dir, args.name))
-    except ArtifactError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """`python -m contract.store`. common.cli is imported here, not above: a bento carries contract/ but not common/."""
+    from common.cli import OneLineErrorParser, UserError, cli_main
+
+    @cli_main
+    def run(argv) -> None:
+        parser = OneLineErrorParser(
+            prog="python -m contract.store",
+            description="Copy a model artifact (after checking its hashes) into the BentoML model store, where "
+            "the service finds it. Prints the tag. Idempotent: the same artifact gives the same tag.",
+        )
+        parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="folder written by `python -m export` (holds manifest.json)")
+        parser.add_argument("--name", default=MODEL_NAME, help=f"model name in the store (default: {MODEL_NAME})")
+        args = parser.parse_args(argv)
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", args.name):  # BentoML's tag rule
+            raise UserError(f"--name {args.name!r}: use lowercase letters, digits, '.', '_', '-' (alphanumeric at both ends)")
+        try:
+            print(register(args.artifact_dir, args.name))
+        except ArtifactError as e:
+            raise UserError(str(e)) from None
+
+    run(argv)
 
 
 if __name__ == "__main__":

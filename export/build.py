@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common.cli import UserError
+from common.cli import Failed, UserError
 from common.files import atomic_write_json, read_json
 from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
 from export import manifest as manifest_lib
@@ -22,8 +22,8 @@ from export import onnx_export, parity, record_golden, torch_export
 from training.rundir import CONFIG, load_generator
 
 
-class ExportFailed(Exception):
-    """A check failed; the table of figures has been printed and no artifact was written."""
+class ExportFailed(Failed):
+    """A check failed; the table of figures has been printed and no artifact was written (exit 1, common/cli.py)."""
 
 
 def export_run(

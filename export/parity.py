@@ -17,11 +17,9 @@ Limits (max |diff| / mean |diff| vs eager float32), each on every latent batch:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import secrets
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from common.cli import UserError, cli_main
+from common.cli import Failed, OneLineErrorParser, UserError, cli_main
 from contract.artifact import EXPORTED_PROGRAM, INPUT_NAME, ONNX, ONNX_FP16, TORCHSCRIPT, ArtifactError, verify
 from contract.latents import latents_for_seed
 from contract.pixels import to_uint8
@@ -284,7 +282,7 @@ def reference_module(artifact_dir: Path, manifest: dict, run_dir: str | None) ->
 
 @cli_main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m export.parity",
         description="Check an exported artifact: hashes against its manifest, the ONNX contract "
         "(onnx.checker full_check, input/output signature, metadata), and the numerical parity of every "
@@ -307,8 +305,7 @@ def main(argv=None) -> None:
     report = check(artifact_dir, module, cfg, reference, args.seed)
     print(report.table())
     if report.failed():
-        print(f"error: parity failed for {', '.join(sorted(report.failed()))}", file=sys.stderr)
-        raise SystemExit(1)
+        raise Failed(f"parity failed for {', '.join(sorted(report.failed()))}")
     print("parity ok")
 
 

@@ -55,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.cli import OneLineErrorParser, UserError, cli_main  # stdlib-only modules
+from common.cli import Failed, OneLineErrorParser, UserError, cli_main  # stdlib-only modules
 from common.paths import REPO_ROOT
 from contract.providers import CUDA  # a module without imports
 
@@ -611,8 +611,10 @@ def main(argv=None) -> int:
     tmp.write_text(text)
     os.replace(tmp, out)
     failed = [r.stage.name for r in results if r.status in ("FAIL", "skipped")]
-    say(f"results: {out}" + (f"; not ok: {', '.join(failed)}" if failed else "; every stage ok"))
-    return 1 if failed else 0
+    if failed:
+        raise Failed(f"stages not ok: {', '.join(failed)}; see {out}")
+    say(f"results: {out}; every stage ok")
+    return 0
 
 
 if __name__ == "__main__":
