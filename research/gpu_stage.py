@@ -16,7 +16,7 @@
             interpreter it runs on, so that check is left to the machine; the wheel tags are checked for 3.12.)
 
 Examples:
-  python -m research.gpu_stage pack                      # here: .gpu-stage/part-NN + manifest.json (276 MB in 7 parts)
+  python -m research.gpu_stage pack                      # here: .gpu-stage/part-NN + manifest.json
   python -m research.gpu_stage unpack --dry-run          # here: the check above
   python3 -m research.gpu_stage unpack                   # there, once every part has arrived
 
