@@ -30,6 +30,8 @@ import psutil
 from common.cli import UserError
 from common.paths import REPO_ROOT
 
+REPO = REPO_ROOT  # the name loadtest/ (run, faults, determinism, peer_env) imports from here; common.paths is its home
+
 READY_TIMEOUT_S = 180  # two BentoML workers import bentoml + onnxruntime on a busy 2-core box
 STOP_TIMEOUT_S = 30
 
