@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from k8s_render import overlay_deployment
+from helpers import overlay_deployment
 
 from common.paths import REPO_ROOT as ROOT
 from common.server import bentoml_serve_argv, free_port, running

@@ -16,7 +16,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from k8s_render import K8S, kustomize
+from helpers import K8S, kustomize
 
 OVERLAYS = ["cpu", "gpu"]
 COMPONENTS = K8S / "components"

@@ -27,7 +27,7 @@ import time
 import httpx
 import pytest
 import yaml
-from k8s_render import overlay_deployment
+from helpers import overlay_deployment
 
 from common.paths import REPO_ROOT as ROOT
 from common.server import free_port, serve_bentoml

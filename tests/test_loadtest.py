@@ -13,6 +13,7 @@ import sys
 
 import httpx
 import pytest
+from helpers import assert_one_line_error
 
 from common.paths import REPO_ROOT as REPO
 from loadtest import backend_bench, run
@@ -139,8 +140,7 @@ def test_response_check_accepts_only_well_formed_bodies():
 def test_run_cli_refuses_bad_input_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert_one_line_error((exit_info.value.code, capsys.readouterr().err), message)
 
 
 def test_bench_table_and_ceiling(service_artifact, tmp_path, capsys):
@@ -329,8 +329,7 @@ def test_faults_cli_refuses_bad_input_in_one_line(argv, message, capsys):
 
     with pytest.raises(SystemExit) as exit_info:
         faults.main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert_one_line_error((exit_info.value.code, capsys.readouterr().err), message)
 
 
 def test_faults_disconnect_scenario_prints_its_table(service_artifact, tmp_path):

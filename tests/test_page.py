@@ -17,8 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import REPO
 from PIL import Image
+
+from common.paths import REPO_ROOT as REPO
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 

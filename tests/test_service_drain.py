@@ -25,7 +25,7 @@ REQUESTS = 40  # of 64 images each: a few seconds of work on two cores
 
 
 def test_sigterm_finishes_admitted_requests_refuses_new_ones_and_exits(tmp_path):
-    from conftest import serve
+    from helpers import serve
 
     with serve(tmp_path, REPO / "artifacts" / "default", DRAIN) as server:
         report = asyncio.run(_sigterm_under_load(server.url, server.process))

@@ -78,7 +78,7 @@ def _post_honouring_retry_after(url: str, body: dict, tries: int = 3) -> httpx.R
 
 @pytest.fixture(scope="module")
 def deadline_url(tmp_path_factory):
-    from conftest import serve
+    from helpers import serve
 
     with serve(tmp_path_factory.mktemp("overload"), REPO / "artifacts" / "default", OVERLOAD) as server:
         yield server.url
