@@ -211,7 +211,7 @@ def test_gpu_overlay_scales_on_requests_in_flight_and_cpu_on_cpu(overlay, tmp_pa
 
 def test_the_adapter_rule_counts_every_generation_route_and_nothing_else():
     """Every route that runs the model counts toward the in-flight metric; probes, /metrics, /info and the page do not.
-    tests/test_service.py checks the same regex against the labels a running service exports."""
+    tests/service/test_service.py checks the same regex against the labels a running service exports."""
     from service.responses import ROUTES
     from service.v2 import INFER_PATH
 

@@ -333,7 +333,7 @@ def test_faults_cli_refuses_bad_input_in_one_line(argv, message, capsys):
 
 
 def test_faults_disconnect_scenario_prints_its_table(service_artifact, tmp_path):
-    """One scenario against a real server (the others each have their own test in tests/test_service_*.py)."""
+    """One scenario against a real server (the others each have their own test in tests/service/test_service_*.py)."""
     proc = subprocess.run(
         [sys.executable, "-m", "loadtest.faults", "--artifact", str(service_artifact), "--scenarios", "disconnect", "--out", str(tmp_path)],
         capture_output=True,
