@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from common.cli import UserError
+from common.paths import REPO_ROOT
 
 
 def _umask() -> int:
@@ -49,9 +50,6 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
         raise UserError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} is not valid JSON: {path} ({e})") from None
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def repo_relative(path: str | os.PathLike) -> str:

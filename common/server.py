@@ -28,8 +28,10 @@ from urllib.parse import urlsplit
 import psutil
 
 from common.cli import UserError
+from common.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT  # the name loadtest/ (run, faults, determinism, peer_env) imports from here; common.paths is its home
+
 READY_TIMEOUT_S = 180  # two BentoML workers import bentoml + onnxruntime on a busy 2-core box
 STOP_TIMEOUT_S = 30
 
@@ -135,7 +137,7 @@ def running(
     log_path: Path,
     port: int,
     *,
-    cwd: Path = REPO,
+    cwd: Path = REPO_ROOT,
     ready_timeout_s: float = READY_TIMEOUT_S,
     ready_path: str = "/readyz",
 ) -> Iterator[Server]:

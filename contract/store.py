@@ -9,16 +9,16 @@ Torch-free (service/ imports it): bentoml and contract.artifact only.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import NotFound
 
 from contract.artifact import MANIFEST, MODEL_NAME, ArtifactError, file_sha256, verify
+
+LABELLED = ("arch", "image_size", "channels", "nz")  # fields of the manifest's "model" section shown as labels
 
 
 def register(artifact_dir: str | Path, name: str = MODEL_NAME) -> str:
@@ -29,19 +29,25 @@ def register(artifact_dir: str | Path, name: str = MODEL_NAME) -> str:
     existing = _find(name, digest)
     if existing is not None:
         return existing
-    model = manifest["model"]
-    labels = {  # short strings, shown by `bentoml models list`
-        "arch": str(model["arch"]),
-        "image_size": str(model["image_size"]),
-        "channels": str(model["channels"]),
-        "nz": str(model["nz"]),
-        "manifest": digest[:12],
-    }
+    with bentoml.models.create(name, labels=labels(manifest, digest), metadata=metadata(manifest, digest)) as entry:
+        for file in [MANIFEST, *manifest["files"]]:
+            shutil.copyfile(artifact_dir / file, entry.path_of(file))
+        verify(entry.path)  # an exception here leaves nothing in the store
+    return str(entry.tag)
+
+
+def labels(manifest: dict, manifest_sha256: str) -> dict[str, str]:
+    """The entry's labels, short strings `bentoml models list` shows: the manifest's model fields in LABELLED."""
+    return {**{key: str(manifest["model"][key]) for key in LABELLED}, "manifest": manifest_sha256[:12]}
+
+
+def metadata(manifest: dict, manifest_sha256: str) -> dict:
+    """The entry's metadata: the manifest's sections a store user reads, and the manifest's sha256 (check_registered)."""
     source = manifest.get("source", {})
-    metadata = {
-        "manifest_sha256": digest,
+    return {
+        "manifest_sha256": manifest_sha256,
         "format": manifest["format"],
-        "model": model,
+        "model": manifest["model"],
         "versions": manifest.get("versions", {}),
         "parity": [
             {k: row[k] for k in ("form", "runtime", "max_abs", "mean_abs", "max_8bit_levels", "ok")}
@@ -50,11 +56,6 @@ def register(artifact_dir: str | Path, name: str = MODEL_NAME) -> str:
         "source": {k: source[k] for k in ("run_dir", "config_sha256", "generator_sha256") if k in source},
         "files": sorted(manifest["files"]),
     }
-    with bentoml.models.create(name, labels=labels, metadata=metadata) as entry:
-        for file in [MANIFEST, *manifest["files"]]:
-            shutil.copyfile(artifact_dir / file, entry.path_of(file))
-        verify(entry.path)  # an exception here leaves nothing in the store
-    return str(entry.tag)
 
 
 def check_registered(model) -> None:
@@ -91,21 +92,27 @@ def _find(name: str, manifest_sha256: str) -> str | None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m contract.store",
-        description="Copy a model artifact (after checking its hashes) into the BentoML model store, where "
-        "the service finds it. Prints the tag. Idempotent: the same artifact gives the same tag.",
-    )
-    parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="folder written by `python -m export` (holds manifest.json)")
-    parser.add_argument("--name", default=MODEL_NAME, help=f"model name in the store (default: {MODEL_NAME})")
-    args = parser.parse_args(argv)
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", args.name):  # BentoML's tag rule
-        parser.exit(2, f"error: --name {args.name!r}: use lowercase letters, digits, '.', '_', '-' (alphanumeric at both ends)\n")
-    try:
-        print(register(args.artifact_dir, args.name))
-    except ArtifactError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """`python -m contract.store`. common.cli is imported here, not above: a bento carries contract/ but not common/."""
+    from common.cli import OneLineErrorParser, UserError, cli_main
+
+    @cli_main
+    def run(argv) -> None:
+        parser = OneLineErrorParser(
+            prog="python -m contract.store",
+            description="Copy a model artifact (after checking its hashes) into the BentoML model store, where "
+            "the service finds it. Prints the tag. Idempotent: the same artifact gives the same tag.",
+        )
+        parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="folder written by `python -m export` (holds manifest.json)")
+        parser.add_argument("--name", default=MODEL_NAME, help=f"model name in the store (default: {MODEL_NAME})")
+        args = parser.parse_args(argv)
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", args.name):  # BentoML's tag rule
+            raise UserError(f"--name {args.name!r}: use lowercase letters, digits, '.', '_', '-' (alphanumeric at both ends)")
+        try:
+            print(register(args.artifact_dir, args.name))
+        except ArtifactError as e:
+            raise UserError(str(e)) from None
+
+    run(argv)
 
 
 if __name__ == "__main__":

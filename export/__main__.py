@@ -6,14 +6,14 @@ import argparse
 import shlex
 import sys
 
-from common.cli import cli_main
+from common.cli import Failed, OneLineErrorParser, cli_main
 from contract.artifact import MODEL_NAME
 from export import onnx_export
-from export.build import ExportFailed, export_run
+from export.build import export_run
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m export",
         description="Export the generator of a training run dir to a model artifact: generator.onnx (float32, "
         "dynamic batch), generator.fp16.onnx (float16 weights, float32 input/output), generator.torchscript.pt "
@@ -52,17 +52,13 @@ def parse_args(argv):
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    try:
-        out, manifest = export_run(
-            args.run_dir,
-            args.out,
-            opset=args.opset,
-            fp16=args.fp16,
-            command=shlex.join(["python", "-m", "export", *argv]),
-        )
-    except ExportFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    out, manifest = export_run(  # UserError (bad input, exit 2) or ExportFailed (a check failed, exit 1): common/cli.py
+        args.run_dir,
+        args.out,
+        opset=args.opset,
+        fp16=args.fp16,
+        command=shlex.join(["python", "-m", "export", *argv]),
+    )
     print(f"artifact: {out} ({', '.join(sorted(manifest['files']))}, manifest.json)")
     if not args.register:
         return
@@ -71,12 +67,9 @@ def main(argv=None) -> None:
     try:
         tag = register(out)
     except Exception as e:  # the artifact is complete; say how to retry rather than show a traceback
-        print(
-            f"error: artifact written to {out}, but registering it failed ({type(e).__name__}: {e}); "
-            f"retry with `python -m contract.store {out}`",
-            file=sys.stderr,
-        )
-        raise SystemExit(1) from None
+        raise Failed(
+            f"artifact written to {out}, but registering it failed ({type(e).__name__}: {e}); retry with `python -m contract.store {out}`"
+        ) from None
     print(f"registered: {tag} (bentoml models get {tag})")
 
 

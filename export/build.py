@@ -14,19 +14,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common.cli import UserError
+from common.cli import Failed, UserError
 from common.files import atomic_write_json, read_json
-from contract import golden
 from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, TORCHSCRIPT, file_sha256, verify
-from contract.latents import LATENTS
-from export import golden as export_golden
 from export import manifest as manifest_lib
-from export import onnx_export, parity, torch_export
+from export import onnx_export, parity, record_golden, torch_export
 from training.rundir import CONFIG, load_generator
 
 
-class ExportFailed(Exception):
-    """A check failed; the table of figures has been printed and no artifact was written."""
+class ExportFailed(Failed):
+    """A check failed; the table of figures has been printed and no artifact was written (exit 1, common/cli.py)."""
 
 
 def export_run(
@@ -56,21 +53,17 @@ def export_run(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the artifact is meant to be read by the service
-        metadata = {
-            "arch": cfg.arch,
-            "nz": str(cfg.nz),
-            "image_size": str(cfg.image_size),
-            "channels": str(cfg.channels),
-            "ngf": str(cfg.ngf),
-            "components": str(cfg.components),
-            "output_range": "[-1, 1]",
-            "latents": LATENTS,
-            "source_run": str(run_dir),
-            "config_sha256": file_sha256(config_path),
-            "generator_sha256": meta["weights_sha256"],
-        }
+        description = manifest_lib.describe(
+            cfg,
+            opset,
+            run_dir=str(run_dir),
+            run_config=run_config,
+            config_sha256=file_sha256(config_path),
+            generator_sha256=meta["weights_sha256"],
+            export_command=command,
+        )
         # Each writer gets its own copy: exporters may touch module state, the parity reference must not change.
-        onnx_export.write_onnx(copy.deepcopy(module), cfg, tmp / ONNX, opset, metadata)
+        onnx_export.write_onnx(copy.deepcopy(module), cfg, tmp / ONNX, opset, manifest_lib.onnx_metadata(description))
         torch_export.write_torchscript(copy.deepcopy(module), cfg.nz, tmp / TORCHSCRIPT)
         torch_export.write_program(copy.deepcopy(module), cfg.nz, tmp / EXPORTED_PROGRAM)
         if fp16 is not False:
@@ -94,19 +87,8 @@ def export_run(
         if report.failed():
             raise ExportFailed(f"parity failed for {', '.join(sorted(report.failed()))}; no artifact written")
 
-        reference = export_golden.write_images(tmp, cfg.nz)  # golden.npy, listed in the manifest's files below
-        manifest = manifest_lib.build(
-            tmp,
-            cfg,
-            opset,
-            report.to_manifest(),
-            run_dir=str(run_dir),
-            run_config=run_config,
-            config_sha256=metadata["config_sha256"],
-            generator_sha256=meta["weights_sha256"],
-            export_command=command,
-        )
-        manifest["golden"] = golden.section(limits.levels, reference)
+        reference = record_golden.write_images(tmp, cfg.nz)  # golden.npy, listed in the manifest's files below
+        manifest = manifest_lib.build(tmp, description, report.to_manifest(), golden_reference=reference)
         atomic_write_json(tmp / MANIFEST, manifest)
         verify(tmp)
         _fsync_dir(tmp)

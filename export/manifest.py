@@ -1,4 +1,13 @@
-"""manifest.json of a model artifact (format contract.artifact.FORMAT): what the service and users read."""
+"""manifest.json of a model artifact (format contract.artifact.FORMAT): what the service and users read.
+
+The manifest is the one description of the model; what else describes it is derived from it:
+
+    describe(...)        the sections known before any file is written: model, source, commands, versions
+    onnx_metadata(m)     generator.onnx's metadata props (written from describe()'s result)
+    build(dir, m, ...)   the whole manifest: describe()'s sections + files, parity and the "golden" section
+                         (contract/golden_outputs.py, its tolerance the parity check's 8-bit limit)
+    contract.store       the BentoML store entry's labels and metadata, read from the manifest (torch-free)
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
+from contract import golden_outputs
 from contract.artifact import FORMAT, INPUT_NAME, MANIFEST, MODEL_NAME, OUTPUT_NAME, file_sha256
 from contract.latents import LATENTS
 from training.models import GeneratorConfig
@@ -36,11 +46,9 @@ def run_commands(run_config: dict) -> list[str]:
     return [command] if isinstance(command, str) else [c if isinstance(c, str) else shlex.join(c) for c in command]
 
 
-def build(
-    artifact_dir: Path,
+def describe(
     cfg: GeneratorConfig,
     opset: int,
-    parity: dict,
     *,
     run_dir: str,
     run_config: dict,
@@ -48,14 +56,12 @@ def build(
     generator_sha256: str,
     export_command: str,
 ) -> dict:
-    files = sorted(p for p in artifact_dir.iterdir() if p.is_file() and p.name != MANIFEST)
+    """The manifest's sections that describe the model and its origin, known before any file is written."""
     return {
         "format": FORMAT,
         "name": MODEL_NAME,
-        "files": {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files},
         "model": model_section(cfg, opset),
         "versions": {**package_versions(*VERSIONED), "python": platform.python_version()},
-        "parity": parity,
         "source": {
             "run_dir": run_dir,
             "config": run_config,
@@ -64,5 +70,40 @@ def build(
             "generator_sha256": generator_sha256,
         },
         "commands": run_commands(run_config) + [export_command],
+    }
+
+
+def onnx_metadata(manifest: dict) -> dict[str, str]:
+    """generator.onnx's metadata props: the manifest's model and source, as the strings ONNX props hold."""
+    model, source = manifest["model"], manifest["source"]
+    low, high = model["output_range"]
+    return {  # this order is the order of the props in the file
+        "arch": model["arch"],
+        "nz": str(model["nz"]),
+        "image_size": str(model["image_size"]),
+        "channels": str(model["channels"]),
+        "ngf": str(source["generator"]["ngf"]),
+        "components": str(source["generator"]["components"]),
+        "output_range": f"[{low}, {high}]",
+        "latents": model["latents"],
+        "source_run": source["run_dir"],
+        "config_sha256": source["config_sha256"],
+        "generator_sha256": source["generator_sha256"],
+    }
+
+
+def files_section(artifact_dir: Path) -> dict:
+    """sha256 and size of every file in the artifact but the manifest itself."""
+    files = sorted(p for p in artifact_dir.iterdir() if p.is_file() and p.name != MANIFEST)
+    return {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files}
+
+
+def build(artifact_dir: Path, description: dict, parity: dict, golden_reference: str) -> dict:
+    """The whole manifest of the files in artifact_dir: describe()'s sections, files, parity and golden."""
+    manifest = {
+        **description,
+        "files": files_section(artifact_dir),
+        "parity": parity,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    return {**manifest, "golden": golden_outputs.section(manifest, golden_reference)}

@@ -17,11 +17,9 @@ Limits (max |diff| / mean |diff| vs eager float32), each on every latent batch:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import secrets
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +28,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from common.cli import UserError, cli_main
+from common.cli import Failed, OneLineErrorParser, UserError, cli_main
 from contract.artifact import EXPORTED_PROGRAM, INPUT_NAME, ONNX, ONNX_FP16, TORCHSCRIPT, ArtifactError, verify
 from contract.latents import latents_for_seed
 from contract.pixels import to_uint8
+from contract.providers import CPU, CUDA
 from export import onnx_export, torch_export
 from training.models import GeneratorConfig, build_generator
 from training.rundir import load_generator
@@ -155,20 +154,20 @@ def _ort_session(path: Path, cuda: bool) -> ort.InferenceSession | None:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     if not cuda:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ort.InferenceSession(str(path), options, providers=[CPU])
+    if CUDA not in ort.get_available_providers():
         return None
     # onnxruntime-gpu lists CUDA even where its CUDA/cuDNN libraries are missing; the failed load is
     # logged (by the default logger) as an error and the session falls back to CPU. Keep that quiet
     # and ask the session which provider it got instead.
     # TF32 off: TF32 rounds conv inputs to 10 mantissa bits (~1e-3 relative), far above the float32 limit.
-    providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    providers = [(CUDA, {"use_tf32": "0"}), CPU]
     ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     finally:
         ort.set_default_logger_severity(2)  # ORT's default (warnings); it has no getter to save the old value
-    return session if session.get_providers()[0] == "CUDAExecutionProvider" else None
+    return session if session.get_providers()[0] == CUDA else None
 
 
 def _ort_runner(session: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
@@ -283,7 +282,7 @@ def reference_module(artifact_dir: Path, manifest: dict, run_dir: str | None) ->
 
 @cli_main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m export.parity",
         description="Check an exported artifact: hashes against its manifest, the ONNX contract "
         "(onnx.checker full_check, input/output signature, metadata), and the numerical parity of every "
@@ -306,8 +305,7 @@ def main(argv=None) -> None:
     report = check(artifact_dir, module, cfg, reference, args.seed)
     print(report.table())
     if report.failed():
-        print(f"error: parity failed for {', '.join(sorted(report.failed()))}", file=sys.stderr)
-        raise SystemExit(1)
+        raise Failed(f"parity failed for {', '.join(sorted(report.failed()))}")
     print("parity ok")
 
 

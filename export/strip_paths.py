@@ -8,7 +8,6 @@ and records the command in the manifest. Re-check the result with `python -m exp
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from common.cli import UserError, cli_main
+from common.cli import OneLineErrorParser, UserError, cli_main
 from common.files import atomic_write_bytes, atomic_write_json
 from contract.artifact import EXPORTED_PROGRAM, MANIFEST, ONNX, ONNX_FP16, ArtifactError, file_sha256, verify
 from export import onnx_export, torch_export
@@ -53,7 +52,7 @@ def strip_artifact(artifact_dir: Path) -> dict[str, int]:
 
 @cli_main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m export.strip_paths", description=__doc__.split("\n\n", 1)[1])
+    parser = OneLineErrorParser(prog="python -m export.strip_paths", description=__doc__.split("\n\n", 1)[1])
     parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", type=Path, help="folder written by `python -m export`")
     args = parser.parse_args(argv)
     if not (args.artifact_dir / MANIFEST).is_file():

@@ -55,13 +55,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.cli import OneLineErrorParser, UserError, cli_main  # stdlib-only module
+from common.cli import Failed, OneLineErrorParser, UserError, cli_main  # stdlib-only modules
+from common.paths import REPO_ROOT
+from contract.providers import CUDA  # a module without imports
 
-REPO = Path(__file__).resolve().parents[1]
 TORCH = "torch==2.13.0"  # the README's pin
 ORT_GPU = "onnxruntime-gpu[cuda,cudnn]==1.31.1"  # as bentofile.yaml installs it
 STAGES = ("env", "train-bench", "compile", "train", "export", "parity", "ort-bench", "serve", "determinism")
-CUDA_EP = "CUDAExecutionProvider"
 
 ENV_PROBE = r"""
 import importlib.metadata as md, json, platform, sys
@@ -189,7 +189,7 @@ def serve_problems(out: Path, cuda: bool) -> list[str]:
         problems.append(f"{failed} failed requests in the sweep")
     if cuda:
         notes = " ".join(n for t in report["targets"] if t["name"] == "bentoml" for n in t["notes"])
-        if f"provider {CUDA_EP}" not in notes:
+        if f"provider {CUDA}" not in notes:
             problems.append(f"our service did not serve on CUDA ({notes or 'no /info note'})")
     return problems
 
@@ -340,7 +340,7 @@ def run_stage(stage: Stage, timeout_s: float, logs: Path) -> Result:
     with open(log, "w") as f:
         proc = subprocess.Popen(
             stage.argv,
-            cwd=REPO,
+            cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -409,7 +409,7 @@ def install(work: Path, wheels: Path | None, torch_index: str | None, logs: Path
             say("install: " + shlex.join(argv))
             log.write("$ " + shlex.join(argv) + "\n")
             log.flush()
-            done = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            done = subprocess.run(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
             if done.returncode != 0:
                 hint = " (on Debian/Ubuntu: apt-get install python3-venv)" if argv[1:3] == ["-m", "venv"] else ""
                 raise UserError(f"`{shlex.join(argv)}` failed{hint}; see {logs / 'install.log'}")
@@ -422,7 +422,7 @@ def slug(text: str) -> str:
 
 def git_commit() -> str:
     def out(*cmd):
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
 
     commit = out("rev-parse", "--short", "HEAD") or "unknown"
     return commit + (" (uncommitted changes)" if out("status", "--porcelain", "--untracked-files=no") else "")
@@ -490,7 +490,7 @@ def _relative(argv: list[str]) -> list[str]:
     out = []
     for a in argv:
         p = Path(a)
-        out.append(str(p.relative_to(REPO)) if p.is_absolute() and p.is_relative_to(REPO) else a)
+        out.append(str(p.relative_to(REPO_ROOT)) if p.is_absolute() and p.is_relative_to(REPO_ROOT) else a)
     return out
 
 
@@ -512,7 +512,7 @@ def parse_args(argv):
     p.add_argument(
         "--work",
         type=Path,
-        default=REPO / "out" / "gpu-check",
+        default=REPO_ROOT / "out" / "gpu-check",
         help="scratch folder: venv, run dir, artifact, logs, load-test report (default: out/gpu-check)",
     )
     p.add_argument(
@@ -599,7 +599,9 @@ def main(argv=None) -> int:
     total_s = time.monotonic() - start
     # a GPU's figures go where the README quotes them from; anything else stays in the scratch folder
     out = args.results or (
-        REPO / "loadtest" / "results" / "gpu" / f"{slug(env['gpu'])}.md" if env.get("gpu") and not args.cpu_smoke else work / "results.md"
+        REPO_ROOT / "loadtest" / "results" / "gpu" / f"{slug(env['gpu'])}.md"
+        if env.get("gpu") and not args.cpu_smoke
+        else work / "results.md"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     text = results_markdown(
@@ -609,8 +611,10 @@ def main(argv=None) -> int:
     tmp.write_text(text)
     os.replace(tmp, out)
     failed = [r.stage.name for r in results if r.status in ("FAIL", "skipped")]
-    say(f"results: {out}" + (f"; not ok: {', '.join(failed)}" if failed else "; every stage ok"))
-    return 1 if failed else 0
+    if failed:
+        raise Failed(f"stages not ok: {', '.join(failed)}; see {out}")
+    say(f"results: {out}; every stage ok")
+    return 0
 
 
 if __name__ == "__main__":

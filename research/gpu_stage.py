@@ -16,7 +16,7 @@
             interpreter it runs on, so that check is left to the machine; the wheel tags are checked for 3.12.)
 
 Examples:
-  python -m research.gpu_stage pack                      # here: .gpu-stage/part-NN + manifest.json (276 MB in 7 parts)
+  python -m research.gpu_stage pack                      # here: .gpu-stage/part-NN + manifest.json
   python -m research.gpu_stage unpack --dry-run          # here: the check above
   python3 -m research.gpu_stage unpack                   # there, once every part has arrived
 
@@ -37,10 +37,10 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from common.cli import OneLineErrorParser, UserError, cli_main  # stdlib-only module
+from common.cli import OneLineErrorParser, UserError, cli_main  # stdlib-only modules
+from common.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-STAGE = REPO / ".gpu-stage"
+STAGE = REPO_ROOT / ".gpu-stage"
 MACHINE_PACKAGES = Path(__file__).with_name("gpu_machine_packages.txt")
 PYTHON_VERSION = "3.12"
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (34, 31, 28, 27, 24, 17, 5)] + ["manylinux2014_x86_64", "manylinux1_x86_64"]
@@ -59,7 +59,7 @@ def project_name(wheel: str) -> str:
 
 def stack() -> list[str]:
     """The requirements to bring: pyproject's dependencies and its train and loadtest extras, without torch."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     reqs = [*project["dependencies"], *extras["train"], *extras["loadtest"]]
     return [r for r in reqs if not re.match(rf"({'|'.join(LEFT_OUT)})\b", r)]
@@ -139,7 +139,7 @@ def join(into: Path) -> dict:
     """Check and join the parts, unpack the wheels into `into`; returns the manifest."""
     manifest_path = STAGE / "manifest.json"
     if not manifest_path.is_file():
-        raise UserError(f"no {manifest_path.relative_to(REPO)}: run `python -m research.gpu_stage pack` first (here)")
+        raise UserError(f"no {manifest_path.relative_to(REPO_ROOT)}: run `python -m research.gpu_stage pack` first (here)")
     manifest = json.loads(manifest_path.read_text())
     into.mkdir(parents=True, exist_ok=True)
     tar_path = into / "wheels.tar"

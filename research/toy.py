@@ -24,7 +24,7 @@ Examples:
   python -m research.toy --batch-size 512 --steps 20000     # Metz et al.'s batch: both remedies meet the ring goal
   python -m research.toy --mixture grid --nets pacgan --methods gan --steps 20000
   python -m research.toy --mixture grid --nets pacgan --methods pacgan --steps 40000 --seeds 0 1   # 25/25 grid modes
-  python -m research.toy --mixture grid --nets pacgan --methods pacgan --steps 160000   # the grid goal, mean of 3 seeds (~76 min a run)
+  python -m research.toy --mixture grid --nets pacgan --methods pacgan --steps 160000   # the grid goal, mean of 3 seeds (long)
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ EVAL_SAMPLES = 2500  # as PacGAN and VEEGAN
 
 # method -> its settings. GAN and unrolled as Metz et al.'s 2D experiment (D lr 1e-4, G lr 1e-3,
 # beta1 0.5) with a deeper G (ToyConfig); WGAN-GP with betas (0.5, 0.9) as Gulrajani et al., lr 5e-4
-# (1e-4 had covered 7 of 8 ring modes with 0.6% high-quality after 5,000 steps) and Metz et al.'s
-# 2 x 128 G (the 4 x 256 G left WGAN-GP on 1-2 ring modes at lr 5e-4).
+# and Metz et al.'s 2 x 128 G: a lower lr or the deeper G covered fewer ring modes (figures:
+# docs/performance.md#figures-behind-code-comments).
 METHODS = {
     "gan": dict(loss="nonsaturating", unroll=0, lr_d=1e-4, lr_g=1e-3, betas=(0.5, 0.999)),
     "unrolled": dict(loss="nonsaturating", unroll=5, lr_d=1e-4, lr_g=1e-3, betas=(0.5, 0.999)),
     "wgan-gp": dict(loss="wgan-gp", unroll=0, lr_d=5e-4, lr_g=5e-4, betas=(0.5, 0.9), g_hidden=128, g_layers=2),
     # PacGAN (Lin et al. 2018): the GAN's settings, D sees packs of 2 (their PacGAN2; --pack changes it;
-    # with 4 its D stayed at chance on the grid here)
+    # with 4 its D did not learn the grid: docs/performance.md#figures-behind-code-comments)
     "pacgan": dict(loss="nonsaturating", unroll=0, pack=2, lr_d=1e-4, lr_g=1e-3, betas=(0.5, 0.999)),
 }
 ARTICLE_METHODS = ("gan", "unrolled", "wgan-gp")  # the default: the article's loss and its two remedies
@@ -90,8 +90,8 @@ class ToyConfig:
     loss: str = "nonsaturating"
     unroll: int = 0  # Metz et al. use 5 or 10 steps
     steps: int = 10000  # generator updates
-    # Metz et al. use 512; 256 halves the CPU cost. Unrolling at 256 left ring seed 1 collapsed; at 512
-    # over 20,000 steps it covered 8/8 ring modes at >= 94% high quality on every seed (README)
+    # Metz et al. use 512; 256 halves the CPU cost, at some cost to unrolling (figures:
+    # docs/performance.md#figures-behind-code-comments)
     batch_size: int = 256
     nets: str = "metz"  # which NETS preset made these settings (recorded in the JSON)
     nz: int = 256  # latent size, as Metz et al.
@@ -101,8 +101,9 @@ class ToyConfig:
     # PacGAN: D scores packs of this many samples, concatenated (its input is 2 x pack); 1 = off. As in
     # PacGAN's code, a step then draws batch_size packs: batch_size x pack real and as many generated samples
     pack: int = 1
-    # G deeper than Metz et al.'s 2 x 128 (PacGAN's has 4 x 400): with 2 x 128, unrolling covered the
-    # ring but plateaued near 90% high-quality; the sharper transitions between modes of 4 x 256 pass 95%
+    # G deeper than Metz et al.'s 2 x 128 (PacGAN's has 4 x 400): with 2 x 128, unrolling plateaued below
+    # the high-quality goal; the sharper transitions between modes of 4 x 256 pass it (figures:
+    # docs/performance.md#figures-behind-code-comments)
     g_hidden: int = 256  # units per hidden layer of G
     g_layers: int = 4  # hidden layers of G
     g_batchnorm: bool = False  # BatchNorm after each hidden layer of G

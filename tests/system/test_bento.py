@@ -21,14 +21,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from k8s_render import overlay_deployment
+from helpers import overlay_deployment
 
+from common.paths import REPO_ROOT as ROOT
 from common.server import bentoml_serve_argv, free_port, running
 from contract.artifact import MANIFEST, MODEL_NAME, file_sha256, verify
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_FILES = {f"contract/{p.name}" for p in (ROOT / "contract").glob("*.py")}  # the torch-free artifact contract, whole
 NOT_IN_THE_IMAGE = {"torch", "torchvision", "torchaudio", "triton", "tensorflow", "onnxruntime"}  # onnxruntime: CPU-only twin
 

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import assert_one_line_error
 
 from contract.artifact import MANIFEST, ONNX, ONNX_FP16
 from contract.latents import latents_for_seed
@@ -97,9 +98,7 @@ def test_training_with_components_records_them(tmp_path):
 def test_bad_components_are_one_line(capsys, value):
     with pytest.raises(SystemExit) as e:
         train_main(["--components", value, "--steps", "1"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --components must be 0 (off) or 2..99") and "\n" not in err
+    assert_one_line_error((e.value.code, capsys.readouterr().err), "error: --components must be 0 (off) or 2..99")
 
 
 def test_toy_components_from_the_cli(tmp_path, capsys):

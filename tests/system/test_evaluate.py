@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error
 from PIL import Image
 
 from training import rundir
@@ -215,9 +216,7 @@ def test_evaluate_cli_bad_input_one_line(tmp_path, capsys, args, message):
     rundir.save_generator(tmp_path, cfg, build_generator(cfg))
     with pytest.raises(SystemExit) as e:
         main([a.format(tmp=tmp_path) for a in args])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert_one_line_error((e.value.code, capsys.readouterr().err), message)
 
 
 # --- the trainer's collapse detector and best-generator keeping ------------------------------------

@@ -16,9 +16,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from k8s_render import K8S, kustomize
+from helpers import K8S, kustomize
 
-ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ["cpu", "gpu"]
 COMPONENTS = K8S / "components"
 SCALE_ON_INFLIGHT = COMPONENTS / "scale-on-inflight"
@@ -212,7 +211,7 @@ def test_gpu_overlay_scales_on_requests_in_flight_and_cpu_on_cpu(overlay, tmp_pa
 
 def test_the_adapter_rule_counts_every_generation_route_and_nothing_else():
     """Every route that runs the model counts toward the in-flight metric; probes, /metrics, /info and the page do not.
-    tests/test_service.py checks the same regex against the labels a running service exports."""
+    tests/service/test_service.py checks the same regex against the labels a running service exports."""
     from service.responses import ROUTES
     from service.v2 import INFER_PATH
 

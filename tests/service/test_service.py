@@ -8,7 +8,6 @@ import io
 import json
 import math
 import re
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,11 +16,11 @@ import psutil
 import pytest
 from PIL import Image
 
+from common.paths import REPO_ROOT as ROOT
 from contract.latents import latents_for_seed
 from contract.pixels import to_uint8
 
 TIMEOUT = 60
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def post(url: str, path: str, body, **kwargs) -> httpx.Response:

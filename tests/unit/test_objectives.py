@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_one_line_error
 from torch import nn
 
 from common.cli import UserError
@@ -254,7 +255,5 @@ def test_unsupported_combinations_get_one_line(tmp_path, capsys, args, message):
 
     with pytest.raises(SystemExit) as e:
         main([*TINY, "--steps", "1", "--out", str(tmp_path / "x"), *args])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert_one_line_error((e.value.code, capsys.readouterr().err), message)
     assert not (tmp_path / "x" / "config.json").exists()

@@ -27,12 +27,14 @@ def golden_images(generate: Generate, nz: int, cases=CASES) -> np.ndarray:
     return np.concatenate([generate(latents_for_seed(seed, n, nz)) for seed, n in cases])
 
 
-def section(tolerance_levels: int, reference: str, cases=CASES) -> dict:
-    """The manifest's "golden" section for golden.npy written from `cases`."""
+def section(manifest: dict, reference: str, cases=CASES) -> dict:
+    """The manifest's "golden" section for golden.npy written from `cases` by `reference`.
+
+    The tolerance is the parity check's 8-bit limit, read from the manifest's "parity" section."""
     return {
         "file": GOLDEN,
         "cases": [{"seed": seed, "n": n} for seed, n in cases],
-        "tolerance_levels": tolerance_levels,
+        "tolerance_levels": int(manifest["parity"]["limits"]["levels"]),
         "reference": reference,
     }
 

@@ -10,11 +10,12 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
+from helpers import assert_one_line_error
 
+from common.paths import REPO_ROOT as REPO
 from loadtest import backend_bench, run
 from loadtest.locust_run import parse_stats_csv
 from loadtest.prometheus import level_figures, parse
@@ -22,7 +23,6 @@ from loadtest.response_checks import PNG_BASE64_PREFIX, parse_n_mix, problem_wit
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-REPO = Path(__file__).resolve().parents[1]
 STATS_HEADER = (
     "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
     "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
@@ -140,8 +140,7 @@ def test_response_check_accepts_only_well_formed_bodies():
 def test_run_cli_refuses_bad_input_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert_one_line_error((exit_info.value.code, capsys.readouterr().err), message)
 
 
 def test_bench_table_and_ceiling(service_artifact, tmp_path, capsys):
@@ -330,12 +329,11 @@ def test_faults_cli_refuses_bad_input_in_one_line(argv, message, capsys):
 
     with pytest.raises(SystemExit) as exit_info:
         faults.main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert_one_line_error((exit_info.value.code, capsys.readouterr().err), message)
 
 
 def test_faults_disconnect_scenario_prints_its_table(service_artifact, tmp_path):
-    """One scenario against a real server (the others each have their own test in tests/test_service_*.py)."""
+    """One scenario against a real server (the others each have their own test in tests/service/test_service_*.py)."""
     proc = subprocess.run(
         [sys.executable, "-m", "loadtest.faults", "--artifact", str(service_artifact), "--scenarios", "disconnect", "--out", str(tmp_path)],
         capture_output=True,

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, service_env
+from helpers import service_env
+
+from common.paths import REPO_ROOT as REPO
 
 
 @pytest.mark.parametrize("generator", ["inprocess", "service"])

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common.paths import REPO_ROOT as REPO
 from training import rundir
 from training.run import main
 
@@ -214,9 +215,6 @@ def test_init_from_fine_tunes_from_the_source_weights_with_new_settings(tmp_path
     # resuming the fine-tune keeps its record of where it started
     assert main(["--resume", str(tuned), "--steps", "2", "--quiet"]) == 0
     assert json.loads((tuned / "config.json").read_text())["init_checkpoint"] == cfg["init_checkpoint"]
-
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_recipe_file_holds_the_committed_models_settings():

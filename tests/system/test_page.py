@@ -3,7 +3,7 @@
 The browser tests run against the session's real server. To run them against another server (the
 README's screenshot is taken with the trained default model), set DCGAN_PAGE_URL:
 
-    DCGAN_PAGE_URL=http://127.0.0.1:3000 .venv/bin/pytest tests/test_page.py   # -> test-artifacts/page.png
+    DCGAN_PAGE_URL=http://127.0.0.1:3000 .venv/bin/pytest tests/system/test_page.py   # -> test-artifacts/page.png
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import REPO
 from PIL import Image
+
+from common.paths import REPO_ROOT as REPO
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 

@@ -12,21 +12,21 @@ import asyncio
 import collections
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from scrape import refused
 
+from common.paths import REPO_ROOT as REPO
+
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-REPO = Path(__file__).resolve().parents[1]
 DRAIN = {"DCGAN_DEADLINE_MS": "120000", "DCGAN_MAX_QUEUED_IMAGES": "100000", "DCGAN_DRAIN_TIMEOUT_S": "15"}
 REQUESTS = 40  # of 64 images each: a few seconds of work on two cores
 
 
 def test_sigterm_finishes_admitted_requests_refuses_new_ones_and_exits(tmp_path):
-    from conftest import serve
+    from helpers import serve
 
     with serve(tmp_path, REPO / "artifacts" / "default", DRAIN) as server:
         report = asyncio.run(_sigterm_under_load(server.url, server.process))

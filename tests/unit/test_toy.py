@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import assert_one_line_error
 
 from research.toy import METHODS, NETS, Critic, Maxout, ToyConfig, main, mixture, mlp, sample_mixture, train_toy
 from training.metrics import mixture_figures
@@ -244,6 +245,4 @@ def test_averaged_batchnorm_generator_gets_its_own_statistics():
 def test_toy_cli_bad_input_one_line(capsys, args, message):
     with pytest.raises(SystemExit) as e:
         main(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert_one_line_error((e.value.code, capsys.readouterr().err), message)

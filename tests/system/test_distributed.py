@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from common.cli import UserError
+from common.paths import REPO_ROOT as REPO
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import load_dataset
@@ -40,7 +41,6 @@ from training.run import main
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--ngf", "8", "--ndf", "8", "--batch-size", "8", "--quiet", "--device", "cpu", "--log-every", "1"]
 SAME_MATH = ["--dropout", "0", "--d-norm", "layernorm"]
 TOLERANCE = 1e-5  # max |weight difference| vs the one-process reference; see the module docstring

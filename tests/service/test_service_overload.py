@@ -13,15 +13,15 @@ import asyncio
 import collections
 import statistics
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from scrape import refused
 
+from common.paths import REPO_ROOT as REPO
+
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 2.0  # the default DCGAN_DEADLINE_MS
 OVERLOAD = {"DCGAN_DEADLINE_MS": str(int(DEADLINE_S * 1000))}
 TIGHT = {"DCGAN_GENERATOR": "service", "DCGAN_MAX_INFLIGHT": "2", "DCGAN_MAX_BATCH": "2", "DCGAN_MAX_LATENCY_MS": "1"}
@@ -83,7 +83,7 @@ def _post_honouring_retry_after(url: str, body: dict, tries: int = 3) -> httpx.R
 
 @pytest.fixture(scope="module")
 def deadline_url(tmp_path_factory):
-    from conftest import serve
+    from helpers import serve
 
     with serve(tmp_path_factory.mktemp("overload"), REPO / "artifacts" / "default", OVERLOAD) as server:
         yield server.url

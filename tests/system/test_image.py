@@ -23,16 +23,15 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from k8s_render import overlay_deployment
+from helpers import overlay_deployment
 
+from common.paths import REPO_ROOT as ROOT
 from common.server import free_port, serve_bentoml
 
-ROOT = Path(__file__).resolve().parents[1]
 PODMAN = shutil.which("podman")
 READY_TIMEOUT_S = 180
 # (seed, n) compared byte for byte between the image and the checkout

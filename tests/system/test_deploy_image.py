@@ -6,16 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error
 
 from common.cli import UserError
+from common.paths import REPO_ROOT as ROOT
 from deploy.image.base import debian_mirror
 from deploy.image.build_settings import PipSettings, build_mounts
 from deploy.image.variants import cpu_bentofile, load_bentofile, variant
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_cpu_bento_swaps_only_the_onnx_runtime_build_and_the_name():
@@ -83,13 +82,13 @@ def test_help_says_how_to_build_both_images():
 @pytest.mark.parametrize("argv", [["--variant", "tpu"], ["--builder", "kaniko"]])
 def test_bad_flags_get_one_line_and_exit_2(argv):
     out = run_cli(*argv)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert_one_line_error(out)
 
 
 @pytest.mark.parametrize("builder", ["auto", "docker", "podman"])
 def test_a_missing_builder_is_one_line_saying_what_to_install(builder, tmp_path):
     out = run_cli("--builder", builder, path=str(tmp_path))  # a PATH with no builder on it
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert_one_line_error(out)
     if builder == "auto":
         assert out.stderr.startswith("error: no container builder found: install Docker, podman or buildah")
     else:

@@ -1,0 +1,114 @@
+"""Helpers the test files share (fixtures live in conftest.py): the service under test, the one-line error
+contract of the CLIs, and the Kubernetes manifests rendered.
+
+    serve(workdir, artifact_dir, env)   a real `bentoml serve service:svc` on a free loopback port (context manager)
+    service_env(home, artifact, env)    the environment such a server runs with
+    tiny_artifact(workdir)              a real artifact from the real exporter, small enough for CPU tests
+    assert_one_line_error(result, ...)  bad input: one `error:` line on stderr, exit 2, no traceback (common/cli.py)
+    kustomize(dir), overlay_deployment  deploy/k8s rendered with `kubectl kustomize`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.cli import EXIT_USAGE, UserError
+from common.paths import REPO_ROOT
+from common.server import bentoml_serve_argv, free_port, running
+
+
+@dataclass(frozen=True)
+class ServiceServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    artifact_dir: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def service_env(bentoml_home: Path, artifact_dir: Path, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a service subprocess: isolated store, no usage tracking, our artifact as the default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DCGAN_")}
+    env.update(
+        BENTOML_HOME=str(bentoml_home),
+        BENTOML_DO_NOT_TRACK="True",
+        DCGAN_DEFAULT_ARTIFACT=str(artifact_dir),
+    )
+    env.update(overrides or {})
+    return env
+
+
+@contextlib.contextmanager
+def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) -> Iterator[ServiceServer]:
+    """Start `bentoml serve service:svc`, wait for /readyz, yield, then stop it; fail fast with its log if it dies."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, log_path = free_port(), workdir / "serve.log"
+    try:
+        with running(bentoml_serve_argv(port), service_env(workdir / "bentoml", artifact_dir, env), log_path, port) as server:
+            yield ServiceServer(server.url, server.process, log_path, artifact_dir)
+    except UserError as e:  # raised before the yield only: the server never became ready
+        pytest.fail(f"bentoml serve: {e}\nits whole log:\n{log_path.read_text(errors='replace')}")
+
+
+def tiny_artifact(workdir: Path) -> Path:
+    """A real artifact from the real exporter: an untrained ngf=8 generator (fast on CPU), its images varying with the latents."""
+    run_dir, artifact_dir = workdir / "run", workdir / "artifact"
+    code = (
+        "import json, sys, torch\n"
+        "from pathlib import Path\n"
+        "from training.models import GeneratorConfig, build_generator, init_weights\n"
+        "from training.rundir import save_generator\n"
+        "run = Path(sys.argv[1]); cfg = GeneratorConfig(ngf=8)\n"
+        "g = build_generator(cfg); init_weights(g, torch.Generator().manual_seed(0))\n"
+        "with torch.no_grad():\n"  # conv weights 4x their N(0, 0.02) init: images then vary with the latents (std ~7 levels)
+        "    [p.mul_(4) for p in g.parameters() if p.dim() > 1]\n"
+        "save_generator(run, cfg, g)\n"
+        "(run / 'config.json').write_text(json.dumps({'note': 'untrained generator for service tests'}))\n"
+    )
+    for argv in (["-c", code, str(run_dir)], ["-m", "export", str(run_dir), "--out", str(artifact_dir), "--no-register"]):
+        done = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"making the test artifact failed: {argv[:2]}\n{done.stdout}\n{done.stderr}")
+    return artifact_dir
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess | tuple[int, str], *needles: str, exit_code: int = EXIT_USAGE) -> None:
+    """A CLI refused bad input as common/cli.py says: exit 2, one line on stderr starting `error:` and holding every needle.
+
+    result: the CompletedProcess of the CLI, or (exit code, stderr) of a main() called in the test."""
+    code, stderr = (result.returncode, result.stderr) if isinstance(result, subprocess.CompletedProcess) else result
+    lines = stderr.strip().splitlines()
+    assert code == exit_code, f"exit {code}, expected {exit_code}: {stderr}"
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+K8S = REPO_ROOT / "deploy" / "k8s"
+
+
+def kustomize(directory: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl not found: these tests render with `kubectl kustomize` (kubectl >= 1.27 embeds kustomize v5)")
+    out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def overlay_deployment(overlay: str) -> dict:
+    """The Deployment of deploy/k8s/overlays/<overlay>, rendered."""
+    (deployment,) = [o for o in kustomize(K8S / "overlays" / overlay) if o["kind"] == "Deployment"]
+    return deployment
