@@ -11,7 +11,7 @@ here, in order:
      context): the ONNX file loads, on the provider the generator will use, its input and output
      match the manifest (names, nz), one warm-up inference returns the manifest's image shape with
      finite values, the golden outputs recorded at export come out within their tolerance on that
-     provider (contract/golden.py), and with DCGAN_REQUIRE_CUDA=1 that provider is CUDA.
+     provider (contract/golden_outputs.py), and with DCGAN_REQUIRE_CUDA=1 that provider is CUDA.
 """
 
 from __future__ import annotations

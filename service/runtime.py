@@ -11,15 +11,14 @@ import numpy as np
 import onnxruntime as ort
 from bentoml.exceptions import BentoMLException
 
-from contract import golden
+from contract import golden_outputs
 from contract.artifact import ONNX, ONNX_FP16
 from contract.latents import latents_for_seed
 from contract.onnx_cpu import cpu_session_options
 from contract.pixels import to_nhwc_uint8
+from contract.providers import CPU, CUDA
 
 logger = logging.getLogger("bentoml.dcgan")
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,15 @@ def run_uint8(rt: Runtime, latents: np.ndarray) -> np.ndarray:
 
 
 def check_golden(rt: Runtime, model_dir: Path, manifest: dict) -> dict:
-    """The golden outputs regenerated on this runtime (contract/golden.py); BentoMLException (one line) out of tolerance."""
-    result = {**golden.compare(model_dir, manifest, lambda z: run_uint8(rt, z)), "provider": rt.provider, "model_file": rt.model_file}
+    """The golden outputs regenerated on this runtime (contract/golden_outputs.py); BentoMLException (one line) out of
+    tolerance."""
+    result = {
+        **golden_outputs.compare(model_dir, manifest, lambda z: run_uint8(rt, z)),
+        "provider": rt.provider,
+        "model_file": rt.model_file,
+    }
     if not result["ok"]:
-        raise BentoMLException(f"{golden.verdict(result)}, on {rt.provider} with {rt.model_file}")
+        raise BentoMLException(f"{golden_outputs.verdict(result)}, on {rt.provider} with {rt.model_file}")
     return result
 
 

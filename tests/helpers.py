@@ -6,6 +6,8 @@ contract of the CLIs, and the Kubernetes manifests rendered.
     tiny_artifact(workdir)              a real artifact from the real exporter, small enough for CPU tests
     assert_one_line_error(result, ...)  bad input: one `error:` line on stderr, exit 2, no traceback (common/cli.py)
     kustomize(dir), overlay_deployment  deploy/k8s rendered with `kubectl kustomize`
+    metric(url, name, **labels)         a running service's /metrics: the sum of one metric's matching samples
+    refused(url, reason, route)         dcgan_refused_total of a route and refusal reason
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.cli import EXIT_USAGE, UserError
 from common.paths import REPO_ROOT
@@ -112,3 +116,18 @@ def overlay_deployment(overlay: str) -> dict:
     """The Deployment of deploy/k8s/overlays/<overlay>, rendered."""
     (deployment,) = [o for o in kustomize(K8S / "overlays" / overlay) if o["kind"] == "Deployment"]
     return deployment
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels` (0 if there is none)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def refused(url: str, reason: str, route: str = "/sample") -> float:
+    return metric(url, "dcgan_refused_total", route=route, reason=reason)

@@ -16,7 +16,6 @@ import psutil
 import pytest
 from PIL import Image
 
-from common.paths import REPO_ROOT as ROOT
 from contract.latents import latents_for_seed
 from contract.pixels import to_uint8
 

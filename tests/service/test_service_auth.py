@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from scrape import refused
+from helpers import refused
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 

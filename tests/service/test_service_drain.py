@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from scrape import refused
+from helpers import refused
 
 from common.paths import REPO_ROOT as REPO
 

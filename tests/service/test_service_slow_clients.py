@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from scrape import refused
+from helpers import refused
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
+from common.paths import REPO_ROOT
 from service.routes import ROUTES
 from service.routes import markdown_table as routes_table
 from service.settings import SETTINGS_TABLE, ServiceSettings
 from service.settings import markdown_table as settings_table
 
-SERVING = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+SERVING = REPO_ROOT / "docs" / "serving.md"
 
 
 def test_the_docs_route_table_is_the_route_table():
