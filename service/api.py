@@ -109,9 +109,10 @@ class Api:
         self.described: dict = {}
         self.cancelled = 0  # requests whose client left before its body was in (this worker), shown at /info
         self.pages = self._pages_app()
-        self._series: dict[str, tuple] = {}  # route label -> its (requests by status, duration, in progress) children
-        self.v2_infer = v2.INFER_PATH
         self.generation_paths = frozenset({*ROUTES, v2.INFER_PATH})
+        self._series: dict[str, tuple] = {}  # route label -> its (requests by status, duration) metric children
+        self._in_progress = {path: metrics.IN_PROGRESS.labels(route=path) for path in self.generation_paths}
+        self.v2_infer = v2.INFER_PATH
 
     def attach(self, generator) -> None:
         """Serve with `generator` (from the worker's service __init__)."""
@@ -158,7 +159,7 @@ class Api:
                 label = page_label(path)
                 status, reason = await self._page(scope, receive, send, rid), None
             seconds = time.perf_counter() - started
-            by_status, duration, _ = self._route_series(label)
+            by_status, duration = self._route_series(label)
             counter = by_status.get(status)
             if counter is None:
                 counter = by_status[status] = metrics.REQUESTS.labels(route=label, status=status)
@@ -175,7 +176,7 @@ class Api:
         """The metric children of a route label, made once (labels() costs a lock and a dict lookup per call)."""
         series = self._series.get(label)
         if series is None:
-            series = self._series[label] = ({}, metrics.DURATION.labels(route=label), metrics.IN_PROGRESS.labels(route=label))
+            series = self._series[label] = ({}, metrics.DURATION.labels(route=label))
         return series
 
     async def _page(self, scope, receive, send, rid: str) -> int:
@@ -205,7 +206,7 @@ class Api:
             return 500, None
 
     async def _answer(self, route: GenerationRoute | None, scope, receive, send, headers: dict, rid: str) -> tuple[int, str | None]:
-        in_progress = self._route_series(scope["path"])[2]
+        in_progress = self._in_progress[scope["path"]]
         admitted = False
         try:
             try:

@@ -21,10 +21,10 @@ is. docs/bentoml-upstream.md holds a ready-to-file upstream report for each.
    bentoml/_internal/server/http/traffic.py: TimeoutMiddleware schedules `loop.call_later(timeout,
    ...)` for every request and never cancels it. The timer holds a copy of the request's
    contextvars Context, and through it the request's OpenTelemetry span, so each finished request
-   stays in memory for the whole traffic timeout (40 s at the entry). At ~500 requests/s that is
-   hundreds of thousands of live objects, and each full garbage collection walks them all:
-   measured, every 1-2 s every in-flight request stalled together for 200-450 ms (the p99 of n=1
-   load tests). The fix: the timer runs in an empty Context and is cancelled once the request ends.
+   stays in memory for the whole traffic timeout (40 s at the entry): under load, hundreds of
+   thousands of live objects that each full garbage collection walks, stalling every request in
+   flight together (docs/performance.md#figures-behind-code-comments). The fix: the timer runs in an
+   empty Context and is cancelled once the request ends.
 
 3. OneLineWhenShedding: bentoml/_internal/server/http_app.py logs a full traceback for every
    request the dispatcher sheds with 503; under overload that buries the log. One line instead.

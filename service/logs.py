@@ -23,8 +23,8 @@ ACCESS_FIELDS = ("method", "path", "route", "status", "duration_ms", "model", "r
 
 
 def name_requests_in_logs() -> None:
-    """Log records made while a request is handled get its id: `record.request_id`, and ` request_id=<id>` at the end
-    of a text message (once per process)."""
+    """Log records made while a request is handled get its id: `record.dcgan_request_id`, and ` request_id=<id>` at the
+    end of a text message (once per process)."""
     base = logging.getLogRecordFactory()
     if getattr(base, "names_requests", False):
         return
@@ -32,7 +32,7 @@ def name_requests_in_logs() -> None:
     def factory(*args, **kwargs) -> logging.LogRecord:
         record = base(*args, **kwargs)
         rid = REQUEST_ID.get()
-        record.request_id = rid
+        record.dcgan_request_id = rid  # not `request_id`: BentoML's log filter sets that one to its own trace context's
         if rid is not None and not JsonLines.active:
             # The id holds no "%", so the message stays a valid format string for its args.
             record.msg = f"{record.msg} request_id={rid}"
@@ -53,7 +53,7 @@ class JsonLines(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None),
+            "request_id": getattr(record, "dcgan_request_id", None),
         }
         for name in ACCESS_FIELDS:
             if hasattr(record, name):
