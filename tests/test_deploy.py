@@ -11,6 +11,7 @@ import copy
 import os
 import re
 import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -374,6 +375,15 @@ def test_the_alerting_rules_are_well_formed_and_cover_what_operators_watch():
         assert r["labels"]["severity"] in {"warning", "critical"} and r["annotations"]["summary"], r["alert"]
         assert "for" not in r or re.fullmatch(r"\d+[smh]", r["for"]), r["alert"]
         assert r["expr"].count("(") == r["expr"].count(")") and r["expr"].count("{") == r["expr"].count("}"), r["alert"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool (Debian: apt-get install prometheus)")
+def test_promtool_accepts_the_alerting_rules(tmp_path):
+    """Prometheus's own parser: every expression is valid PromQL, every template and duration parses."""
+    (rule,) = kustomize(COMPONENTS / "alerts")
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    out = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_the_latency_alert_fires_past_the_service_s_deadline():
