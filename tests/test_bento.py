@@ -159,7 +159,7 @@ def test_dockerfile(built):
 
 
 def test_the_dockerfile_is_trimmed_for_serving_and_nothing_else(built):
-    """deploy.image builds BentoML's Dockerfile with three lines changed (deploy/image/dockerfile.py): no compiler or git,
+    """deploy.image builds BentoML's Dockerfile with three lines changed (deploy/image/dockerfile.py): no compiler, git or gpg,
     Python packages from wheels only and no uv cache, and with --local-base the stand-in base's own name in FROM."""
     from deploy.image.base import local_name
     from deploy.image.dockerfile import UNUSED_SYSTEM_PACKAGES, for_serving
@@ -172,7 +172,7 @@ def test_the_dockerfile_is_trimmed_for_serving_and_nothing_else(built):
         assert len(changed) == (3 if base else 2), changed
         (apt,) = [new for old, new in changed if "apt-get install" in old]
         assert not set(UNUSED_SYSTEM_PACKAGES) & set(apt.split()) and {"ca-certificates", "bash"} <= set(apt.split())
-        assert apt.endswith("&& rm -rf /var/lib/apt/lists/*")
+        assert apt.endswith("&& apt-get clean && rm -rf /var/lib/apt/lists/*")
         (uv,) = [new for old, new in changed if "pip install -r" in old]
         assert uv.endswith("pip install --only-binary :all: --no-cache -r $BENTO_PATH/env/python/requirements.txt")
         expected_from = base or "python:3.11-slim"

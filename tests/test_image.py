@@ -135,12 +135,17 @@ def test_both_images_build_and_only_the_gpu_image_carries_cuda(images):
     assert images["cpu"]["unpacked_bytes"] < images["gpu"]["unpacked_bytes"] / 2
 
 
-def test_the_images_carry_no_compiler_or_git(images):
-    """BentoML's Dockerfile installs build-essential and git; deploy/image/dockerfile.py drops them (every package is
-    installed from a wheel: the build's uv runs with --only-binary :all:, so one without a wheel fails the build)."""
+def test_the_images_carry_no_compiler_git_or_apt_caches(images):
+    """BentoML's Dockerfile installs build-essential, git and gnupg2; deploy/image/dockerfile.py drops them (every
+    package is installed from a wheel: the build's uv runs with --only-binary :all:, so one without a wheel fails the
+    build) and cleans apt's caches."""
+    check = (
+        "import glob, shutil; "
+        "print([t for t in ('gcc', 'cc', 'make', 'git', 'gpg') if shutil.which(t)] + glob.glob('/var/cache/apt/*.bin') "
+        "+ glob.glob('/var/cache/apt/archives/*.deb') + glob.glob('/var/lib/apt/lists/*_Packages*'))"
+    )
     for variant in ("cpu", "gpu"):
-        which = "import shutil; print([t for t in ('gcc', 'cc', 'make', 'git') if shutil.which(t)])"
-        assert run_in(images[variant]["image"], "-c", which).strip() == "[]", variant
+        assert run_in(images[variant]["image"], "-c", check).strip() == "[]", variant
 
 
 def test_the_local_base_has_a_name_of_its_own_and_no_official_one(images):
