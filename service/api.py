@@ -112,6 +112,9 @@ class Api:
         self.generation_paths = frozenset({*ROUTES, v2.INFER_PATH})
         self._series: dict[str, tuple] = {}  # route label -> its (requests by status, duration) metric children
         self._in_progress = {path: metrics.IN_PROGRESS.labels(route=path) for path in self.generation_paths}
+        for path in self.generation_paths:  # every refusal series exists from the start, at 0, so rate() alerts have one
+            for reason in metrics.REASONS:
+                metrics.REFUSED.labels(route=path, reason=reason)
         self.v2_infer = v2.INFER_PATH
 
     def attach(self, generator) -> None:

@@ -2,7 +2,8 @@
 
 For each variant: `bentoml build` (the CPU bentofile is derived from bentofile.yaml: see variants.py), then
 the build context `bentoml containerize` makes (the bento plus its model copied from the store) and
-BentoML's generated Dockerfile, built by the builder's own `build` command. Images are named as
+BentoML's generated Dockerfile, trimmed for serving (no compiler, no git, wheels only: dockerfile.py), built by
+the builder's own `build` command. Images are named as
 `bentoml containerize` names them: dcgan-service:VERSION (GPU) and dcgan-service-cpu:VERSION (CPU).
 
   python -m deploy.image                          # both images, with Docker, podman or buildah
@@ -25,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from common.cli import OneLineErrorParser, UserError, cli_main
-from deploy.image import base, build_settings, engine
+from deploy.image import base, build_settings, dockerfile, engine
 from deploy.image.variants import ROOT, VARIANTS, Variant, variant
 
 
@@ -55,7 +56,8 @@ def parse_args(argv):
     p.add_argument(
         "--local-base",
         action="store_true",
-        help="no registry to pull python:3.11-slim from: build a stand-in with debootstrap (root, Debian) and build without pulling",
+        help="no registry to pull python:3.11-slim from: build a stand-in with debootstrap (root, Debian), named "
+        "localhost/dcgan-local-base:python3.11-slim, and build on it without pulling",
     )
     p.add_argument("--sizes", action="store_true", help="also measure the compressed size (what a registry stores; slower)")
     p.add_argument("--log-dir", type=Path, help="write each build's log to DIR/<variant>.log instead of the terminal")
@@ -88,8 +90,12 @@ def build_image(v: Variant, builder: engine.Engine, args, mounts: list[str]) -> 
         tags = [image] + ([f"{args.registry.rstrip('/')}/{image}"] if args.registry else [])
         log = args.log_dir / f"{v.name}.log" if args.log_dir else None
         print(f"[{v.name}] {builder.name} build -> {', '.join(tags)}" + (f" (log: {log})" if log else ""), flush=True)
-        with construct_containerfile(bento, enable_buildkit=False) as (context, dockerfile):
-            builder.build(Path(context), Path(dockerfile), tags, pull=not args.local_base, mounts=mounts, log=log)
+        python_version = str(v.bentofile.get("docker", {}).get("python_version", ""))
+        local_base = base.local_name(python_version) if args.local_base else None
+        with construct_containerfile(bento, enable_buildkit=False) as (context, generated):
+            generated = Path(generated)
+            generated.write_text(dockerfile.for_serving(generated.read_text(), local_base))
+            builder.build(Path(context), generated, tags, pull=not args.local_base, mounts=mounts, log=log)
         compressed = builder.compressed_bytes(image, Path(tmp)) if args.sizes else None
     return Built(v.name, bento_tag, image, tags, builder.unpacked_bytes(image), compressed, builder.name, args.local_base)
 

@@ -1,10 +1,11 @@
 """A local stand-in for the `python:3.11-slim` base image, for machines that cannot pull from a registry.
 
-Debian's debootstrap makes a minimal bookworm root with Debian's Python 3.11; the engine imports it and
-tags it with the name the generated Dockerfile's FROM line uses, so the build resolves it without a
-registry (`--pull=never`). It is a documented option (`python -m deploy.image --local-base`), not the
-default: with registry access the official image is used. Needs root, debootstrap and a Debian mirror
-(read from the machine's apt sources).
+Debian's debootstrap makes a minimal bookworm root with Debian's Python 3.11; the engine imports it under a
+name of its own (`localhost/dcgan-local-base:python3.11-slim`, never the official `python:3.11-slim`, which a
+later build with registry access must still pull), and the build's FROM line is pointed at that name
+(dockerfile.py), so the build resolves it without a registry (`--pull=never`). It is a documented option
+(`python -m deploy.image --local-base`), not the default: with registry access the official image is used.
+Needs root, debootstrap and a Debian mirror (read from the machine's apt sources).
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ from common.cli import UserError
 # Debian release whose python3 is the bento's python_version.
 SUITES = {"3.11": "bookworm"}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-LABEL = "org.opencontainers.image.description=debootstrap stand-in for python:{py}-slim, built by deploy.image"
+LABEL_KEY = "org.opencontainers.image.description"
+LABEL = LABEL_KEY + "=debootstrap stand-in for python:{py}-slim, built by deploy.image"
 
 
 def official_name(python_version: str) -> str:
     """What `FROM python:X.Y-slim` resolves to."""
     return f"docker.io/library/python:{python_version}-slim"
+
+
+def local_name(python_version: str) -> str:
+    """The stand-in's own name: `localhost/` is no registry, so nothing mistakes it for the official image."""
+    return f"localhost/dcgan-local-base:python{python_version}-slim"
+
+
+def is_stand_in(engine, name: str) -> bool:
+    return "built by deploy.image" in engine.labels(name).get(LABEL_KEY, "")
 
 
 def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
@@ -44,8 +55,14 @@ def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
 
 
 def ensure(engine, python_version: str) -> str:
-    """Build the stand-in unless the engine already has an image by that name; returns the name."""
-    name = official_name(python_version)
+    """Build the stand-in unless the engine already has it; returns its name."""
+    name, official = local_name(python_version), official_name(python_version)
+    if engine.has_image(official) and is_stand_in(engine, official):
+        # Earlier versions tagged the stand-in with the official name, which later builds then took for the real
+        # image: keep it under its own name and take the official one back.
+        print(f"renaming the local stand-in {official} to {name}", flush=True)
+        engine.tag(official, name)
+        engine.untag(official)
     if engine.has_image(name):
         return name
     suite = SUITES.get(python_version)

@@ -41,6 +41,18 @@ class Engine:
     def has_image(self, name: str) -> bool:
         return self._run(*self._inspect_argv(name)).returncode == 0
 
+    def labels(self, name: str) -> dict[str, str]:
+        where = "{{json .OCIv1.Config.Labels}}" if self.name == "buildah" else "{{json .Config.Labels}}"
+        out = self._run(*self._inspect_argv(name)[:-1], "--format", where, name, check=True)
+        return json.loads(out.stdout) or {}
+
+    def tag(self, name: str, new_name: str) -> None:
+        self._run("tag", name, new_name, check=True)
+
+    def untag(self, name: str) -> None:
+        """Remove one name of an image that has another (the image itself stays)."""
+        self._run(*(["untag", name, name] if self.name == "podman" else ["rmi", name]), check=True)
+
     def build(self, context: Path, dockerfile: Path, tags: list[str], *, pull: bool, mounts: list[str], log: Path | None) -> None:
         argv = ["build", "--file", str(dockerfile)]
         for tag in tags:

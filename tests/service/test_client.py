@@ -1,14 +1,26 @@
-"""dcgan_client against a real `bentoml serve`: the images are the service's, and cached answers cost no model call."""
+"""dcgan_client against a real `bentoml serve`: the images are the service's, cached answers cost no model call,
+connections are kept alive, and the client installs and works on its own (client/, without the server's packages)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
 
 import httpx
 import numpy as np
 import pytest
 
-from dcgan_client import Client, ServiceError
+from common.paths import REPO_ROOT as ROOT
+from dcgan_client import AsyncClient, Client, ServiceError
+from dcgan_client.connections import retry_after_s
+
+UVICORN_KEEP_ALIVE_S = 5  # uvicorn's default timeout_keep_alive, which BentoML keeps
 
 
 def onnx_calls(url: str) -> float:
@@ -50,3 +62,68 @@ def test_the_cache_revalidates_without_a_model_call(service_url):
     uncached = Client(service_url)
     uncached.sample_array(77, n=4)
     assert uncached.stats["not_modified"] == 0 and onnx_calls(service_url) == calls + 1
+
+
+def test_connections_are_kept_alive_and_reused(service_url):
+    with Client(service_url) as client:
+        for seed in range(5):
+            client.sample_array(seed)
+        client.info()
+        assert client.stats["requests"] == 6 and client.connections_opened == 1
+
+
+def test_the_async_client_gives_the_same_images(service_url):
+    async def both() -> list[np.ndarray]:
+        client = AsyncClient(service_url)
+        try:
+            return await asyncio.gather(*(client.sample_array(seed, n=2) for seed in (5, 6, 7)))
+        finally:
+            await client.close()
+
+    arrays = asyncio.run(both())
+    assert all(np.array_equal(a, Client(service_url).sample_array(seed, n=2)) for a, seed in zip(arrays, (5, 6, 7)))
+
+
+def test_retry_after_in_seconds_or_as_an_http_date():
+    now = datetime(2026, 12, 6, 18, 30, 0, tzinfo=UTC)
+    assert retry_after_s("3", now=now) == 3.0
+    assert retry_after_s("Sun, 06 Dec 2026 18:30:10 GMT", now=now) == 10.0
+    assert retry_after_s("Sun, 06 Dec 2026 18:29:00 GMT", now=now) == 0.0  # already past: at once
+    assert retry_after_s("3600", now=now) == 60.0  # waited out at most a minute
+    assert retry_after_s(None) == retry_after_s("soon") == retry_after_s("-1") == 1.0  # absent or unreadable: 1 s
+
+
+def test_the_client_installs_alone_and_works_without_the_server_s_packages(service_url, tmp_path):
+    """client/ as its own distribution: built, installed into a fresh venv with only its dependencies (numpy, Pillow, from
+    the package index pip is set up for), and used against the running service."""
+    source, wheels, venv = tmp_path / "client", tmp_path / "wheels", tmp_path / "venv"
+    shutil.copytree(ROOT / "client", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))  # builds write here
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
+    subprocess.run(build, check=True, capture_output=True, timeout=120)
+    (wheel,) = wheels.glob("dcgan_client-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    installed = subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True)
+    names = {d["name"].lower() for d in json.loads(listed.stdout)}
+    assert names <= {"dcgan-client", "numpy", "pillow", "pip", "setuptools", "wheel"}, names
+    script = (
+        "import sys, importlib.util\n"
+        "from dcgan_client import Client\n"
+        "assert not any(importlib.util.find_spec(m) for m in ('bentoml', 'onnxruntime', 'torch', 'service', 'contract'))\n"
+        "pixels = Client(sys.argv[1]).sample_array(42, n=3)\n"
+        "sys.stdout.buffer.write(pixels.tobytes())\n"
+    )
+    out = subprocess.run([python, "-I", "-c", script, service_url], capture_output=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert out.stdout == httpx.post(f"{service_url}/sample/raw", json={"seed": 42, "n": 3}, timeout=30).content
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(service_url):
+    """uvicorn closes a keep-alive connection after 5 s idle: the next call finds it closed, and opens a new one."""
+    with Client(service_url, retries=0) as client:
+        first = client.sample_array(3)
+        time.sleep(UVICORN_KEEP_ALIVE_S + 1)
+        assert np.array_equal(client.sample_array(3), first)
+        assert client.connections_opened == 2 and client.stats["retries"] == 0

@@ -158,6 +158,27 @@ def test_dockerfile(built):
     assert re.search(r"^RUN chmod \+x \./env/docker/script__\w+ && \./env/docker/script__\w+$", dockerfile, re.M)
 
 
+def test_the_dockerfile_is_trimmed_for_serving_and_nothing_else(built):
+    """deploy.image builds BentoML's Dockerfile with three lines changed (deploy/image/dockerfile.py): no compiler, git or gpg,
+    Python packages from wheels only and no uv cache, and with --local-base the stand-in base's own name in FROM."""
+    from deploy.image.base import local_name
+    from deploy.image.dockerfile import UNUSED_SYSTEM_PACKAGES, for_serving
+
+    generated = (built.path / "env" / "docker" / "Dockerfile").read_text()
+    for base in (None, local_name("3.11")):
+        trimmed = for_serving(generated, base)
+        pairs = list(zip(generated.splitlines(), trimmed.splitlines(), strict=True))
+        changed = [(old, new) for old, new in pairs if old != new]
+        assert len(changed) == (3 if base else 2), changed
+        (apt,) = [new for old, new in changed if "apt-get install" in old]
+        assert not set(UNUSED_SYSTEM_PACKAGES) & set(apt.split()) and {"ca-certificates", "bash"} <= set(apt.split())
+        assert apt.endswith("&& apt-get clean && rm -rf /var/lib/apt/lists/*")
+        (uv,) = [new for old, new in changed if "pip install -r" in old]
+        assert uv.endswith("pip install --only-binary :all: --no-cache -r $BENTO_PATH/env/python/requirements.txt")
+        expected_from = base or "python:3.11-slim"
+        assert re.search(rf"^FROM {re.escape(expected_from)} AS base-container$", trimmed, re.M)
+
+
 def test_a_default_build_serves_with_the_generator_as_a_service_too(built, tmp_path):
     """The GPU overlay runs the image with DCGAN_GENERATOR=service; the default build records the in-process graph
     (service/bentoml_fixes.py, fix 5). test_image.py runs the GPU image so; this needs no container engine."""

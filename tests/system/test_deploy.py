@@ -11,6 +11,8 @@ import copy
 import os
 import re
 import shutil
+import subprocess
+import tomllib
 from pathlib import Path
 
 import kubernetes_validate
@@ -18,13 +20,21 @@ import pytest
 import yaml
 from helpers import K8S, kustomize
 
+from common.paths import REPO_ROOT as ROOT
+
 OVERLAYS = ["cpu", "gpu"]
 COMPONENTS = K8S / "components"
 SCALE_ON_INFLIGHT = COMPONENTS / "scale-on-inflight"
-OPTIONAL = ["prometheus-operator", "network-policy", "ingress"]  # components a cluster adds when it has what they need
+ADAPTER_RULES = SCALE_ON_INFLIGHT / "prometheus-adapter-rules.yaml"  # both autoscaling components' metrics
+KSERVE = K8S / "kserve"
+# components a cluster adds when it has what they need
+OPTIONAL = ["prometheus-operator", "alerts", "network-policy", "ingress", "scale-on-queue"]
 KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
-OPTIONAL_KINDS = {"PodMonitor", "NetworkPolicy", "Ingress"}
-CRD_KINDS = {"PodMonitor"}  # the Prometheus Operator's: not in the Kubernetes schemas
+OPTIONAL_KINDS = {"PodMonitor", "PrometheusRule", "NetworkPolicy", "Ingress"}
+CRD_KINDS = {"PodMonitor", "PrometheusRule"}  # the Prometheus Operator's: not in the Kubernetes schemas
+# The recommended labels (kubernetes.io/docs/concepts/overview/working-with-objects/common-labels) on every object.
+RECOMMENDED_LABELS = {"name", "instance", "version", "component", "part-of", "managed-by"}
+PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 # Oldest and newest Kubernetes minor versions kubernetes-validate ships schemas for.
 K8S_VERSIONS = [kubernetes_validate.utils.all_versions()[0], kubernetes_validate.utils.latest_version()]
 
@@ -185,15 +195,10 @@ def test_each_overlay_runs_its_own_image():
         assert repository.rsplit("/", 1)[-1] == variant(overlay).bento_name and tag, image
 
 
-def adapter_rule() -> dict:
-    (rule,) = yaml.safe_load((SCALE_ON_INFLIGHT / "prometheus-adapter-rules.yaml").read_text())["rules"]["custom"]
-    return rule
-
-
-def generation_endpoints_regex() -> str:
-    """The `endpoint=~"..."` matcher of the adapter rule (PromQL anchors it at both ends, as fullmatch does)."""
-    (regex,) = re.findall(r'endpoint=~"([^"]+)"', adapter_rule()["metricsQuery"])
-    return regex
+def adapter_rules() -> dict[str, dict]:
+    """prometheus-adapter's rules, by the custom metric each exposes."""
+    rules = yaml.safe_load(ADAPTER_RULES.read_text())["rules"]["custom"]
+    return {rule["name"]["as"]: rule for rule in rules}
 
 
 @pytest.mark.parametrize("overlay", ["gpu", "cpu"])
@@ -203,23 +208,35 @@ def test_gpu_overlay_scales_on_requests_in_flight_and_cpu_on_cpu(overlay, tmp_pa
     if overlay == "cpu":
         assert (metric["type"], metric["resource"]["name"]) == ("Resource", "cpu")
         return
-    rule = adapter_rule()
-    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
-    series = re.match(r"^(\w+)\{", rule["seriesQuery"]).group(1)
-    assert re.fullmatch(rule["name"]["matches"], series)  # the adapter renames the gauge it reads
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "dcgan_requests_in_progress"
 
 
-def test_the_adapter_rule_counts_every_generation_route_and_nothing_else():
-    """Every route that runs the model counts toward the in-flight metric; probes, /metrics, /info and the page do not.
-    tests/service/test_service.py checks the same regex against the labels a running service exports."""
-    from service.responses import ROUTES
-    from service.v2 import INFER_PATH
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_scale_on_queue_adds_the_queued_images_to_what_the_overlay_scales_on(overlay, tmp_path):
+    alone = by_kind(kustomize(K8S / "overlays" / overlay))["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    hpa = by_kind(kustomize(users_kustomization(tmp_path, overlay, ["scale-on-queue"])))["HorizontalPodAutoscaler"]
+    *kept, queued = hpa["spec"]["metrics"]
+    assert kept == alone  # added, not replaced: the HPA takes the larger of the two proposals
+    assert queued["type"] == "Pods" and queued["pods"]["metric"]["name"] == "dcgan_queued_images"
 
-    regex = generation_endpoints_regex()
-    for route in [*ROUTES, INFER_PATH]:
-        assert re.fullmatch(regex, route), route
-    for route in ["/readyz", "/livez", "/metrics", "/info", "/ui/", "/v2/health/ready", "/v2/models/dcgan", "/docs"]:
-        assert not re.fullmatch(regex, route), route
+
+def test_every_custom_metric_an_autoscaler_asks_for_has_an_adapter_rule(tmp_path):
+    rules = adapter_rules()
+    hpa = by_kind(kustomize(users_kustomization(tmp_path, "gpu", ["scale-on-queue"])))["HorizontalPodAutoscaler"]
+    asked = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
+    assert asked == set(rules) == {"dcgan_requests_in_progress", "dcgan_queued_images"}
+    for name, rule in rules.items():
+        series = re.match(r"^(\w+)\{", rule["seriesQuery"]).group(1)
+        assert re.fullmatch(rule["name"]["matches"], series), name  # the rule reads the series it names
+        assert series == name  # the service's own gauge, exposed under its own name (test_deploy_metrics.py: it exists)
+        assert re.fullmatch(r"sum\(<<\.Series>>\{<<\.LabelMatchers>>[^}]*\}\) by \(<<\.GroupBy>>\)", rule["metricsQuery"]), name
+
+
+def test_the_in_flight_rule_counts_the_generation_routes_only():
+    """The service labels every route that runs the model by its path and the others route="other": the rule sums
+    all but "other" (probes, /metrics, /info and the page do not count)."""
+    query = adapter_rules()["dcgan_requests_in_progress"]["metricsQuery"]
+    assert re.findall(r"route\s*(!?=~?)\s*\"([^\"]*)\"", query) == [("!=", "other")]
 
 
 def test_gpu_rollout_needs_no_spare_gpu_and_keeps_one_pod_serving():
@@ -277,3 +294,152 @@ def test_an_image_digest_replaces_the_tag(overlay, tmp_path):
     config["images"] = [{"name": entry["name"], "newName": repository, "digest": digest}]
     kustomization.write_text(yaml.safe_dump(config))
     assert container(kustomize(kustomization.parent))["image"] == f"{repository}@{digest}"
+
+
+def test_every_object_carries_the_recommended_labels(rendered):
+    for obj in rendered:
+        labels = obj["metadata"].get("labels", {})
+        # The alerting rules span every instance (each alert names its own): no instance label of their own.
+        expected = RECOMMENDED_LABELS - ({"instance"} if obj["kind"] == "PrometheusRule" else set())
+        assert {k.removeprefix("app.kubernetes.io/") for k in labels if k.startswith("app.kubernetes.io/")} >= expected, obj["kind"]
+        assert labels["app.kubernetes.io/name"] == "dcgan" and labels["app.kubernetes.io/part-of"] == "dcgan-serving"
+        assert labels["app.kubernetes.io/version"] == PROJECT_VERSION  # the project's; the image tag names the bento's
+    template = by_kind(rendered)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert {f"app.kubernetes.io/{k}" for k in RECOMMENDED_LABELS} <= template.keys()
+
+
+def selectors(objects: list[dict]) -> dict[str, dict]:
+    """Every pod selector among the objects, by where it is (matchLabels only: the manifests use no expressions)."""
+    found = {}
+    for o in objects:
+        kind, spec = o["kind"], o["spec"]
+        where = f"{kind}/{o['metadata']['name']}"
+        if kind == "Deployment":
+            found[where] = spec["selector"]["matchLabels"]
+            for i, c in enumerate(spec["template"]["spec"].get("topologySpreadConstraints", [])):
+                found[f"{where} topologySpreadConstraints[{i}]"] = c["labelSelector"]["matchLabels"]
+        elif kind == "Service":
+            found[where] = spec["selector"]
+        elif kind in ("PodDisruptionBudget", "PodMonitor"):
+            found[where] = spec["selector"]["matchLabels"]
+        elif kind == "NetworkPolicy":
+            found[where] = spec["podSelector"]["matchLabels"]
+    return found
+
+
+def test_the_cpu_and_gpu_overlays_run_side_by_side_in_one_namespace(tmp_path):
+    """Both overlays with every optional component, applied to one namespace: no object overwrites another (same kind
+    and name only where the content is the same), and no selector of one reaches the other's pods."""
+    rendered = {}
+    for overlay in OVERLAYS:
+        (tmp_path / overlay).mkdir()
+        rendered[overlay] = kustomize(users_kustomization(tmp_path / overlay, overlay, OPTIONAL))
+    named = {o: {(obj["kind"], obj["metadata"]["name"]): obj for obj in objs} for o, objs in rendered.items()}
+    for key in named["cpu"].keys() & named["gpu"].keys():
+        assert named["cpu"][key] == named["gpu"][key], key  # only the cluster-wide alerting rules are shared
+    assert {kind for kind, _ in named["cpu"].keys() & named["gpu"].keys()} == {"PrometheusRule"}
+    for own, other in (("cpu", "gpu"), ("gpu", "cpu")):
+        objs = by_kind(rendered[own])
+        own_pods = objs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        other_pods = by_kind(rendered[other])["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        found = selectors(rendered[own])
+        assert {w.split("/")[0] for w in found} == {"Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "NetworkPolicy"}
+        for where, selector in found.items():
+            assert selector.items() <= own_pods.items(), where
+            assert not selector.items() <= other_pods.items(), f"{own}'s {where} selects {other}'s pods"
+        deployment, service = objs["Deployment"]["metadata"]["name"], objs["Service"]["metadata"]["name"]
+        assert objs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == deployment
+        (rule,) = objs["Ingress"]["spec"]["rules"]
+        assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {service}
+
+
+def alert_rules() -> list[dict]:
+    (rule,) = kustomize(COMPONENTS / "alerts")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def test_the_alerting_rules_are_well_formed_and_cover_what_operators_watch():
+    """The PrometheusRule CRD's fields, checked as the operator reads them (kubernetes-validate does not know it)."""
+    rules = alert_rules()
+    assert {r["alert"] for r in rules} == {
+        "DcganErrorRate",
+        "DcganRefusalRate",
+        "DcganLatencyAboveDeadline",
+        "DcganGoldenCheckFailed",
+        "DcganGeneratorRestarts",
+        "DcganPodRestarts",
+        "DcganPodsNotReady",
+    }
+    for r in rules:
+        assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r["alert"]
+        assert r["labels"]["severity"] in {"warning", "critical"} and r["annotations"]["summary"], r["alert"]
+        assert "for" not in r or re.fullmatch(r"\d+[smh]", r["for"]), r["alert"]
+        assert r["expr"].count("(") == r["expr"].count(")") and r["expr"].count("{") == r["expr"].count("}"), r["alert"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool (Debian: apt-get install prometheus)")
+def test_promtool_accepts_the_alerting_rules(tmp_path):
+    """Prometheus's own parser: every expression is valid PromQL, every template and duration parses."""
+    (rule,) = kustomize(COMPONENTS / "alerts")
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    out = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_latency_alert_fires_past_the_service_s_deadline():
+    from service.settings import SETTINGS
+
+    (latency,) = [r for r in alert_rules() if r["alert"] == "DcganLatencyAboveDeadline"]
+    threshold = float(re.search(r">\s*([\d.]+)\s*$", latency["expr"]).group(1))
+    assert threshold == SETTINGS.deadline_ms / 1000
+    assert "histogram_quantile(0.99," in latency["expr"]
+
+
+def kserve_predictor() -> dict:
+    (isvc,) = kustomize(KSERVE)
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    return isvc["spec"]["predictor"]
+
+
+# The predictor's fields that are KServe's own; the rest is a Kubernetes PodSpec (inlined by the CRD).
+KSERVE_PREDICTOR_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_kserve_predictor_is_a_valid_pod_spec(version):
+    predictor = kserve_predictor()
+    assert set(predictor) >= KSERVE_PREDICTOR_FIELDS and predictor["scaleMetric"] in {"cpu", "memory", "concurrency", "rps"}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dcgan-predictor"}}
+    pod["spec"] = {k: v for k, v in predictor.items() if k not in KSERVE_PREDICTOR_FIELDS}
+    kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_the_kserve_predictor_runs_the_overlays_pod_on_the_v2_protocol():
+    """Port, user, read-only root, drain and grace period as the GPU overlay's pod; probes on the protocol's own paths,
+    which the service serves (tests/test_deploy_metrics.py asks a running one)."""
+    from service.v2 import routes
+
+    predictor = kserve_predictor()
+    (c,) = predictor["containers"]
+    assert c["name"] == "kserve-container"  # KServe's name for a custom predictor's container
+    gpu = overlay_deployment_spec("gpu")
+    (gpu_c,) = gpu["containers"]
+    assert c["image"] == gpu_c["image"]
+    (port,) = c["ports"]
+    assert port["containerPort"] == gpu_c["ports"][0]["containerPort"]
+    paths = {r.path for r in routes(lambda: None)}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port["containerPort"]}
+    for probe in ("readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/v2/health/ready", "port": port["containerPort"]}, probe
+        assert c[probe] | {"httpGet": None} == gpu_c[probe] | {"httpGet": None}, probe
+    assert {"/v2/health/live", "/v2/health/ready"} <= paths
+    for field in ("securityContext", "terminationGracePeriodSeconds", "enableServiceLinks", "tolerations", "volumes"):
+        assert predictor[field] == gpu[field], field
+    for field in ("env", "resources", "lifecycle", "securityContext", "volumeMounts"):
+        assert c[field] == gpu_c[field], field
+
+
+def overlay_deployment_spec(overlay: str) -> dict:
+    return by_kind(kustomize(K8S / "overlays" / overlay))["Deployment"]["spec"]["template"]["spec"]

@@ -12,8 +12,9 @@ from helpers import assert_one_line_error
 
 from common.cli import UserError
 from common.paths import REPO_ROOT as ROOT
-from deploy.image.base import debian_mirror
+from deploy.image.base import debian_mirror, local_name, official_name
 from deploy.image.build_settings import PipSettings, build_mounts
+from deploy.image.dockerfile import for_serving
 from deploy.image.variants import cpu_bentofile, load_bentofile, variant
 
 
@@ -39,6 +40,21 @@ def test_an_unpinned_gpu_runtime_is_refused():
         cpu_bentofile(gpu)
     with pytest.raises(UserError, match="unknown image variant"):
         variant("tpu")
+
+
+def test_a_changed_bentoml_template_stops_the_build_saying_where():
+    """deploy/image/dockerfile.py rewrites three lines of BentoML's Dockerfile; each must be there exactly once
+    (test_bento.py checks the rewrite on a real generated Dockerfile)."""
+    with pytest.raises(UserError, match=r"has 0 `FROM \.\.\. AS base-container` lines .* deploy/image/dockerfile.py"):
+        for_serving("FROM python:3.11-slim\nRUN apt-get update && apt-get install -y git\n")
+    two_installs = "FROM b AS base-container\nRUN apt-get update && apt-get install a\nRUN apt-get update && apt-get install b\n"
+    with pytest.raises(UserError, match="has 2 `RUN apt-get update && apt-get install` lines"):
+        for_serving(two_installs)
+
+
+def test_the_local_base_is_named_as_no_registry_s_image():
+    assert local_name("3.11").startswith("localhost/") and "python:3.11-slim" not in local_name("3.11")
+    assert official_name("3.11") == "docker.io/library/python:3.11-slim"
 
 
 def test_the_debian_mirror_comes_from_the_apt_sources(tmp_path):

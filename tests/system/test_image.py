@@ -134,6 +134,51 @@ def test_both_images_build_and_only_the_gpu_image_carries_cuda(images):
     assert images["cpu"]["unpacked_bytes"] < images["gpu"]["unpacked_bytes"] / 2
 
 
+def test_the_images_carry_no_compiler_git_or_apt_caches(images):
+    """BentoML's Dockerfile installs build-essential, git and gnupg2; deploy/image/dockerfile.py drops them (every
+    package is installed from a wheel: the build's uv runs with --only-binary :all:, so one without a wheel fails the
+    build) and cleans apt's caches."""
+    check = (
+        "import glob, shutil; "
+        "print([t for t in ('gcc', 'cc', 'make', 'git', 'gpg') if shutil.which(t)] + glob.glob('/var/cache/apt/*.bin') "
+        "+ glob.glob('/var/cache/apt/archives/*.deb') + glob.glob('/var/lib/apt/lists/*_Packages*'))"
+    )
+    for variant in ("cpu", "gpu"):
+        assert run_in(images[variant]["image"], "-c", check).strip() == "[]", variant
+
+
+def test_the_local_base_has_a_name_of_its_own_and_no_official_one(images):
+    """The debootstrapped stand-in is localhost/dcgan-local-base:..., never python:3.11-slim: a later build with
+    registry access must pull the real image, not find the stand-in under its name."""
+    from deploy.image.base import LABEL_KEY, local_name
+
+    listed = json.loads(podman("images", "--format", "json").stdout)
+    made = [i for i in listed if "built by deploy.image" in (i.get("Labels") or {}).get(LABEL_KEY, "")]
+    names = [n for i in made for n in i.get("Names") or []]
+    assert local_name("3.11") in names, names
+    assert all(n.startswith("localhost/") for n in names), names  # no registry's name (docker.io/library/python, ...)
+    cpu_base = podman("image", "inspect", images["cpu"]["image"], "--format", "{{json .RootFS.Layers}}").stdout
+    base = podman("image", "inspect", local_name("3.11"), "--format", "{{json .RootFS.Layers}}").stdout
+    assert json.loads(cpu_base)[: len(json.loads(base))] == json.loads(base)  # the images are built on it
+
+
+def test_a_stand_in_that_an_earlier_version_named_python_slim_is_renamed(images):
+    """Earlier versions tagged the stand-in docker.io/library/python:3.11-slim: the next --local-base build takes that
+    name off it (keeping the image under its own name) instead of leaving it to shadow the official image."""
+    from deploy.image import base, engine
+
+    official, own = base.official_name("3.11"), base.local_name("3.11")
+    if podman("image", "exists", official, check=False).returncode == 0:
+        pytest.skip(f"{official} exists on this machine (the real image, or another build's): not touching it")
+    podman("tag", own, official)
+    try:
+        assert base.ensure(engine.Engine("podman", PODMAN), "3.11") == own
+        assert podman("image", "exists", official, check=False).returncode != 0
+        assert podman("image", "exists", own, check=False).returncode == 0
+    finally:
+        podman("untag", own, official, check=False)
+
+
 def test_the_images_share_their_layers_below_the_python_packages(images):
     """Same Dockerfile up to the package install: the base, system packages and uv are stored and pulled once."""
     cpu, gpu = (
