@@ -12,14 +12,13 @@ Two scrapes, before and after a level, give over that level:
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from prometheus_client.parser import text_string_to_metric_families
+
 BATCH_HISTOGRAM = "dcgan_generator_batch_images"
 DURATION_HISTOGRAM = "bentoml_service_request_duration_seconds"
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)", re.MULTILINE)
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
@@ -31,17 +30,23 @@ class Scrape:
 
 
 def parse(metrics_text: str) -> Scrape:
-    """Sum each series over its label sets (workers, methods); durations only for HTTP 200."""
+    """Sum each series over its label sets (workers, methods); durations only for HTTP 200.
+
+    A page that is not in the Prometheus text format (a server without /metrics answers 404) says nothing: Scrape().
+    """
     batch_calls = batch_images = 0.0
     durations: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for name, labels_text, value in _SAMPLE.findall(metrics_text):
-        labels = dict(_LABEL.findall(labels_text or ""))
+    try:
+        samples = [s for family in text_string_to_metric_families(metrics_text) for s in family.samples]
+    except ValueError:
+        return Scrape()
+    for name, labels, value, *_ in samples:
         if name == f"{BATCH_HISTOGRAM}_count":
-            batch_calls += float(value)
+            batch_calls += value
         elif name == f"{BATCH_HISTOGRAM}_sum":
-            batch_images += float(value)
+            batch_images += value
         elif name in (f"{DURATION_HISTOGRAM}_sum", f"{DURATION_HISTOGRAM}_count") and labels.get("http_response_code") == "200":
-            durations[labels.get("endpoint", "?")][name.endswith("_count")] += float(value)
+            durations[labels.get("endpoint", "?")][name.endswith("_count")] += value
     return Scrape(batch_calls, batch_images, {k: (v[0], v[1]) for k, v in durations.items()})
 
 
