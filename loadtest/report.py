@@ -73,8 +73,12 @@ def load_of(lv: dict) -> float:
     return lv.get("target_rate") or lv["users"]
 
 
+def users(count: int) -> str:
+    return f"{count} user" + "s" * (count != 1)
+
+
 def load_label(lv: dict) -> str:
-    return f"{lv['target_rate']:g} req/s" if lv.get("target_rate") else f"{lv['users']} users"
+    return f"{lv['target_rate']:g} req/s" if lv.get("target_rate") else users(lv["users"])
 
 
 def offered(lv: dict) -> bool:
@@ -300,8 +304,8 @@ def _outcome_cells(lv: dict) -> str:
 def _load_cells(lv: dict) -> str:
     """Open loop: the target rate and the rate locust sent; closed loop: the users (and whether they waited as told)."""
     if lv.get("target_rate"):
-        return f"{lv['target_rate']:g} req/s ({lv['users']} users) | {lv['sent_per_s']:,.1f}"
-    return f"{lv['users']} users{' (no waits)' if lv.get('ignore_retry_after') else ''} | -"
+        return f"{lv['target_rate']:g} req/s ({users(lv['users'])}) | {lv['sent_per_s']:,.1f}"
+    return f"{users(lv['users'])}{' (no waits)' if lv.get('ignore_retry_after') else ''} | -"
 
 
 def _level_row(target: dict, lv: dict, ceiling: dict | None) -> str:
@@ -477,7 +481,7 @@ def plot_capacity(report: dict, path: Path) -> None:
     import matplotlib.ticker
 
     mixes = list(dict.fromkeys(lv["n_mix"] for t in report["targets"] for lv in t["levels"]))
-    fig, axes = plt.subplots(1, len(mixes), figsize=(5.2 * len(mixes), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(mixes), figsize=(5.2 * len(mixes), 4.2), squeeze=False)
     bound = (report.get("bound") or {}).get("p99_ms")
     best = {(c["target"], c["n_mix"]): c for c in report.get("capacity") or []}
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 50, 100, 2000 rather than 5x10^1
@@ -509,11 +513,12 @@ def plot_capacity(report: dict, path: Path) -> None:
             ax.axhline(bound, color="grey", linestyle="--", label=f"bound: p99 {bound:,.0f} ms")
         ax.set(title=f"n mix {mix}: p99 against throughput", xlabel="images/s (ok answers)", ylabel="p99 of ok answers (ms)", yscale="log")
         ax.set_xlim(left=0, right=1.15 * max(lv["images_per_s"] for t in report["targets"] for lv in t["levels"]) or None)
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.margins(y=0.12)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     _suptitle(fig, report)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

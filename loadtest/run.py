@@ -575,9 +575,9 @@ def load_levels(args) -> list[LoadLevel]:
 def describe_level(name: str, lv: dict) -> str:
     """The console line of one level: its load, then each outcome's count and latency."""
     o = lv["outcomes"]
-    load = f"{lv['users']:>3} users"
+    load = reporting.users(lv["users"])
     if lv.get("target_rate"):
-        load = f"{lv['target_rate']:g} req/s (sent {lv['sent_per_s']:.1f}/s, {lv['users']} users)"
+        load = f"{lv['target_rate']:g} req/s (sent {lv['sent_per_s']:.1f}/s, {reporting.users(lv['users'])})"
     line = (
         f"{name}: n {lv['n_mix']}, {load}: {lv['images_per_s']:,.0f} images/s; "
         f"ok {o['ok']['count']:,} (p50 {reporting.ms(o['ok']['p50_ms'])}, p99 {reporting.ms(o['ok']['p99_ms'])})"

@@ -125,4 +125,4 @@ def test_open_loop_latency_includes_the_queue_that_closed_loop_hides(tmp_path):
     assert capacity["images_per_s"] is None and capacity["short_levels"] == ["50 req/s"]
     assert report["bound"]["p99_ms"] == 2000 and "HTTP 404" in report["bound"]["from"]  # no /info: the default
     md = (tmp_path / "open" / "report.md").read_text()
-    assert "| 50 req/s (1 users) |" in md and "open loop" in md
+    assert "| 50 req/s (1 user) |" in md and "open loop" in md
