@@ -465,3 +465,17 @@ def test_v2_requests_and_their_checks():
     good["outputs"][0]["data"][1] = "R0lGODlh"  # a GIF
     assert problem_with_v2(json.dumps(good).encode(), 2) == "an image is not a base64 PNG"
     assert problem_with_v2(b"<html>", 2) == "body is not a v2 inference response"
+
+
+def test_load_levels_and_what_locust_is_told(tmp_path):
+    """Closed loop: one level per user count; open loop: one per rate, its users the rate x the bound (4..1024)."""
+    from loadtest.locust_run import LoadLevel, locust_argv
+
+    closed = run.parse_args(["--users", "4,1", "--ignore-retry-after"])
+    assert run.load_levels(closed) == [LoadLevel(1, ignore_retry_after=True), LoadLevel(4, ignore_retry_after=True)]
+    opened = run.parse_args(["--rates", "1000,0.5,10", "--p99-bound-ms", "2000"])
+    assert [(lv.rate, lv.users) for lv in run.load_levels(opened)] == [(0.5, 4), (10, 20), (1000, 1024)]
+    assert run.load_levels(run.parse_args(["--rates", "10", "--open-users", "3"])) == [LoadLevel(3, 10.0)]
+    argv = locust_argv("http://127.0.0.1:9", LoadLevel(20, 10.0), "1", 3, tmp_path / "p")
+    assert argv[argv.index("--rate") + 1] == "10" and argv[argv.index("--users") + 1] == "20"
+    assert "--ignore-retry-after" in locust_argv("http://127.0.0.1:9", LoadLevel(4, ignore_retry_after=True), "1", 3, tmp_path / "p")
