@@ -631,7 +631,7 @@ def deadline_bound(status: int, body: bytes, url: str) -> dict:
     except (ValueError, KeyError, TypeError):
         deadline = None
     if isinstance(deadline, int | float) and deadline > 0:
-        return {"p99_ms": float(deadline), "from": f"the server's deadline ({url}/info limits.deadline_ms)"}
+        return {"p99_ms": float(deadline), "from": "the server's deadline, /info limits.deadline_ms"}
     why = f"HTTP {status}" if status != 200 else "no limits.deadline_ms"
     return {"p99_ms": float(DEFAULT_BOUND_MS), "from": f"the service's default deadline ({url}/info: {why})"}
 
