@@ -1,11 +1,15 @@
-"""One load level: run locust headless as a subprocess, then read its CSV statistics.
+"""One load level: run locust headless as a subprocess, then read what it measured, per outcome.
 
-    stats = run_level(url, users=32, n_mix="1", seconds=30, prefix=out / "locust" / "ours_n1_u32")
+    stats = run_level(url, LoadLevel(users=32), n_mix="1", seconds=30, prefix=out / "locust" / "ours_n1_u32")
+    stats = run_level(url, LoadLevel(users=64, rate=200), ...)   # open loop: 200 requests/s due on a schedule
 
 Locust spawns every user within a second, resets its statistics once they are all running (so the
-ramp is not measured), runs for `seconds`, then lets each user finish its request in flight. Its
-`PREFIX_stats.csv` is a snapshot written every second; `PREFIX.json` is written at exit and holds
-the final counts, so failures in the last second are not missed.
+ramp is not measured), runs for `seconds`, then lets each user finish its request in flight. The
+locustfile names each request by its outcome and n ("ok /sample n=16", "refused /sample n=1", ...);
+locust's final `PREFIX.json` holds every name's count and latency histogram (milliseconds, rounded
+by locust to 2 significant digits above 100 ms), from which each outcome's percentiles are computed.
+`PREFIX_schedule.json` (written by the locustfile) holds when the measured window began and ended
+and, in open loop, how many requests were sent.
 """
 
 from __future__ import annotations
@@ -18,99 +22,141 @@ import resource
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from common.cli import UserError
+from loadtest.response_checks import FAILED, OK, OUTCOMES, REFUSED
 
 REPO = Path(__file__).resolve().parents[1]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_TIMEOUT_S = 10  # users finish the request in flight when time is up: a cut-off request is not a failure
-NAME_N = re.compile(r"n=(\d+)$")  # locustfile names requests "/sample n=N"
+NAME = re.compile(r"^(ok|refused|failed) .* n=(\d+)$")  # the locustfile names requests "OUTCOME ROUTE n=N"
 
 
 @dataclass(frozen=True)
-class LevelStats:
-    """What locust measured at one load level; times in ms, rates per second over the measured window."""
+class LoadLevel:
+    """What one level offers: `users` concurrent users; with `rate`, requests/s due on a fixed schedule (open loop)."""
 
-    requests: int  # in the CSV snapshot (the window the rates are computed over)
-    failures: int  # over the whole run, from locust's final JSON (>= the snapshot's)
-    requests_total: int  # over the whole run, from locust's final JSON
-    requests_per_s: float  # all requests, failed ones included
-    images_per_s: float  # images in successful responses
-    mean_n: float  # images per request, from the mix actually sent
+    users: int
+    rate: float | None = None
+    ignore_retry_after: bool = False  # closed loop: send again at once after a refusal
+
+    def describe(self) -> str:
+        return f"{self.rate:g} req/s ({self.users} users)" if self.rate else f"{self.users:>3} users"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Requests of one outcome at one level: count, rate over the window, latency in ms (None without requests)."""
+
+    count: int
+    per_s: float
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
     mean_ms: float | None
     max_ms: float | None
-    window_s: float  # requests / requests_per_s
+
+
+@dataclass(frozen=True)
+class LevelStats:
+    """What locust measured at one load level, rates per second over the measured window."""
+
+    ok: Outcome  # HTTP 200, a well-formed body
+    refused: Outcome  # 429/503 with Retry-After: the server shedding load by design
+    failed: Outcome  # anything else: another status, a connection error, a body that does not check out
+    requests_per_s: float  # answers of every outcome
+    images_per_s: float  # images in ok answers
+    mean_n: float  # images per request, from the mix actually sent
+    window_s: float  # from the moment every user ran to the last answer
     failure_reasons: list[dict]  # [{"error": ..., "occurrences": ...}], most frequent first
+    target_rate: float | None = None  # open loop: the requests/s asked for
+    sent_per_s: float | None = None  # open loop: requests/s locust sent before time was up (its achieved rate)
     locust_cpu_s: float | None = None  # CPU seconds locust itself used (it shares the machine's cores)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Flat figures for the report: counts per outcome, the ok outcome's latency as p50_ms..., all of it under `outcomes`."""
+        d = asdict(self)
+        outcomes = {name: d.pop(name) for name in OUTCOMES}
+        return {
+            **d,
+            "requests": sum(o["count"] for o in outcomes.values()),
+            **{name: o["count"] for name, o in outcomes.items()},
+            **{key: outcomes[OK][key] for key in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms")},
+            "outcomes": outcomes,
+        }
 
 
-def _number(text: str) -> float | None:
-    """A CSV cell as a float; locust writes "N/A" where there were no requests."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+def percentile(histogram: Counter, q: float) -> float | None:
+    """The smallest value with at least q of the observations at or below it."""
+    total = sum(histogram.values())
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= q * total:
+            return float(value)
+    return None  # no observations
 
 
-def parse_stats_csv(path: Path) -> LevelStats:
-    """Read locust's PREFIX_stats.csv: the "Aggregated" row for rates and latency, one row per n for images."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    total = next((r for r in rows if r["Name"] == "Aggregated"), None)
-    if total is None:
-        raise UserError(f"{path} has no Aggregated row: not a locust stats CSV")
-    requests = int(total["Request Count"])
-    rps = _number(total["Requests/s"]) or 0.0
-    ok_images = sent_images = 0
-    for row in rows:
-        if row["Name"] == "Aggregated":
-            continue
-        match = NAME_N.search(row["Name"])
-        if match is None:
-            raise UserError(f"{path}: request name {row['Name']!r} does not end in n=N (was it written by loadtest/locustfile.py?)")
-        n, count = int(match.group(1)), int(row["Request Count"])
-        sent_images += n * count
-        ok_images += n * (count - int(row["Failure Count"]))
-    window = requests / rps if rps > 0 else 0.0
-    return LevelStats(
-        requests=requests,
-        failures=int(total["Failure Count"]),
-        requests_total=requests,
-        requests_per_s=rps,
-        images_per_s=ok_images / window if window > 0 else 0.0,
-        mean_n=sent_images / requests if requests else 0.0,
-        p50_ms=_number(total["50%"]),
-        p95_ms=_number(total["95%"]),
-        p99_ms=_number(total["99%"]),
-        mean_ms=_number(total["Average Response Time"]),
-        max_ms=_number(total["Max Response Time"]),
-        window_s=window,
-        failure_reasons=[],
+def _outcome(entries: list[dict], window: float) -> Outcome:
+    histogram: Counter = Counter()
+    for e in entries:
+        histogram.update({int(float(ms)): count for ms, count in e["response_times"].items()})
+    count = sum(e["num_requests"] for e in entries)
+    return Outcome(
+        count=count,
+        per_s=count / window if window > 0 else 0.0,
+        p50_ms=percentile(histogram, 0.50),
+        p95_ms=percentile(histogram, 0.95),
+        p99_ms=percentile(histogram, 0.99),
+        mean_ms=sum(e["total_response_time"] for e in entries) / count if count else None,
+        max_ms=max((float(e["max_response_time"]) for e in entries if e["num_requests"]), default=None),
     )
 
 
-def read_final(prefix: Path) -> tuple[int, int, list[dict]]:
-    """(requests, failures) over the whole run from PREFIX.json, and the failure reasons from PREFIX_failures.csv."""
-    entries = json.loads(Path(f"{prefix}.json").read_text())
-    requests, failures = sum(e["num_requests"] for e in entries), sum(e["num_failures"] for e in entries)
-    with open(f"{prefix}_failures.csv", newline="") as f:
-        reasons = [{"error": r["Error"], "occurrences": int(r["Occurrences"])} for r in csv.DictReader(f)]
+def parse_level(prefix: Path) -> LevelStats:
+    """Read locust's PREFIX.json and PREFIX_failures.csv and the locustfile's PREFIX_schedule.json."""
+    try:
+        entries = json.loads(Path(f"{prefix}.json").read_text())
+        schedule = json.loads(Path(f"{prefix}_schedule.json").read_text())
+        with open(f"{prefix}_failures.csv", newline="") as f:
+            reasons = [{"error": r["Error"], "occurrences": int(r["Occurrences"])} for r in csv.DictReader(f)]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read locust's results {prefix}.json, _schedule.json, _failures.csv ({e})") from None
+    by_outcome: dict[str, list[dict]] = {name: [] for name in OUTCOMES}
+    ok_images = sent_images = requests = 0
+    for e in entries:
+        match = NAME.match(e["name"])
+        if match is None:
+            raise UserError(f"{prefix}.json: request name {e['name']!r} is not 'OUTCOME ROUTE n=N' (not from loadtest/locustfile.py?)")
+        outcome, n = match.group(1), int(match.group(2))
+        by_outcome[outcome].append(e)
+        requests += e["num_requests"]
+        sent_images += n * e["num_requests"]
+        ok_images += n * e["num_requests"] if outcome == OK else 0
+    last = max((e["last_request_timestamp"] or 0 for e in entries), default=0)
+    window = max(last, schedule["window_end"]) - schedule["window_start"]
+    per_s = lambda count: count / window if window > 0 else 0.0  # noqa: E731
     reasons.sort(key=lambda r: -r["occurrences"])
-    return requests, failures, reasons[:5]
+    return LevelStats(
+        ok=_outcome(by_outcome[OK], window),
+        refused=_outcome(by_outcome[REFUSED], window),
+        failed=_outcome(by_outcome[FAILED], window),
+        requests_per_s=per_s(requests),
+        images_per_s=per_s(ok_images),
+        mean_n=sent_images / requests if requests else 0.0,
+        window_s=window,
+        failure_reasons=reasons[:5],
+        target_rate=schedule["rate"],
+        sent_per_s=None if schedule["sent"] is None else schedule["sent"] / (schedule["window_end"] - schedule["window_start"]),
+    )
 
 
-def locust_argv(url: str, users: int, n_mix: str, seconds: float, prefix: Path, v2_model: str = "") -> list[str]:
+def locust_argv(url: str, level: LoadLevel, n_mix: str, seconds: float, prefix: Path, v2_model: str = "") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -121,9 +167,9 @@ def locust_argv(url: str, users: int, n_mix: str, seconds: float, prefix: Path, 
         "--host",
         url,
         "--users",
-        str(users),
+        str(level.users),
         "--spawn-rate",
-        str(users),
+        str(level.users),
         "--run-time",
         f"{math.ceil(seconds)}s",
         "--reset-stats",
@@ -139,12 +185,14 @@ def locust_argv(url: str, users: int, n_mix: str, seconds: float, prefix: Path, 
         "--exit-code-on-error",
         "0",
         *(["--v2-model", v2_model] if v2_model else []),
+        *(["--rate", f"{level.rate:g}"] if level.rate else []),
+        *(["--ignore-retry-after"] if level.ignore_retry_after else []),
     ]
 
 
 def run_level(
     url: str,
-    users: int,
+    level: LoadLevel,
     n_mix: str,
     seconds: float,
     prefix: Path,
@@ -164,7 +212,7 @@ def run_level(
     with open(f"{prefix}.log", "wb") as log:
         # cwd: the locustfile imports loadtest.response_checks from the repository root.
         process = subprocess.Popen(
-            locust_argv(url, users, n_mix, seconds, prefix, v2_model), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            locust_argv(url, level, n_mix, seconds, prefix, v2_model), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + limit
         try:
@@ -185,13 +233,5 @@ def run_level(
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
         raise UserError(f"locust exited with {process.returncode}; see {prefix}.log")
-    stats = parse_stats_csv(Path(f"{prefix}_stats.csv"))
-    requests, failures, reasons = read_final(prefix)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return replace(
-        stats,
-        requests_total=max(requests, stats.requests),
-        failures=max(failures, stats.failures),
-        failure_reasons=reasons,
-        locust_cpu_s=cpu,
-    )
+    return replace(parse_level(prefix), locust_cpu_s=cpu)

@@ -1,26 +1,51 @@
-"""Locust user for `POST /sample`: random seeds, a configurable mix of n, every response checked.
+"""Locust user for `POST /sample`: random seeds, a configurable mix of n, every response checked and counted as
+one of three outcomes.
 
     locust -f loadtest/locustfile.py --host http://127.0.0.1:3000 --n-mix 1:3,16:1
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:3000 --users 200 --rate 150   # open loop
 
 `--n-mix` (or LOCUST_N_MIX) is a comma-separated list of n[:weight]; "1" sends only n=1, "1,4,16"
-sends each equally often, "1:3,16:1" sends n=1 three times as often as n=16. Requests are named
-"/sample n=N", so locust's statistics hold one row per n (loadtest.report reads images/s from them).
+sends each equally often, "1:3,16:1" sends n=1 three times as often as n=16.
 
-A response counts as a success only if it is well-formed: HTTP 200, JSON content type, the request's
-seed and n echoed back, and exactly n base64 PNG images. Anything else is a failure, with its reason.
+Outcomes (loadtest.response_checks.outcome): ok (HTTP 200 with a well-formed body: JSON, the seed and n
+echoed back, exactly n base64 PNGs), refused (429 or 503 with Retry-After: the server shedding load by
+design), failed (anything else, with its reason). Requests are named "OUTCOME ROUTE n=N", e.g.
+"refused /sample n=16", so locust's statistics hold one row, with its own latency percentiles, per
+outcome and n; only failed requests are locust failures.
+
+Closed loop (the default): each user sends its next request as soon as the last one is answered, but
+after a refusal it waits the Retry-After the server asked for, as dcgan_client does; `--ignore-retry-after`
+sends again at once (raw hammering, for capacity tests). Latency is from send to answer.
+
+Open loop (`--rate R`): requests are due at t0 + k/R (t0: when every user has started), whatever the
+answers, and whichever user is free sends the next one due. When every user is busy the next request
+is late, and its latency counts from when it was due, not from when it was sent (wrk2's correction for
+coordinated omission), so the wait in the queue shows. Retry-After does not hold back the schedule.
+
+With `--csv PREFIX` the user writes PREFIX_schedule.json at exit: when the measured window began and
+ended and, in open loop, the target rate and how many requests were sent.
+
 With `--v2-model NAME` the same requests go over the Open Inference Protocol instead, to
 POST /v2/models/NAME/infer (the Triton peer, loadtest/triton_server.py), and are checked likewise.
-Users wait for nothing between requests (closed loop): the offered load is set by the user count.
 Run it from the repository root (or with the project installed): it imports loadtest.response_checks.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import time
+from pathlib import Path
 
+import gevent
+import gevent.event
 from locust import FastHttpUser, constant, events, task
+from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING
 
-from loadtest.response_checks import MAX_SEED, parse_n_mix, problem_with, problem_with_v2, v2_body
+from loadtest.response_checks import FAILED, MAX_SEED, REFUSED, outcome, parse_n_mix, problem_with, problem_with_v2, v2_body
+
+STOPPING = (STATE_STOPPING, STATE_STOPPED, STATE_CLEANUP)
+POLL_S = 0.1  # a user waiting for its request's due time checks this often whether the run is over
 
 
 @events.init_command_line_parser.add_listener
@@ -39,32 +64,123 @@ def _add_arguments(parser) -> None:
         default="",
         help="send each request to POST /v2/models/NAME/infer (Open Inference Protocol) instead of POST /sample",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        env_var="LOCUST_RATE",
+        default=0.0,
+        help="open loop: requests per second, due on a fixed schedule; latency counts from when each was due (default: closed loop)",
+    )
+    parser.add_argument(
+        "--ignore-retry-after",
+        action="store_true",
+        env_var="LOCUST_IGNORE_RETRY_AFTER",
+        default=False,
+        help="closed loop: send again at once after a refusal instead of waiting the server's Retry-After",
+    )
+
+
+class Schedule:
+    """Open loop: request k is due at t0 + k / rate; free users take them in order (one greenlet at a time: no lock)."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+        self.t0 = 0.0  # perf_counter() when the measured window began
+        self.began = gevent.event.Event()
+        self.began_wall = 0.0  # time.time() then, for PREFIX_schedule.json
+        self.stopped = 0.0  # perf_counter() when the run's time was up
+        self.taken = 0  # requests handed to a user
+        self.sent = 0
+
+    def begin(self) -> None:
+        self.t0, self.began_wall = time.perf_counter(), time.time()
+        self.began.set()
+
+    def due(self) -> float:
+        """Take the next request; return when it is due (perf_counter seconds)."""
+        self.began.wait()
+        k, self.taken = self.taken, self.taken + 1
+        return self.t0 + k / self.rate
+
+
+SCHEDULE = Schedule()
+
+
+@events.spawning_complete.add_listener
+def _begin(user_count: int, **_) -> None:
+    SCHEDULE.begin()  # locust resets its statistics at this moment too (--reset-stats)
+
+
+@events.test_stopping.add_listener
+def _stop(**_) -> None:
+    SCHEDULE.stopped = time.perf_counter()
+
+
+@events.quitting.add_listener
+def _write_schedule(environment, **_) -> None:
+    prefix = environment.parsed_options.csv_prefix
+    if not prefix or not SCHEDULE.t0:
+        return
+    rate, elapsed = SCHEDULE.rate, (SCHEDULE.stopped or time.perf_counter()) - SCHEDULE.t0
+    record = {
+        "window_start": SCHEDULE.began_wall,  # time.time()
+        "window_end": SCHEDULE.began_wall + elapsed,  # when the run's time was up; answers in flight still come after
+        "rate": rate or None,
+        "sent": SCHEDULE.sent if rate else None,
+    }
+    Path(f"{prefix}_schedule.json").write_text(json.dumps(record) + "\n")
 
 
 class SampleUser(FastHttpUser):
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        self.ns, self.weights = parse_n_mix(self.environment.parsed_options.n_mix)
-        self.v2_model = self.environment.parsed_options.v2_model
+        options = self.environment.parsed_options
+        self.ns, self.weights = parse_n_mix(options.n_mix)
+        self.v2_model = options.v2_model
+        self.honour_retry_after = not options.ignore_retry_after
+        SCHEDULE.rate = options.rate
+
+    def _wait_until(self, due: float) -> bool:
+        """Sleep until `due`; False if the run ended meanwhile (the request is then not sent)."""
+        while (left := due - time.perf_counter()) > 0:
+            if self.environment.runner is not None and self.environment.runner.state in STOPPING:
+                return False
+            gevent.sleep(min(left, POLL_S))
+        return True
 
     @task
     def sample(self) -> None:
+        due = None
+        if SCHEDULE.rate:
+            due = SCHEDULE.due()
+            if not self._wait_until(due):
+                return
+            SCHEDULE.sent += 1
         n = random.choices(self.ns, self.weights)[0]
         seed = random.randint(0, MAX_SEED)
         if self.v2_model:
-            path, body, name = f"/v2/models/{self.v2_model}/infer", v2_body(seed, n), f"/v2 infer n={n}"
+            path, body, route = f"/v2/models/{self.v2_model}/infer", v2_body(seed, n), "/v2 infer"
         else:
-            path, body, name = "/sample", {"seed": seed, "n": n}, f"/sample n={n}"
-        with self.client.post(path, json=body, name=name, catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
-                return
-            if self.v2_model:
+            path, body, route = "/sample", {"seed": seed, "n": n}, "/sample"
+        with self.client.post(path, json=body, name=f"{route} n={n}", catch_response=True) as resp:
+            answered = time.perf_counter()
+            problem = None
+            if resp.status_code == 200 and self.v2_model:
                 problem = problem_with_v2(resp.content or b"", n)
-            else:
+            elif resp.status_code == 200:
                 problem = problem_with(resp.content or b"", resp.headers.get("content-type", ""), seed, n)
-            if problem:
-                resp.failure(problem)
+            result, reason, wait_s = outcome(resp.status_code, resp.headers.get("retry-after") if resp.headers else None, problem)
+            resp.request_meta["name"] = f"{result} {route} n={n}"
+            if due is not None:  # open loop: from when the request was due, queueing in the load generator included
+                resp.request_meta["response_time"] = (answered - due) * 1000
+            if result == FAILED:
+                if resp.status_code == 0:
+                    reason = f"connection error: {resp.error}"
+                elif resp.status_code != 200:
+                    reason = f"{reason}: {(resp.text or '')[:200]}"
+                resp.failure(reason)
             else:
                 resp.success()
+        if result == REFUSED and due is None and self.honour_retry_after:
+            gevent.sleep(wait_s)

@@ -1,8 +1,14 @@
-"""Turn a load-test run (report.json's dict) into report.md, the goal verdicts and the PNG plots.
+"""Turn a load-test run (report.json's dict) into report.md, the capacity, the PNG plots and (asked for) goal verdicts.
 
 The dict, built by loadtest.run:
-    targets: [{"name", "label", "levels": [{"n_mix", "users", "images_per_s", "p99_ms", ...}], ...}]
+    targets: [{"name", "label", "levels": [{"n_mix", "users", "target_rate", "images_per_s", "p99_ms", "ok", "refused",
+               "failed", "outcomes": {"ok": {"count", "per_s", "p50_ms", ...}, ...}, ...}], ...}]
+    bound: {"p99_ms", "from"}: the capacity's latency bound
     ceiling: loadtest.backend_bench's JSON (or None), soak: RSS samples and growth (or None)
+
+The capacity of a server for an n mix is its level with the most images/s among those whose p99 (of ok
+answers) is at most the bound and where nothing failed; refusals (load shed by design) are allowed and shown.
+The goals are this project's own targets against its baseline, peers and ceiling (loadtest.run --goals).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ MAXBATCH = OURS + "-maxbatch"  # + N: our service with DCGAN_MAX_BATCH=N
 PEERS = ("mosec", "triton")  # loadtest.run --peers
 GOAL_USERS = 32  # the goals compare traffic at 32 concurrent users
 CEILING_FORM = "ort-service"  # loadtest.backend_bench's form with the service's own session options
+SENT_SHARE = 0.95  # an open-loop level counts for the capacity only if locust sent at least this share of its target rate
 
 
 def level(report: dict, target: str, n_mix: str, users: int) -> dict | None:
@@ -57,8 +64,80 @@ def _goal(name: str, target: str, measured: str | None, met: bool, missing: str)
     return {"goal": name, "target": target, "measured": measured or "-", "status": status}
 
 
-def _ms(x: float | None) -> str:
+def ms(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f} ms"
+
+
+def load_of(lv: dict) -> float:
+    """What a level offered: its target rate in open loop, else its concurrent users."""
+    return lv.get("target_rate") or lv["users"]
+
+
+def users(count: int) -> str:
+    return f"{count} user" + "s" * (count != 1)
+
+
+def load_label(lv: dict) -> str:
+    return f"{lv['target_rate']:g} req/s" if lv.get("target_rate") else users(lv["users"])
+
+
+def offered(lv: dict) -> bool:
+    """Whether a level offered its load: always in closed loop; in open loop, if locust sent (nearly) the rate asked for.
+
+    Requests locust never sent (every user busy, or locust out of CPU) have no latency to count, so a short level's p99 flatters.
+    """
+    return not lv.get("target_rate") or lv["sent_per_s"] >= SENT_SHARE * lv["target_rate"]
+
+
+def within_bound(lv: dict, bound: float | None) -> bool:
+    return bool(bound) and lv["ok"] > 0 and not lv["failed"] and lv["p99_ms"] is not None and lv["p99_ms"] <= bound and offered(lv)
+
+
+def capacity(report: dict) -> list[dict]:
+    """Per server and n mix: the level with the most images/s whose p99 is within the bound with nothing failed."""
+    bound = (report.get("bound") or {}).get("p99_ms")
+    out = []
+    for target in report["targets"]:
+        for mix in dict.fromkeys(lv["n_mix"] for lv in target["levels"]):
+            levels = [lv for lv in target["levels"] if lv["n_mix"] == mix]
+            within = [lv for lv in levels if within_bound(lv, bound)]
+            best = max(within, key=lambda lv: lv["images_per_s"], default=None)
+            out.append(
+                {
+                    "target": target["name"],
+                    "label": target["label"],
+                    "n_mix": mix,
+                    "bound_ms": bound,
+                    "images_per_s": best["images_per_s"] if best else None,
+                    "requests_per_s": best["outcomes"]["ok"]["per_s"] if best else None,
+                    "p99_ms": best["p99_ms"] if best else None,
+                    "load": load_label(best) if best else None,
+                    "refused_share": best["refused"] / best["requests"] if best and best["requests"] else None,
+                    "highest_load_tried": load_label(max(levels, key=load_of)),
+                    "at_highest_load": best is not None and load_of(best) == max(load_of(lv) for lv in levels),
+                    "short_levels": [load_label(lv) for lv in levels if not offered(lv)],
+                }
+            )
+    return out
+
+
+def capacity_lines(report: dict) -> list[str]:
+    """The answer a user asks for, one line per server and n mix."""
+    lines = []
+    for c in report.get("capacity") or []:
+        head = f"capacity of {c['label']}, n {c['n_mix']}, p99 <= {ms(c['bound_ms'])} with nothing failed: "
+        short = c.get("short_levels")
+        short = f" (not counted: {', '.join(short)}, where locust sent under {SENT_SHARE:.0%} of the rate asked for)" if short else ""
+        if c["images_per_s"] is None:
+            lines.append(head + f"none of its levels{short}; try fewer users or lower rates")
+            continue
+        refused = f", {c['refused_share']:.1%} of requests refused (Retry-After)" if c["refused_share"] else ""
+        more = "; the highest load tried: try more" if c["at_highest_load"] else ""
+        lines.append(
+            head + f"{c['images_per_s']:,.0f} images/s ({c['requests_per_s']:,.1f} req/s) at {c['load']}, p99 {ms(c['p99_ms'])}"
+            f"{refused}{more}{short}"
+        )
+    return lines
 
 
 def _ratio_goal(name: str, target: str, ours: dict | None, other: dict | None, factor: float, p99: str | None, missing: str) -> dict:
@@ -73,7 +152,7 @@ def _ratio_goal(name: str, target: str, ours: dict | None, other: dict | None, f
     met = ratio >= factor
     if p99:
         a, b = ours["p99_ms"], other["p99_ms"]
-        measured += f"; p99 {_ms(a)} vs {_ms(b)}"
+        measured += f"; p99 {ms(a)} vs {ms(b)}"
         met = met and a is not None and b is not None and (a < b if p99 == "lower" else a <= b)
     return _goal(name, target, measured, met, missing)
 
@@ -105,7 +184,7 @@ def peer_goals(report: dict) -> list[dict]:
         _goal(
             "n=1 at 1 user: p50",
             "<= 2 ms",
-            alone and _ms(alone["p50_ms"]),
+            alone and ms(alone["p50_ms"]),
             bool(alone) and alone["p50_ms"] <= 2,
             "needs a 1-user level with --mix 1",
         )
@@ -184,7 +263,7 @@ def goals(report: dict) -> list[dict]:
     ]
     out += peer_goals(report)
     levels = [(t["name"], lv) for t in report["targets"] for lv in t["levels"]]
-    failed = [f"{name} n={lv['n_mix']} u={lv['users']}: {lv['failures']}" for name, lv in levels if lv["failures"]]
+    failed = [f"{name} n={lv['n_mix']} u={lv['users']}: {lv['failed']}" for name, lv in levels if lv["failed"]]
     out.append(
         _goal(
             "zero failed requests at every level",
@@ -215,25 +294,68 @@ def _cores(lv: dict, key: str) -> str:
     return "-" if seconds is None or not lv["window_s"] else f"{seconds / lv['window_s']:.2f}"
 
 
-def _row(target: dict, lv: dict, ceiling: dict | None) -> str:
+def _outcome_cells(lv: dict) -> str:
+    o = lv["outcomes"]
+    ok = f"{o['ok']['count']:,} | {ms(o['ok']['p50_ms'])} | {ms(o['ok']['p95_ms'])} | {ms(o['ok']['p99_ms'])}"
+    rest = [f"{o[k]['count']:,} | {ms(o[k]['p99_ms'])}" for k in ("refused", "failed")]
+    return " | ".join([ok, *rest])
+
+
+def _load_cells(lv: dict) -> str:
+    """Open loop: the target rate and the rate locust sent; closed loop: the users (and whether they waited as told)."""
+    if lv.get("target_rate"):
+        return f"{lv['target_rate']:g} req/s ({users(lv['users'])}) | {lv['sent_per_s']:,.1f}"
+    return f"{users(lv['users'])}{' (no waits)' if lv.get('ignore_retry_after') else ''} | -"
+
+
+def _level_row(target: dict, lv: dict, ceiling: dict | None) -> str:
+    share = f" | {lv['images_per_s'] / ceiling['images_per_s']:.0%}" if ceiling else ""
+    return (
+        f"| {target['label']} | {lv['n_mix']} | {_load_cells(lv)} | {lv['outcomes']['ok']['per_s']:,.1f} | "
+        f"{lv['images_per_s']:,.0f}{share} | {_outcome_cells(lv)} |"
+    )
+
+
+def _server_row(target: dict, lv: dict) -> str:
     batch = "-" if lv.get("mean_batch_requests") is None else f"{lv['mean_batch_requests']:.1f} ({lv['mean_batch_images']:.0f} img)"
     merged = "-" if lv.get("requests_per_generator_call") is None else f"{lv['requests_per_generator_call']:.1f}"
     cpu_ms = "-" if lv.get("server_cpu_ms_per_request") is None else f"{lv['server_cpu_ms_per_request']:.1f}"
     workers = [lv["server_cpu_ms_per_request_by_process"].get(f"worker {w}") for w in ("dcgan", "generator")]
     if None not in workers:
         cpu_ms += f" ({workers[0]:.1f} + {workers[1]:.1f})"
-    share = f"{lv['images_per_s'] / ceiling['images_per_s']:.0%}" if ceiling else "-"
     return (
-        f"| {target['label']} | {lv['n_mix']} | {lv['users']} | {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} | {share} | "
-        f"{_ms(lv['p50_ms'])} | {_ms(lv['p95_ms'])} | {_ms(lv['p99_ms'])} | {lv['failures']} | {batch} | {merged} | "
-        f"{_cores(lv, 'server_cpu_s')} / {_cores(lv, 'locust_cpu_s')} | {cpu_ms} | {_ms(lv.get('server_sample_ms'))} | "
-        f"{_ms(lv.get('server_generate_ms'))} | {lv['load_avg_1m_before']:.1f} |"
+        f"| {target['label']} | {lv['n_mix']} | {load_label(lv)} | {batch} | {merged} | "
+        f"{_cores(lv, 'server_cpu_s')} / {_cores(lv, 'locust_cpu_s')} | {cpu_ms} | {ms(lv.get('server_sample_ms'))} | "
+        f"{ms(lv.get('server_generate_ms'))} | {lv['load_avg_1m_before']:.1f} |"
+    )
+
+
+def _how_measured(report: dict) -> str:
+    settings = report["settings"]
+    if settings.get("rates"):
+        load = (
+            "open loop: requests due at a fixed rate whatever the answers, sent by whichever user is free; latency counts "
+            "from when a request was due, so time spent waiting for a free user (queueing) is in it (wrk2's correction "
+            "for coordinated omission). *sent/s* is the rate locust achieved beside the target"
+        )
+    elif settings.get("ignore_retry_after"):
+        load = "closed-loop users (no think time) that send again at once after a refusal (--ignore-retry-after)"
+    else:
+        load = "closed-loop users (no think time) that wait the server's Retry-After after a refusal, as dcgan_client does"
+    return (
+        f"Each level: {settings['duration_s']:g} s, measured once every user has started, of {load}. A "
+        f"{settings['warmup_s']:g} s warm-up per server is not counted. Every answer is **ok** (HTTP 200 with the "
+        "images asked for), **refused** (429 or 503 with Retry-After: the server shedding load it could not serve in "
+        "time, by design) or **failed** (any other status, a connection error, a body that does not check out); each "
+        "has its own latency percentiles (locust's, rounded to 2 significant digits above 100 ms), and p50/p95/p99 "
+        "elsewhere are of the ok answers."
     )
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
     ceiling = (report.get("ceiling") or {}).get("ceiling")
+    bound = report.get("bound") or {}
     lines = [
         f"# Load test, {report['created']}",
         "",
@@ -244,30 +366,54 @@ def markdown(report: dict) -> str:
         f"Code: git {report['git']}. Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         f"Model: {report['model']}.",
         f"Command: `{report['command']}`",
-        "",
-        f"Each level: {report['settings']['duration_s']:g} s of closed-loop users (no think time) after every user has started; "
-        f"a {report['settings']['warmup_s']:g} s warm-up per server is not counted. Latency percentiles are locust's "
-        "(rounded to 2 significant digits above 100 ms). Batch sizes and server-side durations come from the server's "
-        "/metrics (`dcgan_generator_batch_images` and BentoML's `bentoml_service_request_duration_seconds`): "
-        "requests (images) per batch are client requests (images) per ONNX Runtime call; with DCGAN_GENERATOR=service, "
-        "requests per generator call are how many the entry merged into each internal call, and "
-        "`/generate` is the generator's time per internal call: waiting for its batch, inference, its own HTTP handling. "
-        "Peers (Mosec, Triton) export no such figures.",
     ]
     if report.get("interrupted"):
         lines += ["", "**Interrupted: partial results.**"]
     if any(t["levels"] for t in report["targets"]):  # a soak has a target but no sweep levels
         lines += [
             "",
-            "## Sweep",
+            "## Capacity",
             "",
-            "| server | n | users | req/s | images/s | of ceiling | p50 | p95 | p99 | failures | requests (images) per batch "
-            "| requests per generator call | cores busy: server / locust | server CPU ms/request (entry + generator) "
-            "| server-side /sample | of which /generate | load avg |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"The most images/s of a level whose p99 stayed at or under {ms(bound.get('p99_ms'))} (the bound: "
+            f"{bound.get('from', '-')}) with nothing failed; refused requests are allowed and counted.",
+            "",
+            *[f"- {line}" for line in capacity_lines(report)],
+            "",
+            "![images/s against p99, one point per level; the bound dashed, the capacity starred](capacity.png)",
+            "",
+            "## Levels",
+            "",
+            _how_measured(report),
+            "",
+            "| server | n | load | sent/s | ok/s | images/s" + (" | of ceiling" if ceiling else "") + " | ok | p50 | p95 | p99 "
+            "| refused | refused p99 | failed | failed p99 |",
+            "|---|---|---|---:|---:|---:" + ("|---:" if ceiling else "") + "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for target in report["targets"]:
-            lines += [_row(target, lv, ceiling) for lv in target["levels"]]
+            lines += [_level_row(target, lv, ceiling) for lv in target["levels"]]
+        reasons = [(t["label"], lv) for t in report["targets"] for lv in t["levels"] if lv.get("failure_reasons")]
+        if reasons:
+            lines += ["", "Why requests failed (the most frequent reasons per level):", ""]
+            for label, lv in reasons:
+                why = "; ".join(f"{r['occurrences']:,} x {r['error'][:160]}" for r in lv["failure_reasons"])
+                lines.append(f"- {label}, n {lv['n_mix']}, {load_label(lv)}: {why}")
+        lines += [
+            "",
+            "## What the servers did",
+            "",
+            "Batch sizes and server-side durations come from the server's /metrics (`dcgan_generator_batch_images` and "
+            "BentoML's `bentoml_service_request_duration_seconds`): requests (images) per batch are client requests "
+            "(images) per ONNX Runtime call; with DCGAN_GENERATOR=service, requests per generator call are how many the "
+            "entry merged into each internal call, and `/generate` is the generator's time per internal call: waiting for "
+            "its batch, inference, its own HTTP handling. Servers without these metrics show -. Server CPU is that of "
+            "the processes this run started (- for --host).",
+            "",
+            "| server | n | load | requests (images) per batch | requests per generator call | cores busy: server / locust "
+            "| server CPU ms/request (entry + generator) | server-side /sample | of which /generate | load avg |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for target in report["targets"]:
+            lines += [_server_row(target, lv) for lv in target["levels"]]
         lines += ["", "Servers:"]
         for target in report["targets"]:
             lines.append(f"- **{target['label']}**: {target['description']}")
@@ -305,52 +451,112 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"Load during the soak: {lv['requests_per_s']:,.1f} req/s, {lv['images_per_s']:,.0f} images/s, "
-            f"p99 {_ms(lv['p99_ms'])}, {lv['failures']} failed of {lv['requests']:,}.",
+            f"p99 {ms(lv['p99_ms'])}, {lv['refused']:,} refused and {lv['failed']:,} failed of {lv['requests']:,}.",
         ]
-    lines += ["", "## Goals", "", "| goal | target | measured | status |", "|---|---|---|---|"]
-    lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in report["goals"]]
+    if report.get("goals"):  # this project's own benchmark only (--goals)
+        lines += ["", "## Goals", "", "| goal | target | measured | status |", "|---|---|---|---|"]
+        lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in report["goals"]]
     for note in report.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
-def plot_sweep(report: dict, path: Path) -> None:
-    """Per n mix: images/s vs users (with the ceiling) and p50/p99 latency vs users, one colour per server."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _suptitle(fig, report: dict) -> None:
+    m = report["machine"]
+    fig.suptitle(f"{m['cpu_model']}, {m['cores']} cores (locust on the same cores), {report['created'][:10]}", fontsize=9)
+
+
+def plot_capacity(report: dict, path: Path) -> None:
+    """Per n mix: p99 against images/s, one point per level and a line per server; the bound dashed, the capacity starred."""
+    plt = _pyplot()
     import matplotlib.ticker
 
-    mixes = sorted({lv["n_mix"] for t in report["targets"] for lv in t["levels"]})
-    fig, axes = plt.subplots(len(mixes), 2, figsize=(11, 3.6 * len(mixes)), squeeze=False)
-    ceiling = (report.get("ceiling") or {}).get("ceiling")
-    for row, mix in zip(axes, mixes):
+    mixes = list(dict.fromkeys(lv["n_mix"] for t in report["targets"] for lv in t["levels"]))
+    fig, axes = plt.subplots(1, len(mixes), figsize=(5.2 * len(mixes), 4.2), squeeze=False)
+    bound = (report.get("bound") or {}).get("p99_ms")
+    best = {(c["target"], c["n_mix"]): c for c in report.get("capacity") or []}
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 50, 100, 2000 rather than 5x10^1
+    for ax, mix in zip(axes[0], mixes):
         for i, target in enumerate(report["targets"]):
-            levels = sorted((lv for lv in target["levels"] if lv["n_mix"] == mix), key=lambda lv: lv["users"])
+            levels = sorted((lv for lv in target["levels"] if lv["n_mix"] == mix and lv["p99_ms"] is not None), key=load_of)
             if not levels:
                 continue
-            users = [lv["users"] for lv in levels]
+            x, y = [lv["images_per_s"] for lv in levels], [lv["p99_ms"] for lv in levels]
+            ax.plot(x, y, "o-", color=f"C{i}", label=target["label"])
+            for lv in levels:
+                marker = "x" if lv["failed"] else None  # a level with failures cannot count
+                if marker:
+                    ax.plot(lv["images_per_s"], lv["p99_ms"], marker, color="red", markersize=9)
+                ax.annotate(load_label(lv), (lv["images_per_s"], lv["p99_ms"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            c = best.get((target["name"], mix))
+            if c and c["images_per_s"] is not None:
+                ax.plot(c["images_per_s"], c["p99_ms"], "*", color=f"C{i}", markersize=16, markeredgecolor="black")
+                ax.annotate(
+                    f"capacity {c['images_per_s']:,.0f} images/s",
+                    (c["images_per_s"], c["p99_ms"]),
+                    fontsize=8,
+                    xytext=(-10, 6),
+                    textcoords="offset points",
+                    ha="right",
+                    fontweight="bold",
+                )
+        if bound:
+            ax.axhline(bound, color="grey", linestyle="--", label=f"bound: p99 {bound:,.0f} ms")
+        ax.set(title=f"n mix {mix}: p99 against throughput", xlabel="images/s (ok answers)", ylabel="p99 of ok answers (ms)", yscale="log")
+        ax.set_xlim(left=0, right=1.15 * max(lv["images_per_s"] for t in report["targets"] for lv in t["levels"]) or None)
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.margins(y=0.12)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    _suptitle(fig, report)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_sweep(report: dict, path: Path) -> None:
+    """Per n mix: images/s against the load (with the ceiling) and p50/p99 latency against the load, one colour per server."""
+    plt = _pyplot()
+    import matplotlib.ticker
+
+    mixes = list(dict.fromkeys(lv["n_mix"] for t in report["targets"] for lv in t["levels"]))
+    fig, axes = plt.subplots(len(mixes), 2, figsize=(11, 3.6 * len(mixes)), squeeze=False)
+    ceiling = (report.get("ceiling") or {}).get("ceiling")
+    xlabel = "target requests/s (open loop)" if report["settings"].get("rates") else "concurrent users"
+    for row, mix in zip(axes, mixes):
+        for i, target in enumerate(report["targets"]):
+            levels = sorted((lv for lv in target["levels"] if lv["n_mix"] == mix), key=load_of)
+            if not levels:
+                continue
+            loads = [load_of(lv) for lv in levels]
             color = f"C{i}"
-            row[0].plot(users, [lv["images_per_s"] for lv in levels], "o-", color=color, label=target["label"])
-            row[1].plot(users, [lv["p99_ms"] for lv in levels], "o-", color=color, label=target["label"])
-            row[1].plot(users, [lv["p50_ms"] for lv in levels], ".:", color=color)
+            row[0].plot(loads, [lv["images_per_s"] for lv in levels], "o-", color=color, label=target["label"])
+            row[1].plot(loads, [lv["p99_ms"] for lv in levels], "o-", color=color, label=target["label"])
+            row[1].plot(loads, [lv["p50_ms"] for lv in levels], ".:", color=color)
         if ceiling:
             row[0].axhline(ceiling["images_per_s"], color="grey", linestyle="--", label=f"in-process ceiling ({ceiling['form']})")
-        row[0].set(title=f"throughput, n mix {mix}", xlabel="concurrent users", ylabel="images/s")
-        row[1].set(title=f"latency p99 (solid), p50 (dotted), n mix {mix}", xlabel="concurrent users", ylabel="ms", yscale="log")
-        all_users = sorted({lv["users"] for t in report["targets"] for lv in t["levels"]})
+        row[0].set(title=f"throughput, n mix {mix}", xlabel=xlabel, ylabel="images/s")
+        row[1].set(title=f"latency of ok answers, p99 (solid), p50 (dotted), n mix {mix}", xlabel=xlabel, ylabel="ms", yscale="log")
+        all_loads = sorted({load_of(lv) for t in report["targets"] for lv in t["levels"]})
         for ax in row:
             ax.set_xscale("log", base=2)
-            ax.set_xticks(all_users, [str(u) for u in all_users], minor=False)
+            ax.set_xticks(all_loads, [f"{x:g}" for x in all_loads], minor=False)
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
         row[0].set_ylim(bottom=0)
-    fig.suptitle(
-        f"{report['machine']['cpu_model']}, {report['machine']['cores']} cores (locust on the same cores), {report['created'][:10]}",
-        fontsize=9,
-    )
+    _suptitle(fig, report)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -358,10 +564,7 @@ def plot_sweep(report: dict, path: Path) -> None:
 
 def plot_soak(samples: list[dict], path: Path) -> None:
     """Resident memory of each server process over the soak."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4))
     for name in sorted({s["name"] for s in samples}):

@@ -3,14 +3,20 @@
 parse_n_mix("1:3,16:1") -> ([1, 16], [3.0, 1.0])     the mix of images per request
 problem_with(body, content_type, seed, n) -> None    or why a 200 response is malformed
 v2_body(seed, n), problem_with_v2(body, n)          the same over the Open Inference Protocol (the Triton peer)
+outcome(status, headers, problem) -> (OK | REFUSED | FAILED, reason, retry_after_s)   what a response counts as
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
 
 PNG_BASE64_PREFIX = "iVBORw0KGgo"  # base64 of the 8-byte PNG signature \x89PNG\r\n\x1a\n
 MAX_SEED = 2**63 - 1
+OK, REFUSED, FAILED = "ok", "refused", "failed"  # the three outcomes of a request
+OUTCOMES = (OK, REFUSED, FAILED)
+REFUSAL_STATUSES = (429, 503)  # with Retry-After: the server shedding load by design, not an error
 
 
 def parse_n_mix(text: str) -> tuple[list[int], list[float]]:
@@ -68,3 +74,34 @@ def problem_with_v2(body: bytes, n: int) -> str | None:
     if images.get("shape") != [1, n]:
         return f"output images has shape {images.get('shape')}, expected [1, {n}]"
     return _problem_with_images(images.get("data"), n)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A Retry-After header in seconds (RFC 9110: delay-seconds or an HTTP date), or None if absent or unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0) if when.tzinfo else None
+
+
+def outcome(status: int, retry_after: str | None, problem: str | None) -> tuple[str, str, float | None]:
+    """(outcome, reason, seconds to wait) of one response.
+
+    OK: HTTP 200 and a well-formed body (`problem` None). REFUSED: 429 or 503 with a readable Retry-After, the
+    server shedding load as designed; the client should wait that long. FAILED: anything else (status 0 is a
+    connection error), with its reason.
+    """
+    wait = retry_after_s(retry_after)
+    if status == 200:
+        return (OK, "", None) if problem is None else (FAILED, problem, None)
+    if status in REFUSAL_STATUSES and wait is not None:
+        return REFUSED, f"HTTP {status}", wait
+    if status in REFUSAL_STATUSES:
+        return FAILED, f"HTTP {status} without a Retry-After header", None
+    return FAILED, f"HTTP {status}", None

@@ -1,14 +1,20 @@
-"""`python -m loadtest.run`: start the service, sweep concurrent users with locust, write a report.
+"""`python -m loadtest.run`: sweep a server with locust and say how many images/s it serves under a latency bound.
 
-    python -m loadtest.run --baseline --compare-max-batch 1 --out loadtest/results
+    python -m loadtest.run --host http://127.0.0.1:3000                  # a running server: closed-loop users
+    python -m loadtest.run --host http://127.0.0.1:3000 --rates 50,100   # open loop: requests/s on a schedule
+    python -m loadtest.run --baseline --compare-max-batch 1 --goals --out loadtest/results   # this project's benchmark
 
-For each server (ours; optionally ours with a capped batch size, ours in fp32, the FastAPI
-baseline), one after another so they never share the cores: start it on a free loopback port,
-wait for /readyz, warm up, then for each n mix and user count run locust headless for a bounded
-time. Between levels it scrapes /metrics for BentoML's adaptive batch size histogram. OUT gets
-locust's CSVs (locust/), server logs (logs/), bench.json, report.json, report.md and sweep.png.
-With --soak MINUTES it instead holds a moderate load on our server and samples the resident
-memory of its every process (soak_rss.csv, soak_rss.png).
+For each server (a running one with --host; else ours, optionally ours with a capped batch size,
+ours in fp32, the FastAPI baseline, the peers), one after another so they never share the cores:
+start it on a free loopback port, wait for /readyz, warm up, then for each n mix and load level
+(concurrent users, or with --rates a target request rate) run locust headless for a bounded time.
+Every answer is ok, refused (429/503 + Retry-After: load shed by design) or failed, each counted
+with its own latency percentiles. The capacity is, for each n mix, the most images/s of a level
+whose p99 stayed under the bound (--p99-bound-ms; default the server's own deadline from /info)
+with nothing failed. Between levels it scrapes /metrics for batch sizes. OUT gets locust's files
+(locust/), server logs (logs/), report.json, report.md, capacity.png and sweep.png. With --soak
+MINUTES it instead holds a moderate load on our server and samples the resident memory of its
+every process (soak_rss.csv, soak_rss.png).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import datetime as dt
 import importlib.metadata
 import json
+import math
 import os
 import shlex
 import shutil
@@ -39,11 +46,13 @@ from common.server import REPO, Server, check_loopback, existing, http_get, serv
 from contract.artifact import MANIFEST, ONNX_FP16, ArtifactError, read_manifest
 from loadtest import prometheus
 from loadtest import report as reporting
-from loadtest.locust_run import LevelStats, run_level
+from loadtest.locust_run import LevelStats, LoadLevel, run_level
 from loadtest.peers import TRITON_MODEL, serve_mosec, serve_triton
 from loadtest.response_checks import parse_n_mix
 
 SOAK_INTERVAL_S = 5.0
+DEFAULT_BOUND_MS = 2000  # the service's default DCGAN_DEADLINE_MS, for servers whose /info does not say
+MIN_OPEN_USERS, MAX_OPEN_USERS = 4, 1024
 CUDA = "CUDAExecutionProvider"
 PEERS = ("mosec", "triton")
 
@@ -62,13 +71,13 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+def _number_list(text: str, flag: str, kind: type = int) -> list:
     try:
-        values = [int(v) for v in text.split(",")]
+        values = [kind(v) for v in text.split(",")]
     except ValueError:
-        raise UserError(f"{flag} {text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} {text!r}: every value must be >= 1")
+        raise UserError(f"{flag} {text!r} is not a comma-separated list of {'integers' if kind is int else 'numbers'}") from None
+    if not all(v >= 1 if kind is int else math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"{flag} {text!r}: every value must be " + (">= 1" if kind is int else "> 0"))
     return values
 
 
@@ -88,13 +97,17 @@ def _baseline_threads(text: str) -> int | None:
 def parse_args(argv):
     parser = OneLineErrorParser(
         prog="python -m loadtest.run",
-        description="Load-test the DCGAN service with locust: start it (or use --host), sweep concurrent users for\n"
-        "each n mix, and write to OUT: locust CSVs, report.json, report.md (throughput, latency percentiles,\n"
-        "failures, mean adaptive batch size, share of the in-process ceiling, goal verdicts) and sweep.png.\n"
-        "Servers it started are stopped at the end, also on Ctrl-C.",
+        description="Load-test a DCGAN service with locust: use a running server (--host) or start ours, sweep load\n"
+        "levels for each n mix, and print the capacity: per n, the most images/s whose p99 stays under a latency\n"
+        "bound with nothing failed. Every answer is ok, refused (429/503 with Retry-After: load shed by design) or\n"
+        "failed. OUT gets report.md (capacity first, then every level's three outcomes with their latency\n"
+        "percentiles, batch sizes, server CPU), report.json, capacity.png (images/s against p99), sweep.png and\n"
+        "locust's files. Servers it started are stopped at the end, also on Ctrl-C.",
         epilog="examples:\n"
-        "  python -m loadtest.run --users 2 --duration 5 --mix 1 --ceiling none   # a quick look\n"
-        "  python -m loadtest.run --baseline --compare-max-batch 1 --out loadtest/results   # the full comparison\n"
+        "  python -m loadtest.run --host http://127.0.0.1:3000 --mix 16   # the capacity of a running server at n=16\n"
+        "  python -m loadtest.run --host http://127.0.0.1:3000 --rates 20,50,100 --mix 1   # open loop, requests/s\n"
+        "  python -m loadtest.run --users 2 --duration 5 --mix 1   # a quick look at our own service\n"
+        "  python -m loadtest.run --baseline --compare-max-batch 1 --goals --out loadtest/results   # this project's benchmark\n"
         "  python -m loadtest.run --soak 10 --out out/soak   # memory over 10 minutes at moderate load",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -105,7 +118,37 @@ def parse_args(argv):
         help="model artifact to serve (default: artifacts/default, the committed model)",
     )
     parser.add_argument("--out", type=Path, help="output folder (default: out/loadtest-<UTC time>)")
-    parser.add_argument("--users", default="1,4,16,32,64", help="concurrent users per level (default: %(default)s)")
+    parser.add_argument(
+        "--users",
+        default="1,4,16,32,64",
+        help="closed loop: concurrent users per level, each sending its next request when the last is answered (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rates",
+        metavar="LIST",
+        help="open loop instead: requests/s per level, e.g. 20,50,100, due on a fixed schedule whatever the answers; "
+        "latency counts from when each request was due, so queueing shows, and the rate locust achieved is reported",
+    )
+    parser.add_argument(
+        "--open-users",
+        type=int,
+        metavar="N",
+        help="open loop: users that send the scheduled requests, at most N in flight (default: rate x the bound in "
+        f"seconds, at least {MIN_OPEN_USERS}, at most {MAX_OPEN_USERS}: a request waiting longer is past the bound anyway)",
+    )
+    parser.add_argument(
+        "--p99-bound-ms",
+        type=float,
+        metavar="MS",
+        help="the latency bound of the capacity: the most images/s whose p99 is at most MS with nothing failed "
+        f"(default: the server's deadline, /info limits.deadline_ms; {DEFAULT_BOUND_MS} where /info does not say)",
+    )
+    parser.add_argument(
+        "--ignore-retry-after",
+        action="store_true",
+        help="closed loop: a refused user sends again at once instead of waiting the server's Retry-After (raw "
+        "hammering, for capacity tests; real clients such as dcgan_client wait)",
+    )
     parser.add_argument(
         "--mix",
         action="append",
@@ -127,8 +170,8 @@ def parse_args(argv):
         nargs="?",
         const="",
         metavar="MODEL",
-        help="also sweep the FastAPI + torch eager baseline (loadtest/baseline.py) serving MODEL, a run dir "
-        "or an artifact (default: the served artifact's generator.pt2)",
+        help="this project's benchmark: also sweep the FastAPI + torch eager baseline (loadtest/baseline.py) serving "
+        "MODEL, a run dir or an artifact (default: the served artifact's generator.pt2)",
     )
     parser.add_argument(
         "--baseline-threads",
@@ -142,7 +185,7 @@ def parse_args(argv):
         "--peers",
         default="",
         metavar="LIST",
-        help="also sweep these peer servers, comma-separated: 'mosec' (loadtest/mosec_server.py) and 'triton' "
+        help="this project's benchmark: also sweep these peer servers, comma-separated: 'mosec' (loadtest/mosec_server.py) and 'triton' "
         "(PyTriton, loadtest/triton_server.py; its environment .venv-peers/triton is made on first use), each "
         "doing the service's work per request on the served artifact with its own dynamic batching",
     )
@@ -167,9 +210,15 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--ceiling",
-        default="run",
         metavar="run|none|PATH",
-        help="in-process ceiling: run `python -m loadtest.backend_bench` first (default), skip it, or read its --json file",
+        help="this project's benchmark: the in-process ceiling; run `python -m loadtest.backend_bench` first, skip it, "
+        "or read its --json file (default: run with --goals, else none)",
+    )
+    parser.add_argument(
+        "--goals",
+        action="store_true",
+        help="this project's benchmark: add the verdicts on the project's own goals (against the baseline, the peers, "
+        "batching off, the ceiling) to the report",
     )
     parser.add_argument(
         "--soak",
@@ -180,13 +229,22 @@ def parse_args(argv):
     )
     parser.add_argument("--soak-users", type=int, default=16, help="users during --soak (default: %(default)s)")
     args = parser.parse_args(argv)
-    args.users = sorted(set(_int_list(args.users, "--users")))
+    args.users = sorted(set(_number_list(args.users, "--users")))
+    args.rates = sorted(set(_number_list(args.rates, "--rates", float))) if args.rates else None
+    if args.open_users is not None and (args.open_users < 1 or not args.rates):
+        raise UserError("--open-users N needs --rates and N >= 1")
+    if args.p99_bound_ms is not None and not args.p99_bound_ms > 0:
+        raise UserError(f"--p99-bound-ms must be > 0, got {args.p99_bound_ms:g}")
+    if args.ceiling is None:
+        args.ceiling = "run" if args.goals else "none"
     args.mixes = args.mixes or ["1", "16"]
     args.baseline_threads = [_baseline_threads(v) for v in args.baseline_threads.split(",")]
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = sorted(set(args.peers) - set(PEERS))
     if unknown:
         raise UserError(f"--peers {','.join(unknown)}: unknown; choose from {', '.join(PEERS)}")
+    if args.rates and args.soak:
+        raise UserError("--soak holds --soak-users closed-loop users; it cannot be used with --rates")
     if args.peers and (args.host or args.soak):
         raise UserError("--peers starts servers on the served artifact; it cannot be used with --host or --soak")
     for mix in args.mixes:
@@ -392,21 +450,29 @@ def _cpu_seconds(server: Server) -> dict[str, float]:
 
 
 def measure(
-    server: Server, users: int, n_mix: str, seconds: float, prefix: Path, sample: Callable[[], None] | None = None, v2_model: str = ""
+    server: Server,
+    level: LoadLevel,
+    n_mix: str,
+    seconds: float,
+    prefix: Path,
+    sample: Callable[[], None] | None = None,
+    v2_model: str = "",
 ) -> dict:
     """One level, with what the server itself says around it: batch sizes and durations (/metrics), CPU time."""
     scrape_before = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
     cpu_before, load_before = _cpu_seconds(server), os.getloadavg()[0]
-    stats: LevelStats = run_level(server.url, users, n_mix, seconds, prefix, sample, v2_model=v2_model)
+    stats: LevelStats = run_level(server.url, level, n_mix, seconds, prefix, sample, v2_model=v2_model)
     cpu_after = _cpu_seconds(server)
     scrape_after = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
     cpu_by_role = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
     cpu = sum(cpu_by_role.values()) if cpu_by_role else None
-    per_request = 1000 / stats.requests_total if stats.requests_total else None
+    figures = stats.to_dict()
+    per_request = 1000 / figures["requests"] if figures["requests"] else None
     return {
         "n_mix": n_mix,
-        "users": users,
-        **stats.to_dict(),
+        "users": level.users,
+        "ignore_retry_after": level.ignore_retry_after,
+        **figures,
         **prometheus.level_figures(scrape_before, scrape_after),
         "server_cpu_s": cpu,
         # CPU per request: a figure that other processes on the machine disturb far less than throughput.
@@ -429,7 +495,7 @@ def soak(server: Server, args, out: Path) -> dict:
                 samples.append({"t_s": round(t, 1), "name": _process_name(p), "rss_bytes": p.memory_info().rss})
 
     say(f"soak: {args.soak_users} users, n mix {args.mixes[0]}, {args.soak:g} min")
-    level = measure(server, args.soak_users, args.mixes[0], args.soak * 60, out / "locust" / "soak", sample)
+    level = measure(server, LoadLevel(args.soak_users), args.mixes[0], args.soak * 60, out / "locust" / "soak", sample)
     with open(out / "soak_rss.csv", "w") as f:
         f.write("t_s,process,rss_bytes\n" + "".join(f"{s['t_s']},{s['name']},{s['rss_bytes']}\n" for s in samples))
     reporting.plot_soak(samples, out / "soak_rss.png")
@@ -495,8 +561,34 @@ def get_ceiling(args, out: Path) -> dict | None:
     return {**bench, "table": table(bench)}
 
 
+def load_levels(args) -> list[LoadLevel]:
+    """The sweep's levels, ascending: closed-loop user counts, or open-loop rates each with its pool of users."""
+    if not args.rates:
+        return [LoadLevel(users, ignore_retry_after=args.ignore_retry_after) for users in args.users]
+
+    def pool(rate: float) -> int:
+        return args.open_users or min(max(math.ceil(rate * args.p99_bound_ms / 1000), MIN_OPEN_USERS), MAX_OPEN_USERS)
+
+    return [LoadLevel(pool(rate), rate) for rate in args.rates]
+
+
+def describe_level(name: str, lv: dict) -> str:
+    """The console line of one level: its load, then each outcome's count and latency."""
+    o = lv["outcomes"]
+    load = reporting.users(lv["users"])
+    if lv.get("target_rate"):
+        load = f"{lv['target_rate']:g} req/s (sent {lv['sent_per_s']:.1f}/s, {reporting.users(lv['users'])})"
+    line = (
+        f"{name}: n {lv['n_mix']}, {load}: {lv['images_per_s']:,.0f} images/s; "
+        f"ok {o['ok']['count']:,} (p50 {reporting.ms(o['ok']['p50_ms'])}, p99 {reporting.ms(o['ok']['p99_ms'])})"
+    )
+    for outcome in ("refused", "failed"):
+        line += f", {outcome} {o[outcome]['count']:,}" + (f" (p99 {reporting.ms(o[outcome]['p99_ms'])})" if o[outcome]["count"] else "")
+    return line + f"; load avg {lv['load_avg_1m_before']:.1f}"
+
+
 def sweep_target(target: Target, args, out: Path, on_start: Callable[[Server], None], levels: list[dict]) -> None:
-    """Every n mix at every user count, ascending. Each mix gets a freshly started server: BentoML's dispatcher
+    """Every n mix at every load level, ascending. Each mix gets a freshly started server: BentoML's dispatcher
     remembers the mean queueing wait it saw under load and delays lone requests by about that much, forgetting
     only 5% every 5 s, so a mix's low levels must not inherit the previous mix's saturation. Appends to `levels`
     as it goes, so an interrupted run still reports what it measured."""
@@ -504,16 +596,15 @@ def sweep_target(target: Target, args, out: Path, on_start: Callable[[Server], N
         say(f"{target.name}: starting (n mix {mix})")
         with target.start() as server:
             on_start(server)
+            levels_here = load_levels(args)
             if args.warmup:
                 prefix = out / "locust" / f"{target.name}_n{_mix_tag(mix)}_warmup"
-                run_level(server.url, args.users[0], mix, args.warmup, prefix, v2_model=target.v2_model)
-            for users in args.users:
-                prefix = out / "locust" / f"{target.name}_n{_mix_tag(mix)}_u{users}"
-                lv = measure(server, users, mix, args.duration, prefix, v2_model=target.v2_model)
-                say(
-                    f"{target.name}: n {mix}, {users:>3} users: {lv['requests_per_s']:8.1f} req/s {lv['images_per_s']:8.0f} "
-                    f"images/s  p50 {lv['p50_ms']} p99 {lv['p99_ms']} ms  failures {lv['failures']}  load {lv['load_avg_1m_before']:.1f}"
-                )
+                run_level(server.url, levels_here[0], mix, args.warmup, prefix, v2_model=target.v2_model)
+            for level in levels_here:
+                tag = f"r{level.rate:g}" if level.rate else f"u{level.users}"
+                prefix = out / "locust" / f"{target.name}_n{_mix_tag(mix)}_{tag}"
+                lv = measure(server, level, mix, args.duration, prefix, v2_model=target.v2_model)
+                say(describe_level(target.name, lv))
                 levels.append(lv)
 
 
@@ -522,13 +613,27 @@ def _mix_tag(mix: str) -> str:
     return mix.replace(":", "w").replace(",", "+").replace(" ", "")
 
 
-def write_report(report: dict, out: Path) -> None:
+def write_report(report: dict, out: Path, goals: bool) -> None:
     report["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
-    report["goals"] = reporting.goals(report)
+    report["capacity"] = reporting.capacity(report)
+    report["goals"] = reporting.goals(report) if goals else None
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(reporting.markdown(report))
     if any(t["levels"] for t in report["targets"]):
+        reporting.plot_capacity(report, out / "capacity.png")
         reporting.plot_sweep(report, out / "sweep.png")
+
+
+def deadline_bound(status: int, body: bytes, url: str) -> dict:
+    """The capacity's latency bound from a server's GET /info: its limits.deadline_ms, or the default where it has none."""
+    try:
+        deadline = json.loads(body)["limits"]["deadline_ms"] if status == 200 else None
+    except (ValueError, KeyError, TypeError):
+        deadline = None
+    if isinstance(deadline, int | float) and deadline > 0:
+        return {"p99_ms": float(deadline), "from": "the server's deadline, /info limits.deadline_ms"}
+    why = f"HTTP {status}" if status != 200 else "no limits.deadline_ms"
+    return {"p99_ms": float(DEFAULT_BOUND_MS), "from": f"the service's default deadline ({url}/info: {why})"}
 
 
 def _interrupt_on_sigterm() -> None:
@@ -554,7 +659,15 @@ def main(argv=None) -> None:
         "git": _git(),
         "versions": _versions(),
         "model": args.host or _model_summary(args.artifact),
-        "settings": {"users": args.users, "mixes": args.mixes, "duration_s": args.duration, "warmup_s": args.warmup},
+        "settings": {
+            "users": args.users,
+            "rates": args.rates,
+            "mixes": args.mixes,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "ignore_retry_after": args.ignore_retry_after,
+        },
+        "bound": {"p99_ms": args.p99_bound_ms, "from": "--p99-bound-ms"} if args.p99_bound_ms else None,
         "targets": [],
         "ceiling": None,
         "soak": None,
@@ -569,6 +682,9 @@ def main(argv=None) -> None:
             def on_start(target: Target, server: Server) -> None:
                 nonlocal provider
                 status, body = http_get(f"{server.url}/info")
+                if report["bound"] is None:  # the first server's own deadline, else the service's default
+                    report["bound"] = deadline_bound(status, body, server.url)
+                    args.p99_bound_ms = report["bound"]["p99_ms"]
                 if status != 200 or target.notes:
                     return
                 described = json.loads(body)
@@ -589,7 +705,7 @@ def main(argv=None) -> None:
                     with target.start() as server:
                         on_start(target, server)
                         if args.warmup:
-                            run_level(server.url, args.soak_users, args.mixes[0], args.warmup, out / "locust" / "soak_warmup")
+                            run_level(server.url, LoadLevel(args.soak_users), args.mixes[0], args.warmup, out / "locust" / "soak_warmup")
                         report["soak"] = soak(server, args, out)
                 else:
                     sweep_target(target, args, out, lambda server, t=target: on_start(t, server), entry["levels"])
@@ -598,8 +714,10 @@ def main(argv=None) -> None:
         say("interrupted: stopping servers, writing the partial report")
         raise
     finally:
-        write_report(report, out)
-        say(f"report: {out / 'report.md'}")
+        write_report(report, out, args.goals)
+        for line in reporting.capacity_lines(report):
+            say(line)
+        say(f"report: {out / 'report.md'}" + (f", plot: {out / 'capacity.png'}" if (out / "capacity.png").exists() else ""))
 
 
 if __name__ == "__main__":

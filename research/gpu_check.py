@@ -184,7 +184,7 @@ def serve_problems(out: Path, cuda: bool) -> list[str]:
     levels = [lv for t in report["targets"] for lv in t["levels"]]
     if not levels:
         problems.append("the sweep measured no level")
-    failed = sum(lv.get("failures", 0) for lv in levels)
+    failed = sum(lv["failed"] for lv in levels)  # refusals (429/503 + Retry-After) are counted apart, not failures
     if failed:
         problems.append(f"{failed} failed requests in the sweep")
     if cuda:

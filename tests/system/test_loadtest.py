@@ -7,50 +7,134 @@ seconds. Nothing here asserts on speed: only that what was measured is reported 
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import email.utils
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 from helpers import assert_one_line_error
 
+from common.cli import UserError
 from common.paths import REPO_ROOT as REPO
 from loadtest import backend_bench, run
-from loadtest.locust_run import parse_stats_csv
+from loadtest.locust_run import parse_level
 from loadtest.prometheus import level_figures, parse
-from loadtest.response_checks import PNG_BASE64_PREFIX, parse_n_mix, problem_with, problem_with_v2, v2_body
+from loadtest.response_checks import (
+    FAILED,
+    OK,
+    PNG_BASE64_PREFIX,
+    REFUSED,
+    outcome,
+    parse_n_mix,
+    problem_with,
+    problem_with_v2,
+    retry_after_s,
+    v2_body,
+)
 
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
-STATS_HEADER = (
-    "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
-    "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
-)
+
+def _entry(name: str, times: dict[int, int], last: float) -> dict:
+    """One row of locust's PREFIX.json: a request name's count and latency histogram (ms -> count)."""
+    count = sum(times.values())
+    return {
+        "name": name,
+        "method": "POST",
+        "last_request_timestamp": last,
+        "start_time": 1000.0,
+        "num_requests": count,
+        "num_none_requests": 0,
+        "num_failures": count if name.startswith("failed") else 0,
+        "total_response_time": sum(ms * c for ms, c in times.items()),
+        "max_response_time": max(times),
+        "min_response_time": min(times),
+        "total_content_length": 0,
+        "response_times": {str(ms): c for ms, c in times.items()},
+        "num_reqs_per_sec": {},
+        "num_fail_per_sec": {},
+    }
 
 
-def test_stats_csv_is_read_per_n_and_aggregated(tmp_path):
-    # 300 requests at n=1 (3 failed) and 100 at n=16 (none failed) over a 10 s window: 40 req/s.
-    path = tmp_path / "x_stats.csv"
-    path.write_text(
-        STATS_HEADER + "\n"
-        "POST,/sample n=1,300,3,20,25.5,3.1,400.2,700,30.0,0.3,20,22,24,26,30,41,60,90,300,400,400\n"
-        "POST,/sample n=16,100,0,120,130.0,50.0,800.0,9000,10.0,0.0,120,130,140,150,170,200,250,330,700,800,800\n"
-        ",Aggregated,400,3,30,52.6,3.1,800.0,2775,40.0,0.3,30,40,50,60,110,150,200,310,700,800,800\n"
+def _write_level(prefix: Path, entries: list[dict], schedule: dict, failures: str = "") -> None:
+    Path(f"{prefix}.json").write_text(json.dumps(entries))
+    Path(f"{prefix}_schedule.json").write_text(json.dumps(schedule))
+    Path(f"{prefix}_failures.csv").write_text("Method,Name,Error,Occurrences\n" + failures)
+
+
+def test_locust_results_are_read_per_outcome(tmp_path):
+    """ok at two n, refusals and failures: each outcome its own count and percentiles; images only from ok answers."""
+    prefix = tmp_path / "level"
+    _write_level(
+        prefix,
+        [
+            _entry("ok /sample n=1", {10: 50, 20: 40, 300: 10}, last=1009.0),
+            _entry("ok /sample n=16", {100: 99, 900: 1}, last=1010.0),
+            _entry("refused /sample n=16", {2: 30}, last=1008.0),
+            _entry("failed /sample n=1", {5: 3, 7000: 1}, last=1005.0),
+        ],
+        {"window_start": 1000.0, "window_end": 1009.5, "rate": None, "sent": None},
+        "POST,failed /sample n=1,HTTP 500: boom,3\nPOST,failed /sample n=1,connection error: reset,1\n",
     )
-    stats = parse_stats_csv(path)
-    assert stats.requests == 400 and stats.failures == 3
-    assert stats.requests_per_s == 40.0 and stats.window_s == 10.0
-    assert stats.images_per_s == pytest.approx((297 * 1 + 100 * 16) / 10.0)  # successful images only
-    assert stats.mean_n == pytest.approx((300 + 1600) / 400)
-    assert (stats.p50_ms, stats.p95_ms, stats.p99_ms, stats.mean_ms, stats.max_ms) == (30, 150, 310, 52.6, 800.0)
+    stats = parse_level(prefix)
+    assert stats.window_s == 10.0  # to the last answer, after the run's time was up
+    assert (stats.ok.count, stats.refused.count, stats.failed.count) == (200, 30, 4)
+    assert stats.images_per_s == pytest.approx((100 * 1 + 100 * 16) / 10.0)  # ok answers only
+    assert stats.requests_per_s == pytest.approx(23.4) and stats.ok.per_s == pytest.approx(20.0)
+    # ok: 50 at 10 ms, 40 at 20, 99 at 100, 10 at 300, 1 at 900 (200 in all): p50 100, p95 300, p99 300
+    assert (stats.ok.p50_ms, stats.ok.p95_ms, stats.ok.p99_ms, stats.ok.max_ms) == (100, 300, 300, 900)
+    assert (stats.refused.p99_ms, stats.failed.p50_ms, stats.failed.p99_ms) == (2, 5, 7000)
+    assert stats.failure_reasons[0] == {"error": "HTTP 500: boom", "occurrences": 3}
+    flat = stats.to_dict()
+    assert (flat["requests"], flat["ok"], flat["refused"], flat["failed"], flat["p99_ms"]) == (234, 200, 30, 4, 300)
+    assert flat["outcomes"]["refused"]["count"] == 30 and flat["target_rate"] is None
 
 
-def test_stats_csv_without_requests_has_no_percentiles(tmp_path):
-    path = tmp_path / "x_stats.csv"
-    path.write_text(STATS_HEADER + "\n,Aggregated,0,0,0,0,0,0,0,0,0," + ",".join(["N/A"] * 11) + "\n")
-    stats = parse_stats_csv(path)
-    assert (stats.requests, stats.images_per_s, stats.p99_ms) == (0, 0.0, None)
+def test_locust_results_of_an_open_loop_level_carry_the_rate_sent(tmp_path):
+    prefix = tmp_path / "level"
+    schedule = {"window_start": 1000.0, "window_end": 1005.0, "rate": 50.0, "sent": 240}
+    _write_level(prefix, [_entry("ok /sample n=2", {40: 10}, last=1004.0)], schedule)
+    stats = parse_level(prefix)
+    assert (stats.target_rate, stats.sent_per_s, stats.window_s) == (50.0, 48.0, 5.0)
+    assert stats.refused.count == 0 and stats.refused.p99_ms is None
+
+
+def test_locust_results_from_another_locustfile_are_refused(tmp_path):
+    prefix = tmp_path / "level"
+    schedule = {"window_start": 1000.0, "window_end": 1001.0, "rate": None, "sent": None}
+    _write_level(prefix, [_entry("/sample n=1", {10: 1}, last=1001.0)], schedule)
+    with pytest.raises(UserError, match="OUTCOME ROUTE n=N"):
+        parse_level(prefix)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "problem", "expected"),
+    [
+        (200, None, None, (OK, None)),
+        (200, None, "1 images, expected 2", (FAILED, None)),
+        (503, "1", None, (REFUSED, 1.0)),
+        (429, "3", None, (REFUSED, 3.0)),
+        (429, None, None, (FAILED, None)),  # BentoML's own max_concurrency 429 says nothing about when to come back
+        (503, "soon", None, (FAILED, None)),
+        (500, "1", None, (FAILED, None)),
+        (0, None, None, (FAILED, None)),  # a connection error
+    ],
+)
+def test_each_answer_is_ok_refused_or_failed(status, retry_after, problem, expected):
+    result, reason, wait = outcome(status, retry_after, problem)
+    assert (result, wait) == expected
+    assert (reason == "") == (result == OK)
+
+
+def test_retry_after_as_an_http_date():
+    later = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30), usegmt=True)
+    assert 25 < retry_after_s(later) <= 30
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: at once
+    assert retry_after_s(None) is None and retry_after_s("-1") is None
 
 
 def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample_s: float, requests: float) -> str:
@@ -70,11 +154,11 @@ def _metrics_page(batch_sum: float, batch_calls: float, generated: float, sample
         f"{generated / 100}\n"
         'bentoml_service_request_duration_seconds_count{endpoint="/generate",http_response_code="200",runner_name="generator"} '
         f"{generated}\n"
-        f'bentoml_service_request_duration_seconds_sum{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {sample_s}\n'
-        f'bentoml_service_request_duration_seconds_count{{endpoint="/sample",http_response_code="200",runner_name="dcgan"}} {requests}\n'
-        'bentoml_service_request_duration_seconds_sum{endpoint="/sample",http_response_code="503",runner_name="dcgan"} 99.0\n'
-        'bentoml_service_request_duration_seconds_count{endpoint="/sample",http_response_code="503",runner_name="dcgan"} 1.0\n'
-        'bentoml_service_request_total{endpoint="/sample"} 7.0\n'
+        f'dcgan_request_duration_seconds_sum{{route="/sample"}} {sample_s}\n'
+        f'dcgan_request_duration_seconds_count{{route="/sample"}} {requests + 2}\n'
+        f'dcgan_requests_total{{route="/sample",status="200"}} {requests}\n'
+        'dcgan_requests_total{route="/sample",status="503"} 2.0\n'
+        'dcgan_requests_total{route="other",status="404"} 7.0\n'
     )
 
 
@@ -86,7 +170,7 @@ def test_metrics_differenced_into_batch_sizes_and_durations():
     assert figures["mean_batch_requests"] == pytest.approx(720 / 30)  # client requests per ONNX Runtime call
     assert figures["mean_batch_images"] == pytest.approx(2880 / 30)  # images per call, from the histogram's sum
     assert figures["requests_per_generator_call"] == pytest.approx(720 / 240)
-    assert figures["server_sample_ms"] == pytest.approx(1000 * 6.0 / 720)  # the 503 is not counted
+    assert figures["server_sample_ms"] == pytest.approx(1000 * 6.0 / 720)  # every answer: 720 200s (the 2 503s before and after)
     assert figures["server_generate_ms"] == pytest.approx(10.0)
     idle = level_figures(before, before)
     assert idle["mean_batch_requests"] is None and idle["server_sample_ms"] is None
@@ -96,13 +180,14 @@ def test_metrics_of_an_in_process_generator_have_no_generator_calls():
     """DCGAN_GENERATOR=inprocess: no /generate endpoint; batch sizes still come from the histogram."""
     page = lambda calls, images, requests: (  # noqa: E731
         f"dcgan_generator_batch_images_count {calls}\ndcgan_generator_batch_images_sum {images}\n"
-        f'bentoml_service_request_duration_seconds_sum{{endpoint="/sample",http_response_code="200"}} 1.0\n'
-        f'bentoml_service_request_duration_seconds_count{{endpoint="/sample",http_response_code="200"}} {requests}\n'
+        f'dcgan_request_duration_seconds_sum{{route="/sample"}} 1.0\n'
+        f'dcgan_request_duration_seconds_count{{route="/sample"}} {requests}\n'
+        f'dcgan_requests_total{{route="/sample",status="200"}} {requests}\n'
     )
     figures = level_figures(parse(page(10, 10, 10)), parse(page(30, 330, 110)))
     assert (figures["mean_batch_requests"], figures["mean_batch_images"]) == (5.0, 16.0)
     assert figures["requests_per_generator_call"] is None and figures["server_generate_ms"] is None
-    assert parse("bentoml_service_request_total 3\n").batch_calls == 0
+    assert parse("dcgan_requests_total 3\n").batch_calls == 0
 
 
 def test_n_mix_parsing():
@@ -135,6 +220,11 @@ def test_response_check_accepts_only_well_formed_bodies():
         (["--artifact", "/nonexistent"], "no model artifact"),
         (["--host", "http://127.0.0.1:9", "--compare-max-batch", "2"], "cannot be used with --host"),
         (["--host", "http://localhost:9", "--soak", "1"], "cannot be used with --host"),
+        (["--rates", "10,0"], "> 0"),
+        (["--rates", "fast"], "comma-separated list of numbers"),
+        (["--open-users", "8"], "needs --rates"),
+        (["--p99-bound-ms", "0"], "must be > 0"),
+        (["--rates", "10", "--soak", "1"], "cannot be used with --rates"),
     ],
 )
 def test_run_cli_refuses_bad_input_in_one_line(argv, message, capsys):
@@ -189,36 +279,39 @@ def test_smoke_sweep_writes_a_faithful_report(service_artifact, tmp_path):
             "3",
             "--warmup",
             "1",
-            "--ceiling",
-            "none",
             "--baseline",
             "--baseline-threads",
             "1",
+            "--goals",
+            "--ceiling",
+            "none",
             "--out",
             str(out),
         ]
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    for name in ("report.json", "report.md", "sweep.png"):
+    for name in ("report.json", "report.md", "sweep.png", "capacity.png"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
     assert [t["name"] for t in report["targets"]] == ["bentoml", "baseline-t1"]
     for target in report["targets"]:
         (lv,) = target["levels"]
-        assert (lv["users"], lv["n_mix"], lv["failures"]) == (2, "2", 0)
-        # The report's figures are the ones in locust's own CSV.
-        from_csv = parse_stats_csv(out / "locust" / f"{target['name']}_n2_u2_stats.csv")
-        assert lv["requests"] == from_csv.requests > 0
-        assert lv["images_per_s"] == pytest.approx(2 * lv["requests_per_s"]) == pytest.approx(from_csv.images_per_s)
-        assert lv["p99_ms"] == from_csv.p99_ms
-        md_row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith(f"| {target['label']} | 2 | 2 |"))
-        assert f"| {lv['requests_per_s']:,.1f} | {lv['images_per_s']:,.0f} |" in md_row
+        assert (lv["users"], lv["n_mix"], lv["refused"], lv["failed"]) == (2, "2", 0, 0)
+        # The report's figures are the ones in locust's own files.
+        from_locust = parse_level(out / "locust" / f"{target['name']}_n2_u2")
+        assert lv["ok"] == lv["requests"] == from_locust.ok.count > 0
+        assert lv["images_per_s"] == pytest.approx(2 * lv["requests_per_s"]) == pytest.approx(from_locust.images_per_s)
+        assert lv["p99_ms"] == from_locust.ok.p99_ms
+        md_lines = (out / "report.md").read_text().splitlines()
+        md_row = next(line for line in md_lines if line.startswith(f"| {target['label']} | 2 | 2 users |"))
+        assert f"| {lv['outcomes']['ok']['per_s']:,.1f} | {lv['images_per_s']:,.0f} | {lv['ok']:,} |" in md_row
     ours, base = (t["levels"][0] for t in report["targets"])
     assert ours["mean_batch_requests"] >= 1 and ours["mean_batch_images"] >= 2  # read from our /metrics
     assert ours["server_sample_ms"] > 0 and ours["server_generate_ms"] is None  # the model runs in the entry worker
     assert base["mean_batch_requests"] is None and base["server_sample_ms"] is None  # the baseline has no /metrics
     with open(out / "locust" / "bentoml_n2_u2_stats.csv", newline="") as f:
-        assert {row["Name"] for row in csv.DictReader(f)} == {"/sample n=2", "Aggregated"}
+        assert {row["Name"] for row in csv.DictReader(f)} == {"ok /sample n=2", "Aggregated"}
+    assert "## Goals" in (out / "report.md").read_text() and report["goals"]  # asked for with --goals
 
 
 def test_smoke_soak_samples_every_server_process(service_artifact, tmp_path):
@@ -245,7 +338,7 @@ def test_smoke_soak_samples_every_server_process(service_artifact, tmp_path):
     soak = json.loads((out / "report.json").read_text())["soak"]
     names = {p["name"].split(" (")[0] for p in soak["processes"]}
     assert {"bentoml serve", "worker dcgan"} <= names
-    assert soak["level"]["failures"] == 0 and soak["level"]["requests"] > 0
+    assert soak["level"]["failed"] == 0 and soak["level"]["requests"] > 0
     with open(out / "soak_rss.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len({r["t_s"] for r in rows}) >= 2 and all(int(r["rss_bytes"]) > 0 for r in rows)
@@ -262,8 +355,8 @@ def test_fp32_artifact_drops_only_the_fp16_model_and_still_verifies(service_arti
     assert run.fp32_artifact(service_artifact, tmp_path) == derived  # made once, reused for the next n mix
 
 
-def _lv(n_mix: str, users: int, images_per_s: float, p99_ms: float, failures: int = 0) -> dict:
-    return {"n_mix": n_mix, "users": users, "images_per_s": images_per_s, "p99_ms": p99_ms, "failures": failures}
+def _lv(n_mix: str, users: int, images_per_s: float, p99_ms: float, failed: int = 0) -> dict:
+    return {"n_mix": n_mix, "users": users, "images_per_s": images_per_s, "p99_ms": p99_ms, "failed": failed}
 
 
 def test_goal_verdicts_from_a_constructed_report():
@@ -286,7 +379,7 @@ def test_goal_verdicts_from_a_constructed_report():
             {"name": "triton", "levels": [_lv("1", 32, 360, 250)]},
             {"name": "bentoml-maxbatch4", "levels": [_lv("1", 32, 200, 150)]},
             {"name": "bentoml-maxbatch1", "levels": [_lv("1", 32, 150, 250)]},
-            {"name": "baseline-t1", "levels": [_lv("1", 32, 300, 250), _lv("16", 64, 950, 500, failures=2)]},
+            {"name": "baseline-t1", "levels": [_lv("1", 32, 300, 250), _lv("16", 64, 950, 500, failed=2)]},
             {"name": "baseline-tdefault", "levels": [_lv("1", 32, 200, 150)]},
         ],
         "ceiling": {"results": {"ort-cpu": {"64": 5000.0}, "ort-service": {"1": 500.0, "32": 1000.0, "64": 1100.0}}},
@@ -371,3 +464,17 @@ def test_v2_requests_and_their_checks():
     good["outputs"][0]["data"][1] = "R0lGODlh"  # a GIF
     assert problem_with_v2(json.dumps(good).encode(), 2) == "an image is not a base64 PNG"
     assert problem_with_v2(b"<html>", 2) == "body is not a v2 inference response"
+
+
+def test_load_levels_and_what_locust_is_told(tmp_path):
+    """Closed loop: one level per user count; open loop: one per rate, its users the rate x the bound (4..1024)."""
+    from loadtest.locust_run import LoadLevel, locust_argv
+
+    closed = run.parse_args(["--users", "4,1", "--ignore-retry-after"])
+    assert run.load_levels(closed) == [LoadLevel(1, ignore_retry_after=True), LoadLevel(4, ignore_retry_after=True)]
+    opened = run.parse_args(["--rates", "1000,0.5,10", "--p99-bound-ms", "2000"])
+    assert [(lv.rate, lv.users) for lv in run.load_levels(opened)] == [(0.5, 4), (10, 20), (1000, 1024)]
+    assert run.load_levels(run.parse_args(["--rates", "10", "--open-users", "3"])) == [LoadLevel(3, 10.0)]
+    argv = locust_argv("http://127.0.0.1:9", LoadLevel(20, 10.0), "1", 3, tmp_path / "p")
+    assert argv[argv.index("--rate") + 1] == "10" and argv[argv.index("--users") + 1] == "20"
+    assert "--ignore-retry-after" in locust_argv("http://127.0.0.1:9", LoadLevel(4, ignore_retry_after=True), "1", 3, tmp_path / "p")
