@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import psutil
 import pytest
+from helpers import metric
 from PIL import Image
 
 from contract.latents import latents_for_seed
@@ -414,3 +415,23 @@ def test_seeds_give_the_same_bytes_alone_under_load_and_as_a_prefix(service_url)
     report = asyncio.run(check(service_url, clients=8, rounds=2))
     assert report["images_per_onnx_call_under_load"] > 2, report
     assert report["all_identical"] and report["max_level_diff"] == 0, report["rows"]
+
+
+def test_two_entry_workers_divide_the_cores_and_serve_the_same_bytes(start_service, service_url):
+    """DCGAN_WORKERS=2: BentoML starts two entry workers, each with its own model and half of ONNX Runtime's threads;
+    whichever answers, the bytes are the same, and /metrics sums both."""
+    from service.settings import available_cores
+
+    with start_service({"DCGAN_WORKERS": "2"}) as server:
+        workers = [
+            p for p in psutil.Process(server.process.pid).children(recursive=True) if "--service-name dcgan" in " ".join(p.cmdline())
+        ]
+        infos = [httpx.get(f"{server.url}/info", timeout=TIMEOUT).json() for _ in range(6)]
+        answers = [post(server.url, "/sample/raw", {"seed": 11, "n": 3}) for _ in range(6)]
+        served = metric(server.url, "dcgan_requests_total", route="/sample/raw", status="200")
+    assert len(workers) == 2, [p.cmdline() for p in workers]
+    assert {info["settings"]["DCGAN_WORKERS"] for info in infos} == {2}
+    assert {info["ort_threads"] for info in infos} == {max(1, available_cores() // 2)}
+    expected = post(service_url, "/sample/raw", {"seed": 11, "n": 3}).content
+    assert all(a.status_code == 200 and a.content == expected for a in answers)
+    assert served == 6  # counted once each, over both workers
