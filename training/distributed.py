@@ -171,7 +171,7 @@ def exit_rank(code: int) -> NoReturn:
     (2026-11-26) rank 1 of a 2-process CPU run aborted after the run had finished and rank 0 had
     printed "done" (`terminate called without an active exception`, SIGABRT), so torchrun reported
     the finished run as failed. The exact frame is not known: it did not recur here in over 150
-    runs, alone and under load. tests/test_distributed.py runs torchrun with PYTHONFAULTHANDLER=1,
+    runs, alone and under load. tests/system/test_distributed.py runs torchrun with PYTHONFAULTHANDLER=1,
     so a recurrence before this point names the Python frame it happened in.
     """
     sys.stdout.flush()

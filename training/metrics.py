@@ -1,6 +1,6 @@
 """Quality and coverage figures computed from class predictions, features or 2D points.
 
-Pure functions on tensors/arrays with known answers (tests/test_evaluate.py, tests/test_toy.py);
+Pure functions on tensors/arrays with known answers (tests/system/test_evaluate.py, tests/unit/test_toy.py);
 the classifier, the generators and the data live elsewhere.
 """
 

@@ -418,7 +418,7 @@ def test_the_kserve_predictor_is_a_valid_pod_spec(version):
 
 def test_the_kserve_predictor_runs_the_overlays_pod_on_the_v2_protocol():
     """Port, user, read-only root, drain and grace period as the GPU overlay's pod; probes on the protocol's own paths,
-    which the service serves (tests/test_deploy_metrics.py asks a running one)."""
+    which the service serves (tests/service/test_deploy_metrics.py asks a running one)."""
     from service.v2 import routes
 
     predictor = kserve_predictor()
