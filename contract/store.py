@@ -92,7 +92,8 @@ def _find(name: str, manifest_sha256: str) -> str | None:
 
 
 def main(argv=None) -> None:
-    """`python -m contract.store`. common.cli is imported here, not above: a bento carries contract/ but not common/."""
+    """`python -m contract.store`. common.cli is imported here, not above: serving never needs it (the bento carries
+    it, bentofile.yaml, for this command)."""
     from common.cli import OneLineErrorParser, UserError, cli_main
 
     @cli_main
