@@ -102,7 +102,7 @@ class Api:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.key = settings.api_key.encode("utf-8")
-        self.generator = None  # service/generators.py: InProcess or Remote, set by start()
+        self.generator = None  # service/generators.py: InProcess or Remote, set by attach()
         self.merged: Coalescer | None = None
         self.model = ""  # the served model's tag, once started
         self.nz = 0
