@@ -42,7 +42,8 @@ LAYERS = (
     ("parsing and validation", r"service/schema\.py|pydantic|urllib/parse"),
     ("service request handling", r"service/api\.py|service/routes\.py|service/errors\.py|service/v2\.py|service/entry\.py"),
     ("BentoML and Starlette stack", r"_bentoml_impl/|_bentoml_sdk/|bentoml/|starlette/|opentelemetry/|service/bentoml_fixes\.py"),
-    ("uvicorn and the event loop", r"uvicorn/|asyncio/|uvloop|runners\.py"),
+    ("uvicorn (HTTP parsing, responses)", r"uvicorn/"),
+    ("event loop (uvloop: sockets, scheduling, thread hand-offs)", r"asyncio/|uvloop|runners\.py"),
 )
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -162,9 +163,9 @@ def print_report(report: dict) -> None:
     print(f"checkout {report['checkout']}: {report['users']} clients at n={report['n']}")
     print(f"  {report['requests_per_s']:.0f} requests/s, server CPU {report['server_cpu_ms_per_request']:.2f} ms/request, ", end="")
     print(f"event loop busy {report['loop_busy_share']:.0%}, statuses {report['statuses']}")
-    print(f"  {'layer of the entry worker event loop':<40} {'share':>6} {'us/request':>11}")
+    print(f"  {'layer of the entry worker event loop':<58} {'share':>6} {'us/request':>11}")
     for name, share in report["layers_share"].items():
-        print(f"  {name:<40} {share:>6.1%} {report['layers_us_per_request'][name]:>11.0f}")
+        print(f"  {name:<58} {share:>6.1%} {report['layers_us_per_request'][name]:>11.0f}")
 
 
 @cli_main
