@@ -184,9 +184,8 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
     elif dist.is_main:
-        print(
-            f"done: {trainer.step} steps. generator: {run_dir / (rundir.GENERATOR + '.safetensors')}  samples: {run_dir / rundir.SAMPLES}"
-        )
+        print(f"done: {trainer.step} steps in {trainer.clock.summary()}")
+        print(f"generator: {run_dir / (rundir.GENERATOR + '.safetensors')}  samples: {run_dir / rundir.SAMPLES}")
     if dist.enabled:
         distributed.exit_rank(code)  # all written; see exit_rank for why not a normal return
     return code
