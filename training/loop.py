@@ -27,7 +27,6 @@ from training.objectives import build_objective
 from training.plots import save_grid, save_loss_curve
 from training.schedule import GridSchedule, RunClock
 
-
 # batches of 128 latents for the BatchNorm statistics of a generator ready for inference (grids, evaluations,
 # generator.*): the fewest that keep the default model's images and quality figures within the tolerance
 # measured by `python -m research.bn_batches` (docs/training.md, "Sample grids and the run's time")
@@ -40,22 +39,34 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @dataclass
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and exits."""
+    """Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and exits.
+
+    Python runs the handler in the main thread, but the kernel delivers a process signal to any thread that
+    does not block it, torch's intra-op workers included, in the middle of a kernel. `python -m training.run`
+    blocks the stop signals before torch starts a thread (threads inherit the mask); on entry the intra-op
+    pool is started (a parallel op) while they are still blocked, then the main thread alone unblocks them."""
 
     signum: int = 0
     _previous: dict = field(default_factory=dict)
+    _mask: set = field(default_factory=set)
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in STOP_SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
+        torch.ones(1 << 20).sum()  # starts the intra-op thread pool, if not yet started, with the current mask
+        self._mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return self
 
     def _handle(self, signum, frame):
         self.signum = signum
 
     def __exit__(self, *exc):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
         for s, h in self._previous.items():
             signal.signal(s, h)
 

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -106,6 +107,16 @@ def check_schedule_kept(saved: dict, trainer, done: int) -> None:
 @cli_main
 def main(argv=None) -> int:
     ns, explicit = parse(argv)
+    # blocked before torch starts any thread (threads inherit the mask); the training loop unblocks them in the
+    # main thread alone (training/loop.py: StopFlag), so a stop request never lands on a torch worker
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return train(ns, explicit, argv)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def train(ns: argparse.Namespace, explicit: dict, argv) -> int:
     from training import distributed  # torch imports after --help has been served
     from training.data import load_dataset
     from training.loop import Trainer, pick_device
