@@ -226,7 +226,11 @@ class TrainConfig:
     )
     sample_every: int = setting(
         0,
-        "steps between sample grids in samples/; 0 = one per epoch",
+        (
+            "steps between sample grids (samples/step-N.png); 0 = on a time budget: the first after the first "
+            "epoch or 30 s of training, then as often as keeps grids within 2%% of the training time, at most one "
+            "a minute"
+        ),
         minimum=0,
         resumable=True,
     )

@@ -11,6 +11,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 
 class EMA:
@@ -22,28 +23,51 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         # warm-up: early on, follow the raw weights closely (decay ramps from 0.1 up to `decay`)
         d = min(self.decay, (1 + step) / (10 + step))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1.0 - d)
+        # one fused in-place lerp over the parameter list (what swa_utils.get_ema_multi_avg_fn uses), not a
+        # Python loop of per-tensor lerp_: the same results (docs/training.md, "The EMA update")
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
 
 
-@torch.no_grad()
+BN_BATCH_SIZE = 128  # latents per batch of the recompute
+
+
+class _LastBatchNormReached(Exception):
+    pass
+
+
+class _UpToLastBatchNorm(nn.Module):
+    """`model`'s forward pass stopped after its last BatchNorm (the last registered: these generators register
+    their layers in the order they run): what comes after changes no statistic, and in a DCGAN generator
+    that is the largest convolution, at full resolution, about half of the pass."""
+
+    def __init__(self, model: nn.Module, last: nn.Module):
+        super().__init__()
+        self.model, self.last = model, last
+
+    def forward(self, z: torch.Tensor) -> None:
+        def stop(module, args, output):
+            raise _LastBatchNormReached
+
+        hook = self.last.register_forward_hook(stop)
+        try:
+            self.model(z)
+        except _LastBatchNormReached:
+            pass
+        finally:
+            hook.remove()
+
+
 def recompute_batchnorm(
-    model: nn.Module, nz: int, device: torch.device, seed: int = 1234, batches: int = 16, batch_size: int = 128
+    model: nn.Module, nz: int, device: torch.device, seed: int = 1234, batches: int = 16, batch_size: int = BN_BATCH_SIZE
 ) -> nn.Module:
-    """Set every BatchNorm's running stats to their average over `batches` batches of N(0, 1) latents."""
+    """Set every BatchNorm's running stats to their average over `batches` batches of N(0, 1) latents; eval mode.
+
+    torch.optim.swa_utils.update_bn does the work (reset, cumulative average, one pass, momenta restored),
+    on the pass up to the last BatchNorm; the latents come from their own generator, so the training RNG
+    streams are untouched.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return model.eval()
-    saved_momentum = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average: equal weight to every batch
-    was_training = model.training
-    model.train()
-    g = torch.Generator(device="cpu").manual_seed(seed)  # own generator: training RNG streams untouched
-    for _ in range(batches):
-        model(torch.randn(batch_size, nz, generator=g).to(device))
-    for bn, m in zip(bns, saved_momentum):
-        bn.momentum = m
-    model.train(was_training)
+    if bns:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        update_bn((torch.randn(batch_size, nz, generator=g) for _ in range(batches)), _UpToLastBatchNorm(model, bns[-1]), device)
     return model.eval()

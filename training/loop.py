@@ -25,6 +25,12 @@ from training.evaluate import GENERATOR_LAST, CoverageMonitor
 from training.models import Discriminator, DiscriminatorConfig, GeneratorConfig, build_generator, init_weights
 from training.objectives import build_objective
 from training.plots import save_grid, save_loss_curve
+from training.schedule import GridSchedule, RunClock
+
+# batches of 128 latents for the BatchNorm statistics of a generator ready for inference (grids, evaluations,
+# generator.*): the fewest that keep the default model's images and quality figures within the tolerance
+# measured by `python -m research.bn_batches` (docs/training.md, "Sample grids and the run's time")
+BN_BATCHES = 2
 
 
 def pick_device(name: str) -> torch.device:
@@ -33,24 +39,50 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @dataclass
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and exits."""
+    """Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and exits.
+
+    Python runs the handler in the main thread, but the kernel delivers a process signal to any thread that
+    does not block it, torch's intra-op workers included, in the middle of a kernel. `python -m training.run`
+    blocks the stop signals before torch starts a thread (threads inherit the mask); on entry the intra-op
+    pool is started (a parallel op) while they are still blocked, then the main thread alone unblocks them."""
 
     signum: int = 0
     _previous: dict = field(default_factory=dict)
+    _mask: set = field(default_factory=set)
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in STOP_SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
+        torch.ones(1 << 20).sum()  # starts the intra-op thread pool, if not yet started, with the current mask
+        self._mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return self
 
     def _handle(self, signum, frame):
         self.signum = signum
 
     def __exit__(self, *exc):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
         for s, h in self._previous.items():
             signal.signal(s, h)
+
+
+class ProgressBar(tqdm):
+    """tqdm whose time left is the run's ETA (`eta_s`, set by the loop: the steps left plus the grids,
+    checkpoints, evaluations and final saves to come), not tqdm's steps left / step rate."""
+
+    eta_s: float = float("nan")
+    FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{eta}, {rate_fmt}{postfix}]"
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        d["eta"] = "?" if self.eta_s != self.eta_s else self.format_interval(self.eta_s)  # nan: not known yet
+        return d
 
 
 def lr_factor(step: int, decay_start: int, total_steps: int) -> float:
@@ -117,6 +149,13 @@ class Trainer:
         self.best = None  # (Frechet distance, step) of the generator in generator.*, once evaluated
         self.top_classes = 0  # most classes covered so far; a drop below it prints a warning
         self.last_eval_step = -1
+        # what the run's time goes to, and when to stop training for a sample grid (training/schedule.py)
+        self.clock = RunClock()
+        self.grids = GridSchedule(every_steps=cfg.sample_every)
+        self.checkpointed_step = -1
+        # generators ready for inference, reused while G's weights are unchanged: {raw: (weights_version, module)}
+        self.weights_version = 0  # bumped whenever G's (or the EMA's) weights change
+        self._inference: dict[bool, tuple[int, torch.nn.Module]] = {}
 
     # --- state -------------------------------------------------------------------------------
     def _modules(self) -> dict:
@@ -127,6 +166,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Rank 0 writes; the rest of the state is alike on every rank but the global RNGs, gathered here."""
+        self.checkpointed_step = self.step
         rank_rngs = self.dist.rng_states() if self.dist.enabled else None  # a collective: every rank calls it
         if self.dist.is_main:
             checkpoint.save(
@@ -151,6 +191,8 @@ class Trainer:
             world_size=self.dist.world_size,
         )
         self.step, self.epoch, self.position, self.order = st["step"], st["epoch"], st["position"], st["order"]
+        self.weights_version += 1
+        self.checkpointed_step = self.step
         # drop metrics logged after the checkpoint: they will be logged again
         metrics = self.run_dir / rundir.METRICS
         if self.dist.is_main and metrics.exists():
@@ -168,14 +210,24 @@ class Trainer:
         follows the raw weights closely for the first ~100 steps). Returns {"run", "checkpoint", "step", "sha256"}."""
         stem = checkpoint.latest(source)
         meta = checkpoint.load_networks(stem, self._modules(), {"opt_g": self.opt_g, "opt_d": self.opt_d})
+        self.weights_version += 1
         return {"run": str(source), "checkpoint": str(stem), "step": meta["step"], "sha256": meta["weights_sha256"]}
 
     def inference_generator(self, raw: bool = False) -> torch.nn.Module:
-        """A generator ready for inference: a copy with BatchNorm statistics recomputed for its own weights."""
-        source = self.G if raw or not self.ema else self.ema.model
-        g = build_generator(self.g_cfg).to(self.device)
-        g.load_state_dict(source.state_dict())
-        return recompute_batchnorm(g, self.cfg.nz, self.device)
+        """A generator ready for inference: a copy of the EMA's weights (raw: G's) with BatchNorm statistics
+        recomputed for them; the same copy while the weights have not changed since. Touches no training RNG."""
+        raw = raw or not self.ema
+        version, g = self._inference.get(raw, (None, None))
+        if version == self.weights_version:
+            return g
+        if g is None:
+            with torch.random.fork_rng(devices=[]):  # building draws initial weights from the global RNG
+                g = build_generator(self.g_cfg).to(self.device)
+        g.load_state_dict((self.G if raw else self.ema.model).state_dict())
+        with self.clock.timing("recompute"):
+            recompute_batchnorm(g, self.cfg.nz, self.device, batches=BN_BATCHES)
+        self._inference[raw] = (self.weights_version, g)
+        return g
 
     def save_generators(self) -> None:
         """generator.* holds the EMA weights when EMA is on (raw ones in generator_raw.*), else the raw ones.
@@ -186,7 +238,7 @@ class Trainer:
         main = GENERATOR_LAST if self.best else rundir.GENERATOR
         stems = {main: False, rundir.GENERATOR_RAW: True} if self.ema else {main: True}
         for stem, raw in stems.items():
-            rundir.save_generator(self.run_dir, self.g_cfg, self.inference_generator(raw).cpu(), stem=stem, step=self.step, ema=not raw)
+            rundir.save_generator(self.run_dir, self.g_cfg, self.inference_generator(raw), stem=stem, step=self.step, ema=not raw)
 
     def save_samples(self, name: str) -> None:
         with torch.no_grad():
@@ -229,7 +281,7 @@ class Trainer:
             rundir.save_generator(
                 self.run_dir,
                 self.g_cfg,
-                g.cpu(),
+                g,
                 step=self.step,
                 ema=self.ema is not None,
                 selected_by={"fd": f["fd"], "fd_over_floor": f["fd_over_floor"], "samples": self.monitor.samples},
@@ -284,6 +336,7 @@ class Trainer:
         self.opt_g.step()
         self.D.requires_grad_(True)
         self.step += 1
+        self.weights_version += 1
         if self.ema:
             self.ema.update(self.G, self.step)
         stats = {"loss_d": d.loss.detach(), "loss_g": loss_g.detach(), "d_x": d.d_x, "d_g_z": d.d_g_z}
@@ -301,26 +354,46 @@ class Trainer:
             raise RuntimeError(f"step {self.step}: the ranks' weights differ (checksums {sums}); DDP replicas out of sync")
         return stats, {"replica_checksums": sums}
 
+    def eta_s(self) -> float:
+        """Seconds to the end of the run, sample grids, checkpoints, evaluations and final saves included."""
+        cfg, step, total = self.cfg, self.step, self.total_steps
+        due = lambda every: total // every - step // every if every else 0  # noqa: E731  # multiples of every in (step, total]
+        return self.clock.eta_s(
+            steps_left=total - step,
+            grids_left=self.grids.expected_left(step, total, self.clock) + 1,  # and the final grid
+            checkpoints_left=due(cfg.checkpoint_every) + (total % cfg.checkpoint_every != 0),  # and the final one
+            evals_left=due(cfg.eval_every) if self.checks else 0,
+            final_recomputes=1 if self.ema else 0,  # the raw generator's; the final grid recomputes the EMA's
+        )
+
     def fit(self, progress: bool = True) -> int:
         """Train to total_steps. Returns the signal number that stopped it, or 0.
 
         Under torchrun every rank runs this loop in lockstep: the collectives (DDP's gradient averaging,
         the stop check, the log's averages and checksums, the checkpoint's RNG gathering) come at the
-        same steps on every rank; rank 0 alone writes files.
+        same steps on every rank; rank 0 alone writes files, draws sample grids and evaluates.
         """
-        cfg, main = self.cfg, self.dist.is_main
+        cfg, main, clock = self.cfg, self.dist.is_main, self.clock
         metrics = self.run_dir / rundir.METRICS
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and main), unit="step", dynamic_ncols=True)
+        bar = ProgressBar(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (progress and main),
+            unit="step",
+            dynamic_ncols=True,
+            bar_format=ProgressBar.FORMAT,
+        )
         t0, n0 = time.perf_counter(), self.step
         # a signal seen by any rank stops every rank after the same step
         with StopFlag() as stop, open(metrics, "a") if main else contextlib.nullcontext() as log:
             while self.step < self.total_steps and not self.dist.max(stop.signum):
-                stats = self.train_step()
+                with clock.timing("train"):
+                    stats = self.train_step()
                 epoch_done = self.position + self.global_batch > len(self.order)  # the next batch starts an epoch
-                if main and epoch_done and not cfg.sample_every:
-                    self.save_samples(f"epoch-{self.epoch + 1:04d}")
-                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.save_samples(f"step-{self.step:08d}")
+                if main and self.grids.due(self.step, epoch_done, clock):
+                    with clock.timing("sample"):
+                        self.save_samples(f"step-{self.step:08d}")
+                    self.grids.drawn(clock)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     extra = {}
                     if self.dist.enabled:
@@ -339,19 +412,24 @@ class Trainer:
                         log.flush()
                     bar.set_postfix(D=row["loss_d"], G=row["loss_g"], Dx=row["d_x"], DGz=row["d_g_z"], img_s=row["images_per_s"])
                     t0, n0 = time.perf_counter(), self.step
-                bar.update(1)
                 if main and self.checks and self.step % cfg.eval_every == 0:
-                    self.evaluate(log)
+                    with clock.timing("eval"):
+                        self.evaluate(log)
                 if self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    with clock.timing("checkpoint"):
+                        self.save_checkpoint()
+                bar.eta_s = self.eta_s()
+                bar.update(1)
             bar.close()
-            if main and self.checks and self.best and self.last_eval_step != self.step:  # the last generator competes too
-                self.evaluate(log)
-            self.save_checkpoint()
-            if main:
-                self.save_generators()
-                self.save_samples("final")
-                save_loss_curve(metrics, self.run_dir / "loss.png")
+            with clock.timing("final"):
+                if main and self.checks and self.best and self.last_eval_step != self.step:  # the last generator competes too
+                    self.evaluate(log)
+                if self.checkpointed_step != self.step:
+                    self.save_checkpoint()
+                if main:
+                    self.save_generators()
+                    self.save_samples("final")  # the EMA generator save_generators just recomputed
+                    save_loss_curve(metrics, self.run_dir / "loss.png")
             return self.dist.max(stop.signum)
 
     def write_config(self, extra: dict) -> None:

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -103,90 +104,128 @@ def check_schedule_kept(saved: dict, trainer, done: int) -> None:
             )
 
 
+def resumed_settings(ns: argparse.Namespace, explicit: dict) -> tuple[TrainConfig, dict]:
+    """--resume RUN_DIR: the run's saved settings, with only the resumable ones changed by flags. (cfg, saved config.json)"""
+    run_dir = Path(ns.resume)
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise UserError(f"{run_dir} is not a run dir (no {rundir.CONFIG}); pass the folder that training.run printed")
+    saved = read_json(run_dir / rundir.CONFIG, "run config")
+    changed = {k for k, v in explicit.items() if saved.get(k) != v} - TrainConfig.resumable()
+    if changed or ns.config:
+        raise UserError(
+            f"--resume keeps the run's settings; only {sorted(TrainConfig.resumable())} may change (got {sorted(changed) or '--config'})"
+        )
+    settings = {k: v for k, v in saved.items() if k in TrainConfig.fields()}
+    return TrainConfig.from_dict({**settings, **explicit}, str(run_dir / rundir.CONFIG)).validate(), saved
+
+
+def new_settings(ns: argparse.Namespace, explicit: dict) -> TrainConfig:
+    """A new run: the --config file, then the flags, then the loss's own defaults where neither set a value."""
+    settings = {**(read_config_file(ns.config) if ns.config else {}), **explicit}
+    # the loss's own defaults (e.g. wgan-gp: lr 1e-4, betas (0.5, 0.9)), only where nothing was set
+    loss_defaults = {k: v for k, v in LOSS_DEFAULTS.get(settings.get("loss"), {}).items() if k not in settings}
+    if loss_defaults and os.environ.get("RANK", "0") == "0":  # under torchrun, said once
+        print(f"--loss {settings['loss']} defaults: " + ", ".join(f"{k}={v}" for k, v in loss_defaults.items()))
+    cfg = TrainConfig.from_dict({**loss_defaults, **settings}, ns.config or "flags")
+    if ns.dry_run:
+        cfg.steps = 1
+    return cfg.validate()
+
+
+def command_history(ns: argparse.Namespace, cfg: TrainConfig, saved: dict | None, argv) -> list[str]:
+    """The command lines that made the run: the resumed run's, or a fine-tune source's, then this one."""
+    if saved is not None:
+        earlier = saved.get("command", [])
+    elif cfg.init_from:
+        source = Path(cfg.init_from)
+        if not (source / rundir.CONFIG).is_file():
+            raise UserError(f"--init-from {source}: not a run dir (no {rundir.CONFIG}); pass a folder training.run wrote")
+        earlier = read_json(source / rundir.CONFIG, "run config").get("command", [])
+    else:
+        earlier = []
+    return earlier + [shlex.join(["python", "-m", "training.run", *(sys.argv[1:] if argv is None else argv)])]
+
+
+def starting_point(trainer, ns: argparse.Namespace, saved: dict | None) -> dict:
+    """Load the resumed checkpoint or the fine-tune's source weights into `trainer`; the config.json entry
+    naming the checkpoint a fine-tune started from ({} for a fresh run)."""
+    if saved is not None:
+        check_schedule_kept(saved, trainer, checkpoint.step_of(checkpoint.latest(trainer.run_dir)))
+        trainer.resume()
+        return {"init_checkpoint": saved["init_checkpoint"]} if "init_checkpoint" in saved else {}
+    if trainer.cfg.init_from:
+        return {"init_checkpoint": trainer.init_from(Path(trainer.cfg.init_from))}
+    return {}
+
+
+def record_run(trainer, data, dist, ns: argparse.Namespace, saved: dict | None, command: list[str], init: dict) -> None:
+    """Rank 0: write config.json and say what is about to run."""
+    world = {"world_size": dist.world_size} if dist.enabled else {}
+    # the recipe file the settings came from (configs/*.yaml), kept through --resume; export copies it to the manifest
+    config_file = saved.get("config_file") if saved is not None else ns.config
+    recipe = {"config_file": config_file} if config_file else {}
+    trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data), **init, **world, **recipe})
+    batch = f"{dist.world_size} processes x {trainer.cfg.batch_size}" if dist.enabled else f"{trainer.cfg.batch_size}"
+    start = f", resuming at step {trainer.step}" if ns.resume else f", from {init['init_checkpoint']['checkpoint']}" if init else ""
+    print(
+        f"run dir: {trainer.run_dir}  ({len(data)} images, {trainer.total_steps} steps of {batch}, device {trainer.device}{start})",
+        flush=True,
+    )
+
+
+def report_end(trainer, dist, signum: int) -> None:
+    """Rank 0: how to continue a stopped run, or where a finished one went and where its time went."""
+    if signum:
+        launcher = f"torchrun ... ({dist.world_size} processes) -m" if dist.enabled else "python -m"
+        print(
+            f"stopped by signal {signum} at step {trainer.step}; checkpoint written. "
+            f"Continue with: {launcher} training.run --resume {trainer.run_dir}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"done: {trainer.step} steps in {trainer.clock.summary()}")
+        print(f"generator: {trainer.run_dir / (rundir.GENERATOR + '.safetensors')}  samples: {trainer.run_dir / rundir.SAMPLES}")
+
+
 @cli_main
 def main(argv=None) -> int:
     ns, explicit = parse(argv)
+    # blocked before torch starts any thread (threads inherit the mask); the training loop unblocks them in the
+    # main thread alone (training/loop.py: StopFlag), so a stop request never lands on a torch worker
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return train(ns, explicit, argv)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def train(ns: argparse.Namespace, explicit: dict, argv) -> int:
+    """Settings, data, trainer, starting point, the loop, the last words; under torchrun this rank's share."""
     from training import distributed  # torch imports after --help has been served
     from training.data import load_dataset
     from training.loop import Trainer, pick_device
 
-    if ns.resume:
-        run_dir = Path(ns.resume)
-        if not (run_dir / rundir.CONFIG).is_file():
-            raise UserError(f"{run_dir} is not a run dir (no {rundir.CONFIG}); pass the folder that training.run printed")
-        saved = read_json(run_dir / rundir.CONFIG, "run config")
-        changed = {k for k, v in explicit.items() if saved.get(k) != v} - TrainConfig.resumable()
-        if changed or ns.config:
-            raise UserError(
-                f"--resume keeps the run's settings; only {sorted(TrainConfig.resumable())} may change "
-                f"(got {sorted(changed) or '--config'})"
-            )
-        settings = {k: v for k, v in saved.items() if k in TrainConfig.fields()}
-        cfg = TrainConfig.from_dict({**settings, **explicit}, str(run_dir / rundir.CONFIG)).validate()
-        command = saved.get("command", [])
-    else:
-        settings = {**(read_config_file(ns.config) if ns.config else {}), **explicit}
-        # the loss's own defaults (e.g. wgan-gp: lr 1e-4, betas (0.5, 0.9)), only where nothing was set
-        loss_defaults = {k: v for k, v in LOSS_DEFAULTS.get(settings.get("loss"), {}).items() if k not in settings}
-        if loss_defaults and os.environ.get("RANK", "0") == "0":  # under torchrun, said once
-            print(f"--loss {settings['loss']} defaults: " + ", ".join(f"{k}={v}" for k, v in loss_defaults.items()))
-        cfg = TrainConfig.from_dict({**loss_defaults, **settings}, ns.config or "flags")
-        if ns.dry_run:
-            cfg.steps = 1
-        cfg.validate()
-        command = []
-        if cfg.init_from:
-            source = Path(cfg.init_from)
-            if not (source / rundir.CONFIG).is_file():
-                raise UserError(f"--init-from {source}: not a run dir (no {rundir.CONFIG}); pass a folder training.run wrote")
-            command = read_json(source / rundir.CONFIG, "run config").get("command", [])
-    command = command + [shlex.join(["python", "-m", "training.run", *(sys.argv[1:] if argv is None else argv)])]
-
+    cfg, saved = resumed_settings(ns, explicit) if ns.resume else (new_settings(ns, explicit), None)
+    command = command_history(ns, cfg, saved, argv)
     # one process, or this process's rank of the job torchrun started (training/distributed.py)
     dist = distributed.setup(pick_device(cfg.device))
     try:
         channels = cfg.channels or (1 if cfg.data == "mnist" or cfg.data_format in ("mnist", "idx") else 3)
         data = load_dataset(cfg.data, cfg.data_format, cfg.image_size, channels)
-        if not ns.resume:  # rank 0 creates it; the others learn its name (it holds rank 0's clock time)
-            run_dir = Path(dist.broadcast_text(str(new_run_dir(ns.out)) if dist.is_main else None))
+        # rank 0 creates a new run dir; the others learn its name (it holds rank 0's clock time)
+        run_dir = Path(ns.resume) if ns.resume else Path(dist.broadcast_text(str(new_run_dir(ns.out)) if dist.is_main else None))
         trainer = Trainer(cfg, data, run_dir, dist)
-        if ns.resume:
-            check_schedule_kept(saved, trainer, checkpoint.step_of(checkpoint.latest(run_dir)))
-            trainer.resume()
-            init = {"init_checkpoint": saved["init_checkpoint"]} if "init_checkpoint" in saved else {}
-        elif cfg.init_from:
-            init = {"init_checkpoint": trainer.init_from(Path(cfg.init_from))}
-        else:
-            init = {}
+        init = starting_point(trainer, ns, saved)
         if dist.is_main:
-            world = {"world_size": dist.world_size} if dist.enabled else {}
-            # the recipe file the settings came from (configs/*.yaml), kept through --resume; export copies it to the manifest
-            config_file = saved.get("config_file") if ns.resume else ns.config
-            recipe = {"config_file": config_file} if config_file else {}
-            trainer.write_config({"command": command, "data_source": data.source, "data_images": len(data), **init, **world, **recipe})
-            batch = f"{dist.world_size} processes x {cfg.batch_size}" if dist.enabled else f"{cfg.batch_size}"
-            start = f", resuming at step {trainer.step}" if ns.resume else f", from {init['init_checkpoint']['checkpoint']}" if init else ""
-            print(
-                f"run dir: {run_dir}  ({len(data)} images, {trainer.total_steps} steps of {batch}, device {trainer.device}{start})",
-                flush=True,
-            )
+            record_run(trainer, data, dist, ns, saved, command, init)
         signum = trainer.fit(progress=not ns.quiet)
         # rank 0 writes last; a rank that tore the process group down before it got there aborts (gloo)
         dist.barrier()
     finally:
         distributed.close(dist)
+    if dist.is_main:
+        report_end(trainer, dist, signum)
     code = 128 + signum if signum else 0
-    if dist.is_main and signum:
-        launcher = f"torchrun ... ({dist.world_size} processes) -m" if dist.enabled else "python -m"
-        print(
-            f"stopped by signal {signum} at step {trainer.step}; checkpoint written. "
-            f"Continue with: {launcher} training.run --resume {run_dir}",
-            file=sys.stderr,
-        )
-    elif dist.is_main:
-        print(
-            f"done: {trainer.step} steps. generator: {run_dir / (rundir.GENERATOR + '.safetensors')}  samples: {run_dir / rundir.SAMPLES}"
-        )
     if dist.enabled:
         distributed.exit_rank(code)  # all written; see exit_rank for why not a normal return
     return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -95,13 +94,6 @@ def test_different_seed_different_weights(tmp_path):
     assert not torch.equal(a["project.weight"], b["project.weight"])
 
 
-# One compute thread in the three processes of the SIGINT test. With torch's thread pool, about one run in ten
-# under CPU load saw the interrupted-and-resumed weights differ from the straight run's (same stopping step, other
-# runs identical; two straight runs never differed): the signal, delivered to any thread of the process, seems to
-# disturb a parallel kernel. Not yet fixed in the trainer (blocking the signals in its worker threads would be).
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
 def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     run = tmp_path / "interrupted"
     cmd = [
@@ -118,7 +110,7 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
         "--out",
         str(run),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:
@@ -139,7 +131,6 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
         check=True,
         capture_output=True,
         timeout=300,
-        env=ONE_THREAD,
     )
     straight = tmp_path / "straight"
     # a process like the interrupted one: same thread count whatever earlier tests set in this one
@@ -161,7 +152,6 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
         check=True,
         capture_output=True,
         timeout=300,
-        env=ONE_THREAD,
     )
     assert_bit_identical(weights(run / "generator.safetensors"), weights(straight / "generator.safetensors"))
 
