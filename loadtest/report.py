@@ -401,8 +401,9 @@ def markdown(report: dict) -> str:
             "",
             "## What the servers did",
             "",
-            "Batch sizes and server-side durations come from the server's /metrics (`dcgan_generator_batch_images` and "
-            "BentoML's `bentoml_service_request_duration_seconds`): requests (images) per batch are client requests "
+            "Batch sizes and server-side durations come from the server's /metrics (`dcgan_generator_batch_images`, "
+            "`dcgan_request_duration_seconds` and, for `/generate`, BentoML's `bentoml_service_request_duration_seconds`): "
+            "requests (images) per batch are client requests "
             "(images) per ONNX Runtime call; with DCGAN_GENERATOR=service, requests per generator call are how many the "
             "entry merged into each internal call, and `/generate` is the generator's time per internal call: waiting for "
             "its batch, inference, its own HTTP handling. Servers without these metrics show -. Server CPU is that of "
