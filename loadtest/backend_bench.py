@@ -32,14 +32,15 @@ import onnxruntime as ort
 
 from common.cli import OneLineErrorParser, UserError, cli_main
 from common.files import repo_relative
+from common.paths import REPO_ROOT
 from contract.artifact import EXPORTED_PROGRAM, ONNX, ONNX_FP16, TORCHSCRIPT, ArtifactError, verify
+from contract.providers import CPU, CUDA
 from service.runtime import cuda_driver_present, open_runtime  # torch-free: the session the service serves with
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CPU_FORMS = ("torch-eager", "torchscript", "torch-export", "ort-service", "ort-cpu")
 CUDA_FORMS = ("ort-cuda", "ort-cuda-fp16", "ort-cuda-graph")
-CUDA = "CUDAExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def bench_ort_service(model: Model, batches, seconds):
 
 
 def bench_ort_cpu(model: Model, batches, seconds):
-    session = ort.InferenceSession(str(model.artifact / ONNX), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model.artifact / ONNX), providers=[CPU])
     return _ort_numpy(session, model, batches, seconds)
 
 
@@ -140,7 +141,7 @@ def _cuda_session(path: Path, options: dict | None = None) -> ort.InferenceSessi
         return "this onnxruntime build has no CUDA provider"
     if not cuda_driver_present():
         return "no GPU driver (libcuda.so.1) on this machine"
-    session = ort.InferenceSession(str(path), providers=[(CUDA, options or {}), "CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=[(CUDA, options or {}), CPU])
     if session.get_providers()[0] != CUDA:
         return "no usable GPU (the CUDA provider did not load)"
     return session

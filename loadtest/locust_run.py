@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from common.cli import UserError
+from common.paths import REPO_ROOT
 from loadtest.response_checks import FAILED, OK, OUTCOMES, REFUSED
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_TIMEOUT_S = 10  # users finish the request in flight when time is up: a cut-off request is not a failure

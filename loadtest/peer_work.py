@@ -17,6 +17,7 @@ from contract.artifact import ONNX, ArtifactError, verify
 from contract.latents import latents_for_seed
 from contract.onnx_cpu import cpu_session_options
 from contract.pixels import to_nhwc_uint8
+from contract.providers import CPU
 from service.images import png_bytes
 
 
@@ -31,7 +32,7 @@ class PeerModel:
         self.nz = manifest["model"]["nz"]
         self.model = f"{manifest['model']['arch']}:{artifact.name}"
         self.threads = threads or len(os.sched_getaffinity(0))
-        self.session = ort.InferenceSession(str(artifact / ONNX), cpu_session_options(self.threads), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(artifact / ONNX), cpu_session_options(self.threads), providers=[CPU])
         self.input_name = self.session.get_inputs()[0].name
         self.images(self.latents(0, 1))  # warm-up, as the service does before it is ready
 

@@ -44,6 +44,7 @@ from common.cli import OneLineErrorParser, UserError, cli_main
 from common.files import repo_relative
 from common.server import REPO, Server, check_loopback, existing, http_get, serve_baseline, serve_bentoml
 from contract.artifact import MANIFEST, ONNX_FP16, ArtifactError, read_manifest
+from contract.providers import CUDA
 from loadtest import prometheus
 from loadtest import report as reporting
 from loadtest.locust_run import LevelStats, LoadLevel, run_level
@@ -53,7 +54,6 @@ from loadtest.response_checks import parse_n_mix
 SOAK_INTERVAL_S = 5.0
 DEFAULT_BOUND_MS = 2000  # the service's default DCGAN_DEADLINE_MS, for servers whose /info does not say
 MIN_OPEN_USERS, MAX_OPEN_USERS = 4, 1024
-CUDA = "CUDAExecutionProvider"
 PEERS = ("mosec", "triton")
 
 

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.cli import OneLineErrorParser, UserError, cli_main
+from common.paths import REPO_ROOT
 from training import rundir
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "artifacts" / "mnist-classifier"
+DEFAULT_DIR = REPO_ROOT / "artifacts" / "mnist-classifier"
 STEM = "classifier"  # classifier.json + classifier.safetensors
 CLASSES = 10
 

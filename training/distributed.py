@@ -168,7 +168,7 @@ def exit_rank(code: int) -> NoReturn:
     (atomic writes, fsync'd) and no collective is pending. What os._exit skips is the C++ clean-up at
     interpreter exit, gloo's transport among it (DDP keeps the process group alive past
     destroy_process_group, so it is destroyed when the trainer is freed or at exit). Why: once in CI
-    (2026-11-26) rank 1 of a 2-process CPU run aborted after the run had finished and rank 0 had
+    rank 1 of a 2-process CPU run aborted after the run had finished and rank 0 had
     printed "done" (`terminate called without an active exception`, SIGABRT), so torchrun reported
     the finished run as failed. The exact frame is not known: it did not recur here in over 150
     runs, alone and under load. tests/system/test_distributed.py runs torchrun with PYTHONFAULTHANDLER=1,

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from common.cli import OneLineErrorParser, UserError, cli_main
 from common.files import atomic_write_json
 from contract.artifact import MANIFEST, ONNX, ArtifactError, verify
+from contract.providers import CPU
 from training import rundir
 from training.classifier import DEFAULT_DIR, bundled_digits, load_classifier, predict, to_input
 from training.metrics import (
@@ -127,7 +128,7 @@ class OnnxGenerator:
             manifest = verify(artifact)
         except ArtifactError as e:
             raise UserError(f"{artifact}: {e}") from None
-        session = ort.InferenceSession(str(artifact / ONNX), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(artifact / ONNX), providers=[CPU])
         return SimpleNamespace(nz=manifest["model"]["nz"]), cls(session), {"step": manifest["source"]["config"].get("steps")}
 
     def to(self, device):

@@ -18,8 +18,9 @@ from pathlib import Path
 import yaml
 
 from common.cli import UserError
+from common.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 BENTOFILE = ROOT / "bentofile.yaml"
 VARIANTS = ("cpu", "gpu")
 GPU_RUNTIME = "onnxruntime-gpu"
