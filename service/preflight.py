@@ -22,10 +22,11 @@ from pathlib import Path
 
 from bentoml.exceptions import BentoMLException
 
+from common.paths import REPO_ROOT
 from contract.artifact import ArtifactError
 from contract.store import check_registered
 
-SRC_ROOT = Path(__file__).resolve().parents[1]  # holds service/ and contract/, in the repo and in a bento
+SRC_ROOT = REPO_ROOT  # holds service/ and contract/, in the repo and in a bento
 TIMEOUT_S = 300  # a CUDA session's first load can take a while
 VERDICT = "start-up check failed: "  # how the child marks its one line among whatever else reaches stderr
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from bentoml.exceptions import BentoMLConfigException
 
+from common.paths import REPO_ROOT
 from contract.artifact import MODEL_NAME
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 GENERATOR_MODES = ("inprocess", "service")  # DCGAN_GENERATOR; the first is the default
 LOG_FORMATS = ("text", "json")  # DCGAN_LOG_FORMAT; the first is the default
 MAX_SEED = 2**63 - 1  # the signed 64-bit range: a seed any int64-typed client (Go, Java, numpy) can send

@@ -94,7 +94,7 @@ def test_bento_holds_only_serving_code(built):
     page = {f"service/page/{p.name}" for p in (ROOT / "service" / "page").iterdir() if p.is_file()}
     assert "service/entry.py" in service and page <= service, service
     assert all(f.endswith(".py") for f in service - page), service  # code, plus the page's static files
-    assert files - service == CONTRACT_FILES | {"bentofile.yaml", "common/__init__.py", "common/cli.py"}  # contract.store's CLI errors
+    assert files - service == CONTRACT_FILES | {"bentofile.yaml", *(f"common/{name}.py" for name in ("__init__", "cli", "paths"))}
 
 
 def test_bento_packs_the_default_model(built):
