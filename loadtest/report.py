@@ -227,7 +227,7 @@ def peer_goals(report: dict) -> list[dict]:
 
 
 def goals(report: dict) -> list[dict]:
-    """The issue's goals, each with what this run measured (ratios within this one run)."""
+    """The project's goals, each with what this run measured (ratios within this one run)."""
     ours1 = level(report, OURS, "1", GOAL_USERS)
     ours16 = saturated(report, OURS, "16")
     capped = [t["name"] for t in report["targets"] if t["name"].startswith(MAXBATCH)]
