@@ -8,8 +8,9 @@
                  entry workers call the generator service (service/generator.py), which BentoML batches
 
 BentoML's own per-request layers are off or unused: the service declares no @bentoml.api (the mounted app answers
-every route), BentoML's HTTP metrics are off (they label each request with its raw path; service/metrics.py's
-are bounded and served at /metrics), and so are its access log and tracing unless DCGAN_TRACING=1.
+every route), the generation routes reach it ahead of BentoML's middleware stack (service/bentoml_fixes.py, 6),
+BentoML's HTTP metrics are off (they label each request with its raw path; service/metrics.py's are bounded and
+served at /metrics), and so are its access log and tracing unless DCGAN_TRACING=1.
 """
 
 from __future__ import annotations
