@@ -14,6 +14,7 @@ the next one runs; stages past the --budget, 8 minutes by default, are skipped a
   ort-bench    python -m loadtest.backend_bench: in-process images/s per runtime and batch size (ORT CUDA, fp16, graphs)
   serve        python -m loadtest.run: `bentoml serve` on CUDA (DCGAN_REQUIRE_CUDA=1) under a locust sweep, n=1 and
                n=64 from 1 to 128 users, beside batching off, the other DCGAN_GENERATOR mode and fp32
+  serve-workers  the same sweep with 4 entry workers (DCGAN_WORKERS), in process and with a generator service
   determinism  python -m loadtest.determinism on CUDA: a seed's images alone vs inside others' batches, and as a prefix
 
 Where it runs: by default it makes a virtual environment in WORK/venv and installs into it from the
@@ -61,7 +62,7 @@ from contract.providers import CUDA  # a module without imports
 
 TORCH = "torch==2.13.0"  # the README's pin
 ORT_GPU = "onnxruntime-gpu[cuda,cudnn]==1.31.1"  # as bentofile.yaml installs it
-STAGES = ("env", "train-bench", "compile", "train", "export", "parity", "ort-bench", "serve", "determinism")
+STAGES = ("env", "train-bench", "compile", "train", "export", "parity", "ort-bench", "serve", "serve-workers", "determinism")
 
 ENV_PROBE = r"""
 import importlib.metadata as md, json, platform, sys
@@ -214,12 +215,13 @@ def plan(py: str, work: Path, smoke: bool) -> list[Stage]:
     cuda = not smoke
     dev = "cpu" if smoke else "cuda"
     run_dir, artifact, bench_json, lt = work / "run", work / "artifact", work / "bench.json", work / "loadtest"
+    workers_lt = work / "loadtest-workers"
     if smoke:
         tb = ["--image-size", "32", "--batch-size", "16", "--steps", "2", "--rounds", "1", "--warmup", "1", "--arch", "upsample"]
         train = ["--image-size", "32", "--batch-size", "16", "--steps", "4", "--ngf", "8", "--ndf", "8", "--log-every", "2"]
         ob = ["--forms", "torch-eager,ort-cpu,ort-cuda", "--batch-sizes", "1,8", "--seconds", "0.3"]
         sweep = ["--users", "1", "--mix", "1", "--duration", "3", "--warmup", "1"]
-        batch, clients = 16, 4
+        batch, clients, workers = 16, 4, 2
     else:
         tb = ["--image-size", "64", "--batch-size", "64", "--steps", "100", "--rounds", "3", "--warmup", "5"]
         train = ["--image-size", "64", "--batch-size", "64", "--steps", "300", "--log-every", "25"]
@@ -228,6 +230,7 @@ def plan(py: str, work: Path, smoke: bool) -> list[Stage]:
         # n=1 and 64 users); fp32 beside the fp16 the service picks on CUDA
         sweep = ["--users", "1,16,64,128", "--mix", "1", "--mix", "64", "--duration", "5", "--warmup", "2", "--compare-max-batch", "1"]
         batch, clients = 64, 64
+        workers = 4  # entry workers beside the GPU: HTTP, PNG and latents on more cores (docs/performance.md#entry-workers)
     stages = [
         Stage("env", "GPU, driver, torch, ONNX Runtime", [py, "-c", ENV_PROBE], 60),
         Stage(
@@ -303,6 +306,27 @@ def plan(py: str, work: Path, smoke: bool) -> list[Stage]:
             check=lambda out: serve_problems(lt, cuda),
             figures=lambda out: nested(read_text(lt / "report.md")),
             env={"DCGAN_REQUIRE_CUDA": "1"} if cuda else {},
+        ),
+        Stage(
+            "serve-workers",
+            "the same sweep with several entry workers (DCGAN_WORKERS), the generator in process and as a service",
+            [
+                py,
+                "-m",
+                "loadtest.run",
+                "--artifact",
+                str(artifact),
+                "--ceiling",
+                str(bench_json),
+                "--compare-generator",
+                *sweep,
+                "--out",
+                str(workers_lt),
+            ],
+            420,
+            check=lambda out: serve_problems(workers_lt, cuda),
+            figures=lambda out: nested(read_text(workers_lt / "report.md")),
+            env={"DCGAN_WORKERS": str(workers), **({"DCGAN_REQUIRE_CUDA": "1"} if cuda else {})},
         ),
         Stage(
             "determinism",
