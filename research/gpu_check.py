@@ -4,6 +4,13 @@ Stages, each a real command of the project with its own time limit (a failed sta
 the next one runs; stages past the --budget, 8 minutes by default, are skipped and say so):
 
   env          GPU, driver, torch and its CUDA, ONNX Runtime and its providers
+Serving first, on the committed default model (artifacts/default: generator.onnx and generator.fp16.onnx):
+  ort-bench    python -m loadtest.backend_bench: in-process images/s per runtime and batch size (ORT CUDA, fp16, graphs)
+  serve        python -m loadtest.run: `bentoml serve` on CUDA (DCGAN_REQUIRE_CUDA=1) under a locust sweep, n=1 and
+               n=64 from 1 to 128 users, beside batching off, the other DCGAN_GENERATOR mode and fp32
+  serve-workers  the same sweep with 4 entry workers (DCGAN_WORKERS), in process and with a generator service
+  determinism  python -m loadtest.determinism on CUDA: a seed's images alone vs inside others' batches, and as a prefix
+Then training, on the GPU's own run:
   train-bench  python -m research.train_bench --device cuda, 64x64, batch 64: the PyTorch example's float32
                eager loop beside ours in float32 and in bfloat16 autocast, channels_last (300 timed steps each)
   compile      the same plus our bfloat16 loop under torch.compile (upsample generator): does compiling pay?
@@ -11,11 +18,6 @@ the next one runs; stages past the --budget, 8 minutes by default, are skipped a
                the next stages use
   export       python -m export --fp16: ONNX float32 + float16, TorchScript, .pt2, parity checked inside
   parity       python -m export.parity: every form vs eager PyTorch; must hold CUDA rows for both ONNX files
-  ort-bench    python -m loadtest.backend_bench: in-process images/s per runtime and batch size (ORT CUDA, fp16, graphs)
-  serve        python -m loadtest.run: `bentoml serve` on CUDA (DCGAN_REQUIRE_CUDA=1) under a locust sweep, n=1 and
-               n=64 from 1 to 128 users, beside batching off, the other DCGAN_GENERATOR mode and fp32
-  serve-workers  the same sweep with 4 entry workers (DCGAN_WORKERS), in process and with a generator service
-  determinism  python -m loadtest.determinism on CUDA: a seed's images alone vs inside others' batches, and as a prefix
 
 Where it runs: by default it makes a virtual environment in WORK/venv and installs into it from the
 project's own files: `pip install torch==2.13.0` (on Linux x86_64 PyPI's wheel is the CUDA build;
@@ -62,7 +64,7 @@ from contract.providers import CUDA  # a module without imports
 
 TORCH = "torch==2.13.0"  # the README's pin
 ORT_GPU = "onnxruntime-gpu[cuda,cudnn]==1.31.1"  # as bentofile.yaml installs it
-STAGES = ("env", "train-bench", "compile", "train", "export", "parity", "ort-bench", "serve", "serve-workers", "determinism")
+STAGES = ("env", "ort-bench", "serve", "serve-workers", "determinism", "train-bench", "compile", "train", "export", "parity")
 
 ENV_PROBE = r"""
 import importlib.metadata as md, json, platform, sys
@@ -231,8 +233,52 @@ def plan(py: str, work: Path, smoke: bool) -> list[Stage]:
         sweep = ["--users", "1,16,64,128", "--mix", "1", "--mix", "64", "--duration", "5", "--warmup", "2", "--compare-max-batch", "1"]
         batch, clients = 64, 64
         workers = 4  # entry workers beside the GPU: HTTP, PNG and latents on more cores (docs/performance.md#entry-workers)
-    stages = [
-        Stage("env", "GPU, driver, torch, ONNX Runtime", [py, "-c", ENV_PROBE], 60),
+
+    def serving(served: Path) -> list[Stage]:
+        return [
+            Stage(
+                "ort-bench",
+                "in-process images/s per runtime and batch size (the serving ceiling)",
+                [py, "-m", "loadtest.backend_bench", "--artifact", str(served), *ob, "--json", str(bench_json)],
+                150,
+                check=lambda out: ort_bench_problems(bench_json, cuda),
+                figures=table_lines,
+            ),
+            Stage(
+                "serve",
+                "bentoml serve under a short locust sweep (on CUDA: fp16, and fp32 beside it)",
+                [py, "-m", "loadtest.run", "--artifact", str(served), "--ceiling", str(bench_json), "--compare-fp32"]
+                + ["--compare-generator", *sweep, "--out", str(lt)],
+                420,
+                check=lambda out: serve_problems(lt, cuda),
+                figures=lambda out: nested(read_text(lt / "report.md")),
+                env={"DCGAN_REQUIRE_CUDA": "1"} if cuda else {},
+            ),
+            Stage(
+                "serve-workers",
+                "the same sweep with several entry workers (DCGAN_WORKERS), the generator in process and as a service",
+                [py, "-m", "loadtest.run", "--artifact", str(served), "--ceiling", str(bench_json)]
+                + ["--compare-generator", *sweep, "--out", str(workers_lt)],
+                420,
+                check=lambda out: serve_problems(workers_lt, cuda),
+                figures=lambda out: nested(read_text(workers_lt / "report.md")),
+                env={"DCGAN_WORKERS": str(workers), **({"DCGAN_REQUIRE_CUDA": "1"} if cuda else {})},
+            ),
+            Stage(
+                "determinism",
+                "a seed's bytes alone, inside batches shared with other clients, and as a prefix (on CUDA: fp16, as served)",
+                [py, "-m", "loadtest.determinism", "--artifact", str(served), "--clients", str(clients)]
+                + ["--json", str(work / "determinism.json")],
+                120,
+                figures=lambda out: out[out.find("provider ") :].strip() if "provider " in out else "",
+                env={"DCGAN_REQUIRE_CUDA": "1"} if cuda else {},
+            ),
+        ]
+
+    # Serving first, on the committed default model (its generator.onnx and generator.fp16.onnx): those figures come
+    # before training, which a short device budget may cut. Training, export and parity then run on the GPU's own run.
+    stages = [Stage("env", "GPU, driver, torch, ONNX Runtime", [py, "-c", ENV_PROBE], 60), *serving(REPO_ROOT / "artifacts" / "default")]
+    stages.append(
         Stage(
             "train-bench",
             "training images/s: the PyTorch example's fp32 eager loop vs ours (on CUDA: fp32, and bf16 autocast; channels_last)",
@@ -240,8 +286,8 @@ def plan(py: str, work: Path, smoke: bool) -> list[Stage]:
             150,
             check=lambda out: bench_problems(out, ["reference", "ours"] if smoke else ["reference", "ours fp32", "ours bf16"]),
             figures=table_lines,
-        ),
-    ]
+        )
+    )
     if not smoke:  # torch.compile is a CUDA-only row of the bench
         stages.append(
             Stage(
@@ -276,75 +322,6 @@ def plan(py: str, work: Path, smoke: bool) -> list[Stage]:
             120,
             check=lambda out: parity_problems(out, cuda),
             figures=parity_table,
-        ),
-        Stage(
-            "ort-bench",
-            "in-process images/s per runtime and batch size (the serving ceiling)",
-            [py, "-m", "loadtest.backend_bench", "--artifact", str(artifact), "--run-dir", str(run_dir), *ob, "--json", str(bench_json)],
-            150,
-            check=lambda out: ort_bench_problems(bench_json, cuda),
-            figures=table_lines,
-        ),
-        Stage(
-            "serve",
-            "bentoml serve under a short locust sweep (on CUDA: fp16, and fp32 beside it)",
-            [
-                py,
-                "-m",
-                "loadtest.run",
-                "--artifact",
-                str(artifact),
-                "--ceiling",
-                str(bench_json),
-                "--compare-fp32",
-                "--compare-generator",
-                *sweep,
-                "--out",
-                str(lt),
-            ],
-            420,
-            check=lambda out: serve_problems(lt, cuda),
-            figures=lambda out: nested(read_text(lt / "report.md")),
-            env={"DCGAN_REQUIRE_CUDA": "1"} if cuda else {},
-        ),
-        Stage(
-            "serve-workers",
-            "the same sweep with several entry workers (DCGAN_WORKERS), the generator in process and as a service",
-            [
-                py,
-                "-m",
-                "loadtest.run",
-                "--artifact",
-                str(artifact),
-                "--ceiling",
-                str(bench_json),
-                "--compare-generator",
-                *sweep,
-                "--out",
-                str(workers_lt),
-            ],
-            420,
-            check=lambda out: serve_problems(workers_lt, cuda),
-            figures=lambda out: nested(read_text(workers_lt / "report.md")),
-            env={"DCGAN_WORKERS": str(workers), **({"DCGAN_REQUIRE_CUDA": "1"} if cuda else {})},
-        ),
-        Stage(
-            "determinism",
-            "a seed's bytes alone, inside batches shared with other clients, and as a prefix (on CUDA: fp16, as served)",
-            [
-                py,
-                "-m",
-                "loadtest.determinism",
-                "--artifact",
-                str(artifact),
-                "--clients",
-                str(clients),
-                "--json",
-                str(work / "determinism.json"),
-            ],
-            120,
-            figures=lambda out: out[out.find("provider ") :].strip() if "provider " in out else "",
-            env={"DCGAN_REQUIRE_CUDA": "1"} if cuda else {},
         ),
     ]
     return stages
