@@ -8,17 +8,20 @@ arguments, in one method (`Api._generate`):
     method        POST with a JSON body, or GET/HEAD with the fields in the query string (405)
     body          read within DCGAN_BODY_TIMEOUT_S (408), bounded (413), JSON only (415)
     parse         validated once into the route's request model (400/422 naming each field)
-    admission     none while draining (503), at most DCGAN_MAX_INFLIGHT in progress (429); counted only once the
-                  body is in, so slow or bad clients never hold a place
+    model         the request's `model` (the v2 routes: the path's name and version), else the default: the loaded
+                  version that answers it, held until the answer even if a swap happens meanwhile (404 unknown)
+    admission     none while draining (503), at most DCGAN_MAX_INFLIGHT in progress per model (429); counted only once
+                  the body is in, so slow or bad clients never hold a place
     conditional   If-None-Match against the response's ETag: 304 (GET/HEAD) or 412 (POST), without the model
-    generate      latents -> a generator call shared with concurrent requests (service/coalesce.py), dropped if
-                  the client leaves while it waits (499), refused past its deadline or the queue bound (503)
+    generate      latents -> a generator call shared with the model's concurrent requests (service/coalesce.py),
+                  dropped if the client leaves while it waits (499), refused past its deadline or the queue bound (503)
     encode        the route's encoder; ETag and immutable Cache-Control on every success
 
 Every error is an HttpError that carries its status (service/errors.py), raised where it is found and answered as
-it is. Each request is counted in the metrics under its route from the table, or under "other" (service/metrics.py).
-Everything else (/info, the page, /docs and its OpenAPI document, /metrics, the v2 metadata and health routes,
-404s) is a small Starlette app behind it (`Api.pages`), with the same request id, metrics and access line.
+it is. Each request is counted in the metrics under its route from the table, or under "other", and its model
+(service/metrics.py). Everything else (/info, the page, /docs and its OpenAPI document, /metrics, the v2 metadata,
+health, repository and model-control routes, 404s) is a small Starlette app behind it (`Api.pages`), with the same
+request id, metrics and access line. The models themselves are service/model_set.py's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import hmac
 import importlib.resources
+import json
 import logging
 import os
 import re
@@ -43,13 +47,14 @@ from starlette.staticfiles import StaticFiles
 
 from contract.latents import LATENTS, latents_for_seed
 from service import logs, metrics, v2
-from service.coalesce import Coalescer
 from service.drain import DRAIN
 from service.errors import (
     BadRequest,
     BodyTimeout,
     Busy,
     Draining,
+    Conflict,
+    Forbidden,
     HttpError,
     InternalError,
     MethodNotAllowed,
@@ -58,6 +63,7 @@ from service.errors import (
     Unauthorised,
     UnsupportedMediaType,
 )
+from service.model_set import ModelSet, Version
 from service.openapi import openapi_document
 from service.responses import CACHE_CONTROL, etag, not_modified
 from service.routes import GENERATION_METHODS, ROUTES
@@ -77,6 +83,17 @@ SWAGGER_ASSETS = importlib.resources.files("bentoml._internal.server") / "static
 PAGE_LABELS = ("/info", "/metrics", "/docs", "/docs.json", "/", "/ui", "/v2")
 
 
+class GenerationPaths:
+    """`path in GENERATION_PATHS`: the paths the generation path answers (the route table's, and v2 infer of any
+    model and version); BentoML's middleware is skipped for them (service/bentoml_fixes.py, 6)."""
+
+    def __contains__(self, path: object) -> bool:
+        return path in ROUTES or (isinstance(path, str) and v2.infer_target(path) is not None)
+
+
+GENERATION_PATHS = GenerationPaths()
+
+
 def request_id_for(given: bytes | None) -> str:
     """The client's X-Request-ID if it is a valid one, else a new one (32 hex digits)."""
     if given is not None:
@@ -86,6 +103,18 @@ def request_id_for(given: bytes | None) -> str:
     return os.urandom(16).hex()
 
 
+class _Answered:
+    """What the metrics and the access line need of an answered request."""
+
+    __slots__ = ("model", "reason", "status", "tag")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.reason: str | None = None  # a refusal's reason (service/errors.py)
+        self.model = ""  # the name of the model that answered ("" before one was found)
+        self.tag = ""  # its name:version
+
+
 def page_label(path: str) -> str:
     """The route label of a path the pages app serves: one of PAGE_LABELS, or "other"."""
     if path in PAGE_LABELS:
@@ -93,7 +122,7 @@ def page_label(path: str) -> str:
     for prefix in ("/ui/", "/static_content/"):
         if path.startswith(prefix):
             return prefix.rstrip("/") if prefix == "/ui/" else "/docs"
-    return "/v2" if path.startswith("/v2/") and path.count("/") <= 5 else metrics.OTHER
+    return "/v2" if path.startswith("/v2/") else metrics.OTHER
 
 
 class Api:
@@ -102,46 +131,25 @@ class Api:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.key = settings.api_key.encode("utf-8")
-        self.generator = None  # service/generators.py: InProcess or Remote, set by attach()
-        self.merged: Coalescer | None = None
-        self.model = ""  # the served model's tag, once started
-        self.nz = 0
-        self.described: dict = {}
+        self.models: ModelSet | None = None  # service/model_set.py, set by attach()
         self.cancelled = 0  # requests whose client left before its body was in (this worker), shown at /info
         self.pages = self._pages_app()
-        self.generation_paths = frozenset({*ROUTES, v2.INFER_PATH})
-        self._series: dict[str, tuple] = {}  # route label -> its (requests by status, duration) metric children
-        self._in_progress = {path: metrics.IN_PROGRESS.labels(route=path) for path in self.generation_paths}
-        for path in self.generation_paths:  # every refusal series exists from the start, at 0, so rate() alerts have one
+        self.generation_paths = GENERATION_PATHS
+        self._series: dict[tuple[str, str], tuple] = {}  # (route label, model) -> its (by status, duration) metric children
+        labels = [*ROUTES, v2.INFER_LABEL]
+        self._in_progress = {label: metrics.IN_PROGRESS.labels(route=label) for label in labels}
+        for label in labels:  # every refusal series exists from the start, at 0, so rate() alerts have one
             for reason in metrics.REASONS:
-                metrics.REFUSED.labels(route=path, reason=reason)
-        self.v2_infer = v2.INFER_PATH
+                for name in ("", *(spec.split(":")[0] for spec in settings.models)):
+                    metrics.REFUSED.labels(route=label, reason=reason, model=name)
 
-    def attach(self, generator) -> None:
-        """Serve with `generator` (from the worker's service __init__)."""
-        self.generator = generator
+    def attach(self, models: ModelSet) -> None:
+        """Serve `models` (from the worker's service __init__)."""
+        self.models = models
 
     async def describe(self) -> dict:
-        """The generator's description, fetched once, at the first request or probe, with a coalescer then put in front
-        of its calls (a generator service may come up after this worker, so it is not asked earlier)."""
-        if self.merged is not None:
-            return self.described
-        described = await self.generator.describe()
-        if self.merged is not None:
-            return self.described  # another request got here first
-        s = self.settings
-        merged = Coalescer(
-            self.generator.generate,
-            s.max_batch_size,
-            s.generator_calls,
-            deadline_s=s.deadline_ms / 1000,
-            max_queued_images=s.max_queued_images,
-            model=described["model"],
-        )
-        self.generator.bind(merged)
-        self.described, self.model, self.nz = described, described["model"], described["manifest"]["model"]["nz"]
-        self.merged = merged
-        return described
+        """The default model's description (a generator service is asked at the first request or probe)."""
+        return (await self.models.find(None)).described
 
     # --- the ASGI entry point -------------------------------------------------------------------------------------
 
@@ -155,31 +163,33 @@ class Api:
         path = scope["path"]
         route = ROUTES.get(path)
         try:
-            if route is not None or path == self.v2_infer:
-                label = path
-                status, reason = await self._generation(route, scope, receive, send, headers, rid)
+            answered = _Answered()
+            if route is not None or v2.infer_target(path) is not None:
+                label = path if route is not None else v2.INFER_LABEL
+                await self._generation(route, label, scope, receive, send, headers, rid, answered)
             else:
                 label = page_label(path)
-                status, reason = await self._page(scope, receive, send, rid), None
+                answered.status = await self._page(scope, receive, send, rid)
             seconds = time.perf_counter() - started
-            by_status, duration = self._route_series(label)
+            status, reason, model = answered.status, answered.reason, answered.model
+            by_status, duration = self._route_series(label, model)
             counter = by_status.get(status)
             if counter is None:
-                counter = by_status[status] = metrics.REQUESTS.labels(route=label, status=status)
+                counter = by_status[status] = metrics.REQUESTS.labels(route=label, status=status, model=model)
             counter.inc()
             duration.observe(seconds)
             if reason is not None:
-                metrics.REFUSED.labels(route=label, reason=reason).inc()
+                metrics.REFUSED.labels(route=label, reason=reason, model=model).inc()
             if self.settings.access_log:
-                logs.access(scope["method"], path, label, status, seconds, self.model or None, reason)
+                logs.access(scope["method"], path, label, status, seconds, answered.tag or None, reason)
         finally:
             logs.REQUEST_ID.reset(token)
 
-    def _route_series(self, label: str) -> tuple:
-        """The metric children of a route label, made once (labels() costs a lock and a dict lookup per call)."""
-        series = self._series.get(label)
+    def _route_series(self, label: str, model: str) -> tuple:
+        """The metric children of a route label and model, made once (labels() costs a lock and a lookup per call)."""
+        series = self._series.get((label, model))
         if series is None:
-            series = self._series[label] = ({}, metrics.DURATION.labels(route=label))
+            series = self._series[label, model] = ({}, metrics.DURATION.labels(route=label, model=model))
         return series
 
     async def _page(self, scope, receive, send, rid: str) -> int:
@@ -196,48 +206,77 @@ class Api:
         await self.pages(scope, receive, send_with_id)
         return sent
 
-    async def _generation(self, route: GenerationRoute | None, scope, receive, send, headers: dict, rid: str) -> tuple[int, str | None]:
-        """A generation request from start to answer; returns (status, refusal reason or None). A fault of the service
-        itself is logged with its traceback and answered 500 (these routes do not pass BentoML's error middleware)."""
+    async def _generation(self, route: GenerationRoute | None, label: str, scope, receive, send, headers: dict, rid: str, answered) -> None:
+        """A generation request from start to answer, noted in `answered`. A fault of the service itself is logged with
+        its traceback and answered 500 (these routes do not pass BentoML's error middleware)."""
         try:
-            return await self._answer(route, scope, receive, send, headers, rid)
+            await self._answer(route, label, scope, receive, send, headers, rid, answered)
         except Exception:
             logger.exception("%s %s failed", scope["method"], scope["path"])
             error = InternalError("internal error; the server log has the details")
             with contextlib.suppress(Exception):  # unless the response had already begun
                 await _send(send, 500, [(b"content-type", b"application/json")], error.body(), rid)
-            return 500, None
+            answered.status, answered.reason = 500, None
 
-    async def _answer(self, route: GenerationRoute | None, scope, receive, send, headers: dict, rid: str) -> tuple[int, str | None]:
-        in_progress = self._in_progress[scope["path"]]
-        admitted = False
+    async def _answer(self, route: GenerationRoute | None, label: str, scope, receive, send, headers: dict, rid: str, answered) -> None:
+        in_progress = self._in_progress[label]
+        version: Version | None = None
         try:
             try:
                 self.authorise(headers)
                 method, request = await self._parse(route, scope, receive, headers)
+                asked = request.model if route is not None else v2.infer_target(scope["path"])
+                serving = await self.models.find(asked)
+                answered.model, answered.tag = serving.name, serving.tag
                 if DRAIN.draining:
                     raise Draining("server shutting down")
-                if DRAIN.inflight >= self.settings.max_inflight:
+                if serving.admitted >= self.settings.max_inflight:
                     limit = self.settings.max_inflight
-                    raise Busy(f"server busy: {limit} requests already in progress (DCGAN_MAX_INFLIGHT)")
-                DRAIN.inflight += 1  # one event loop per worker: a plain counter
+                    raise Busy(f"server busy: {limit} requests of model {serving.name} already in progress (DCGAN_MAX_INFLIGHT)")
+                self.models.admit(serving)  # one event loop per worker: plain counters
+                version = serving
+                DRAIN.inflight += 1
                 in_progress.inc()
-                admitted = True
-                if self.merged is None:
-                    await self.describe()
                 if route is None:
-                    status, response_headers, body = await self._infer_v2(request, receive)
+                    status, response_headers, body = await self._infer_v2(request, receive, version, asked)
                 else:
-                    status, response_headers, body = await self._generate(route, method, request, headers, receive)
+                    status, response_headers, body = await self._generate(route, method, request, headers, receive, version)
             except HttpError as e:
                 await _send(send, e.status, [(b"content-type", b"application/json"), *_encode(e.headers)], e.body(), rid)
-                return e.status, e.reason
+                answered.status, answered.reason = e.status, e.reason
+                return
             await _send(send, status, response_headers, body, rid)  # uvicorn sends no body for HEAD
-            return status, None
+            answered.status = status
         finally:
-            if admitted:
+            if version is not None:
+                self.models.done(version)
                 DRAIN.inflight -= 1
                 in_progress.dec()
+
+    async def load_model(self, name: str, body: bytes, headers: dict[bytes, bytes]) -> dict:
+        """POST /v2/repository/models/{name}/load: swap `name` to a stored version (body {"parameters": {"version": v}},
+        else its newest), pinned for every worker of this server. What was swapped, or the HttpError why not."""
+        self.authorise_admin(headers)
+        if not self.settings.in_process:
+            raise Conflict("a generator service does not swap versions: swaps need DCGAN_GENERATOR=inprocess")
+        try:
+            asked = json.loads(body or b"{}")
+            version = (asked.get("parameters") or {}).get("version")
+            if version is not None and not isinstance(version, str):
+                raise TypeError
+        except (ValueError, TypeError, AttributeError):
+            raise BadRequest('the body must be empty or {"parameters": {"version": "<version>"}}') from None
+        stored = await asyncio.to_thread(self.models.stored, name, version)
+        started = time.perf_counter()
+        old, new = await self.models.load(stored)
+        self.models.pin(name, new.tag)
+        return {"name": name, "tag": new.tag, "previous": old.tag, "seconds": round(time.perf_counter() - started, 3)}
+
+    def authorise_admin(self, headers: dict[bytes, bytes]) -> None:
+        """The model-control routes: off (403) unless DCGAN_API_KEY is set, and then only with the key (401)."""
+        if not self.key:
+            raise Forbidden("model control is off: it needs an API key (set DCGAN_API_KEY, send `Authorization: Bearer <key>`)")
+        self.authorise(headers)
 
     def authorise(self, headers: dict[bytes, bytes]) -> None:
         """With DCGAN_API_KEY set: Unauthorised unless `headers` (raw, lower-case names) carry the key."""
@@ -261,7 +300,7 @@ class Api:
         if method != "POST":
             query = scope["query_string"].decode("latin-1")
             return method, request_from_query(dict(parse_qsl(query, keep_blank_values=True)), route.request)
-        if route is None:
+        if route is None:  # v2 infer
             body = await self._body(scope, receive, headers, v2.MAX_INFER_BODY, check_type=False)
             length = headers.get(v2.HEADER_LENGTH.lower().encode())
             return method, (body, length.decode("latin-1") if length is not None else None)
@@ -295,33 +334,33 @@ class Api:
         except TimeoutError:
             raise BodyTimeout(f"the request body did not arrive within {self.settings.body_timeout_s:g} s") from None
 
-    async def _generate(self, route: GenerationRoute, method: str, request, headers: dict, receive) -> tuple[int, list, bytes]:
+    async def _generate(self, route: GenerationRoute, method: str, request, headers: dict, receive, version: Version) -> tuple[int, list, bytes]:
         """A cached answer (304) without the model, or the images in the route's form."""
-        tag = etag(self.model, route.path, request)
+        tag = etag(version.tag, route.path, request)
         cached = [(b"etag", tag.encode()), (b"cache-control", CACHE_CONTROL.encode())]
         if_none_match = headers.get(b"if-none-match")
         if not_modified(method, if_none_match.decode("latin-1") if if_none_match is not None else None, tag):
             return 304, cached, b""
-        latents = route.latents(request, self.nz)  # (B, nz)
+        latents = route.latents(request, version.nz)  # (B, nz)
         if request.truncation != 1:
             latents = latents * np.float32(request.truncation)
-        images = await self._images(latents, receive)  # (B, H, W, C)
-        answer = route.encode(self.model, request, images)
+        images = await self._images(version, latents, receive)  # (B, H, W, C)
+        answer = route.encode(version.tag, request, images)
         return 200, [(b"content-type", answer.media_type.encode()), *cached, *_encode(answer.headers)], answer.body
 
-    async def _infer_v2(self, parsed: tuple[bytes, str | None], receive) -> tuple[int, list, bytes]:
+    async def _infer_v2(self, parsed: tuple[bytes, str | None], receive, version: Version, asked: str) -> tuple[int, list, bytes]:
         """The Open Inference Protocol's infer (service/v2.py): seed (+ n) or raw latents z, through the same batching."""
         try:
             request, inputs = v2.parse_infer(*parsed)
-            asked = v2.latents_from(inputs, self.nz, self.settings.max_n)
+            wanted = v2.latents_from(inputs, version.nz, self.settings.max_n)
         except v2.BadInfer as e:
             raise BadRequest(str(e)) from None
-        latents = latents_for_seed(*asked, self.nz) if isinstance(asked, tuple) else asked  # (B, nz)
-        images = await self._images(latents, receive)
-        media_type, extra, body = v2.infer_response(request, self.model.split(":")[-1], images)
+        latents = latents_for_seed(*wanted, version.nz) if isinstance(wanted, tuple) else wanted  # (B, nz)
+        images = await self._images(version, latents, receive)
+        media_type, extra, body = v2.infer_response(request, asked.split(":")[0], version.tag.split(":")[-1], images)
         return 200, [(b"content-type", media_type.encode()), *_encode(extra)], body
 
-    async def _images(self, latents: np.ndarray, receive) -> np.ndarray:
+    async def _images(self, version: Version, latents: np.ndarray, receive) -> np.ndarray:
         """(B, nz) float32 -> (B, H, W, C) uint8, in a generator call shared with concurrent requests; the request is
         dropped (ClientGone) if its client disconnects while it waits."""
 
@@ -329,18 +368,21 @@ class Api:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        return await self.merged(latents, client_left)
+        return await version.merged(latents, client_left)
 
     # --- everything that is not a generation request -------------------------------------------------------------
 
     def info(self) -> dict:
-        merged = self.merged
+        default = self.models.current[self.models.default]
+        merged = default.merged
         return {
-            **self.described,
+            **default.described,
+            "models": [version.summary() for version in self.models.current.values()],
             "latents": LATENTS,
             "pixels": "uint8 = clip(round((x + 1) * 127.5), 0, 255), NHWC",
             "interpolation": "slerp(latents_for_seed(seed_a, 1, nz)[0], latents_for_seed(seed_b, 1, nz)[0], k / (steps - 1))",
             "routes": {path: route.summary for path, route in ROUTES.items()},
+            # The default model's, as in its entry of "models" (each model merges its own requests).
             "merging": {
                 "requests_in_progress": DRAIN.inflight,  # admitted generation requests of this worker, not yet answered
                 "generator_calls_in_flight": self.settings.generator_calls,
@@ -367,19 +409,16 @@ class Api:
         }
 
     async def ready(self) -> bool:
-        """Ready while the generator answers; not while draining, nor before attach()."""
-        if DRAIN.draining or self.generator is None or not await self.generator.ready():
-            return False
-        await self.describe()
-        return True
+        """Ready while every model's generator answers; not while draining, nor before attach()."""
+        return not DRAIN.draining and self.models is not None and await self.models.ready()
 
     async def alive(self) -> bool:
-        return self.generator is None or await self.generator.alive()
+        return self.models is None or await self.models.alive()
 
     def _pages_app(self) -> Starlette:
         async def info(request: Request) -> Response:
             self.authorise(dict(request.headers.raw))
-            await self.describe()
+            await self.models.ready()
             return JSONResponse(self.info())
 
         async def metrics_route(request: Request) -> Response:

@@ -62,6 +62,7 @@ import contextvars
 import hashlib
 import inspect
 import logging
+from collections.abc import Container
 from dataclasses import dataclass
 
 import bentoml
@@ -132,7 +133,7 @@ def check_internals() -> None:
             )
 
 
-def install(settings, entry: tuple[str, object, frozenset[str]]) -> None:
+def install(settings, entry: tuple[str, object, Container[str]]) -> None:
     """Check BentoML's internals, then install every workaround in this process (at import of the entry service,
     before BentoML loads the bento, builds a service's app or its dispatcher). `entry`: (the entry service's name,
     its mounted ASGI app, the paths that app answers first)."""
@@ -217,7 +218,7 @@ def _on_load_bento(self, bento) -> None:
         svc.bento = bento
 
 
-def answer_first(service_name: str, app, paths: frozenset[str]) -> None:
+def answer_first(service_name: str, app, paths: Container[str]) -> None:
     """(6) In the ASGI app BentoML builds for the service `service_name`, requests to `paths` go to `app` first."""
     build = Service.to_asgi
 

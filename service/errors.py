@@ -38,6 +38,16 @@ class NotFound(HttpError):
     status = 404
 
 
+class Forbidden(HttpError):
+    status = 403
+
+
+class Conflict(HttpError):
+    """A model version refused by its checks or the limits: the version serving before keeps serving."""
+
+    status = 409
+
+
 class MethodNotAllowed(HttpError):
     status = 405
 

@@ -21,7 +21,11 @@ from service.model_source import GeneratorModel
 from service.settings import SETTINGS
 
 logger = logging.getLogger("bentoml.dcgan")
-MODEL = GeneratorModel(SETTINGS.model_tag, default_artifact=SETTINGS.default_artifact)
+# The served models (DCGAN_MODELS), the default first: only it may be registered from the committed artifact.
+MODELS = tuple(
+    GeneratorModel(spec, default_artifact=SETTINGS.default_artifact if i == 0 else None) for i, spec in enumerate(SETTINGS.models)
+)
+MODEL = MODELS[0]  # a generator service serves one model (service/settings.py refuses more)
 # BentoML's workarounds (service/bentoml_fixes.py) are installed by service/entry.py, which imports this module.
 BATCHING = (
     {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
@@ -42,6 +46,7 @@ class GeneratorService:
 
     def __init__(self) -> None:
         self.engine = Engine(self.model)
+        self.engine.publish()
         install_generator_drain(SETTINGS.drain_timeout_s)  # SIGTERM: serve until the entry has drained (service/drain.py)
         frozen = freeze_startup_heap()
         logger.info("%s; %d start-up objects frozen out of full GCs", self.engine.loaded_line(), frozen)

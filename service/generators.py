@@ -59,6 +59,12 @@ class InProcess:
     def bind(self, coalescer: Coalescer) -> None:
         """Nothing to tell the coalescer: a thread in this process does not go down on its own."""
 
+    def close(self) -> None:
+        """Release the ONNX Runtime session (a version swapped out, once its last admitted request is answered)."""
+        self.engine.publish(serving=False)
+        self._threads.shutdown(wait=False)
+        self.engine = None  # the session goes with the last reference
+
 
 class Remote:
     """The generator service (a BentoML dependency proxy), with retries through its restarts."""
@@ -73,6 +79,9 @@ class Remote:
     def bind(self, coalescer: Coalescer) -> None:
         """The coalescer to tell when the generator goes down (refuse new work) and comes back."""
         self._merged = coalescer
+
+    def close(self) -> None:
+        """Nothing to release here: the generator service holds the session (and it does not swap versions)."""
 
     async def describe(self) -> dict:
         if self._described is None:

@@ -31,10 +31,20 @@ class Engine:
         self.runtime, self.golden = open_checked(Path(stored.path), self.manifest, SETTINGS.ort_threads)
         if SETTINGS.require_cuda and self.runtime.provider != CUDA:  # the start-up check passed, this worker did not
             raise BentoMLException(f"DCGAN_REQUIRE_CUDA=1 but this worker runs on {self.runtime.provider}")
-        # So a dashboard shows a GPU pod serving on CPU, or a model whose golden outputs drifted.
-        metrics.GENERATOR_INFO.labels(model=self.tag, model_file=self.runtime.model_file, provider=self.runtime.provider).set(1)
-        metrics.GOLDEN_OK.labels(model=self.tag).set(1 if self.golden.get("ok", True) else 0)
-        self._batch_images = metrics.BATCH_IMAGES.labels(model=self.tag)
+        self.name, _, self.version = self.tag.partition(":")
+        self.onnx_bytes = (Path(stored.path) / self.runtime.model_file).stat().st_size
+        self._batch_images = metrics.BATCH_IMAGES.labels(model=self.name)
+
+    def publish(self, serving: bool = True) -> None:
+        """Show on /metrics that this worker serves with this version (1), or no longer does (0, after a swap): so a
+        dashboard shows a GPU pod serving on CPU, a model whose golden outputs drifted, or a swap that happened."""
+        rt = self.runtime
+        metrics.GENERATOR_INFO.labels(model=self.name, version=self.version, model_file=rt.model_file, provider=rt.provider).set(
+            1 if serving else 0
+        )
+        if serving:
+            metrics.GOLDEN_OK.labels(model=self.name).set(1 if self.golden.get("ok", True) else 0)
+            metrics.ONNX_BYTES.labels(model=self.name).set(self.onnx_bytes)
 
     def generate(self, latents: np.ndarray) -> np.ndarray:
         """(B, nz) float32 latents -> (B, H, W, C) uint8 images; B mixes many clients' requests. Releases the GIL while
@@ -47,6 +57,9 @@ class Engine:
         """What the entry service reports at /info and stamps on responses."""
         return {
             "model": self.tag,
+            "name": self.name,
+            "version": self.version,
+            "onnx_bytes": self.onnx_bytes,
             "manifest": self.manifest,
             "provider": self.runtime.provider,
             "model_file": self.runtime.model_file,

@@ -38,9 +38,10 @@ class Answer:
 
 
 def etag(model: str, route: str, request) -> str:
-    """A strong ETag: a hash of the model tag, the route and every field of the request (defaults included), each
-    field as name=repr(value) in the model's own field order."""
-    key = "\n".join([model, route, *(f"{name}={value!r}" for name, value in request.__dict__.items())])
+    """A strong ETag: a hash of the model tag (name:version, whichever way the request named it), the route and every
+    other field of the request (defaults included), each field as name=repr(value) in the model's own field order."""
+    fields = (f"{name}={value!r}" for name, value in request.__dict__.items() if name != "model")
+    key = "\n".join([model, route, *fields])
     return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
 

@@ -51,6 +51,18 @@ Quality = Annotated[
 ]
 
 
+ModelName = Annotated[
+    str | None,
+    Field(
+        pattern=r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[A-Za-z0-9_.-]+)?$",
+        max_length=200,
+        description="Which served model: a name, or name:version to insist on a version (404 if another one is loaded). "
+        "Default: the server's default model (the first of DCGAN_MODELS). /info lists the models.",
+        examples=["dcgan-generator"],
+    ),
+]
+
+
 def _quality_only_for_jpeg(quality: int, info: ValidationInfo) -> int:
     """A quality given with another format is a mistake worth a 422, not a setting silently ignored."""
     if info.data.get("format", "png") != "jpeg":
@@ -83,6 +95,7 @@ class SampleRequest(BaseModel):
     truncation: Truncation = 1.0
     format: ImageFormat = "png"
     quality: Quality = DEFAULT_QUALITY
+    model: ModelName = None
 
     _jpeg_quality = field_validator("quality")(_quality_only_for_jpeg)
 
@@ -95,6 +108,7 @@ class RawRequest(BaseModel):
     seed: Annotated[int, SampleRequest.model_fields["seed"]]
     n: Annotated[int, SampleRequest.model_fields["n"]] = 1
     truncation: Truncation = 1.0
+    model: ModelName = None
 
 
 class InterpolateRequest(BaseModel):
@@ -129,6 +143,7 @@ class InterpolateRequest(BaseModel):
         ),
     ] = 16
     truncation: Truncation = 1.0
+    model: ModelName = None
 
 
 class StripRequest(InterpolateRequest):
@@ -136,6 +151,7 @@ class StripRequest(InterpolateRequest):
 
     format: ImageFormat = "png"
     quality: Quality = DEFAULT_QUALITY
+    model: ModelName = None  # again, so that it stays the last field
 
     _jpeg_quality = field_validator("quality")(_quality_only_for_jpeg)
 
@@ -161,8 +177,8 @@ class SampleResponse(BaseModel):
 
 
 def example_body(model: type[BaseModel]) -> str:
-    """A valid JSON body for a request model, from its fields' examples: '{"seed": 42, "n": 4}'."""
-    return json.dumps({name: field.examples[0] for name, field in model.model_fields.items()})
+    """A valid JSON body for a request model, from its fields' examples, optional ones left out: '{"seed": 42, "n": 4}'."""
+    return json.dumps({name: field.examples[0] for name, field in model.model_fields.items() if field.default is not None})
 
 
 def _rule(e: dict, model: type[BaseModel]) -> str:

@@ -12,7 +12,9 @@ one line (BentoMLConfigException, which `bentoml serve` prints without a traceba
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,33 @@ def _calls_default(before: dict[str, Any]) -> int:
 
 
 SETTINGS_TABLE: tuple[Setting, ...] = (
-    Setting("DCGAN_MODEL", "model_tag", "str", f"{MODEL_NAME}:latest", "which stored model to serve"),
+    Setting("DCGAN_MODEL", "model_tag", "str", f"{MODEL_NAME}:latest", "which stored model to serve (a set of one; see `DCGAN_MODELS`)"),
+    Setting(
+        "DCGAN_MODELS",
+        "model_list",
+        "str",
+        "",
+        "the served models: comma-separated tags, or names meaning their latest version; the first is the default "
+        "(set this or `DCGAN_MODEL`)",
+        default_doc="`DCGAN_MODEL`",
+    ),
+    Setting(
+        "DCGAN_MODEL_POLL_S",
+        "model_poll_s",
+        "int",
+        0,
+        "seconds between looks at the store: each name given without a version follows its latest version (0: off)",
+        low=0,
+    ),
+    Setting("DCGAN_MAX_MODELS", "max_models", "int", 4, "most models loaded at once; more stops start-up", low=1),
+    Setting(
+        "DCGAN_MAX_MODELS_MB",
+        "max_models_mb",
+        "int",
+        1024,
+        "most MiB of ONNX files loaded at once, all models together; past it, start-up or a load is refused",
+        low=1,
+    ),
     Setting(
         "DCGAN_DEFAULT_ARTIFACT",
         "default_artifact",
@@ -225,6 +253,10 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
 @dataclass(frozen=True)
 class ServiceSettings:
     model_tag: str
+    model_list: str
+    model_poll_s: int
+    max_models: int
+    max_models_mb: int
     default_artifact: Path
     max_n: int
     max_batch_size: int
@@ -245,6 +277,7 @@ class ServiceSettings:
     access_log: bool
     log_format: str
     tracing: bool
+    models: tuple[str, ...] = ()  # the served models' tags as given ("name" or "name:version"), the default first
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceSettings:
@@ -252,19 +285,51 @@ class ServiceSettings:
         values: dict[str, Any] = {}
         for setting in SETTINGS_TABLE:
             values[setting.name] = setting.read(environ, values)
-        return cls(**values)
+        if values["model_list"] and environ.get("DCGAN_MODEL", "").strip():
+            raise BentoMLConfigException("set DCGAN_MODELS or DCGAN_MODEL, not both (DCGAN_MODEL is a set of one)")
+        settings = cls(**values)
+        return dataclasses.replace(settings, models=model_specs(settings))
 
     @property
     def in_process(self) -> bool:
         return self.generator == "inprocess"
+
 
     def public(self) -> dict[str, Any]:
         """Every setting by its environment variable, as /info shows them (the API key only as whether one is set)."""
         shown = {}
         for setting in SETTINGS_TABLE:
             value = getattr(self, setting.name)
+            if setting.name == "model_list":
+                value = ",".join(self.models)
             shown[setting.env] = bool(value) if setting.secret else str(value) if isinstance(value, Path) else value
         return shown
+
+
+MODEL_TAG = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[A-Za-z0-9_.-]+)?")  # BentoML's tag rule, name[:version]
+
+
+def model_specs(settings: ServiceSettings) -> tuple[str, ...]:
+    """DCGAN_MODELS (or DCGAN_MODEL, a set of one) checked: valid tags, one per name, within DCGAN_MAX_MODELS, and one
+    model only with a generator service. BentoMLConfigException (one line) otherwise."""
+    given = settings.model_list or settings.model_tag
+    specs = tuple(part.strip() for part in given.split(","))
+    env = "DCGAN_MODELS" if settings.model_list else "DCGAN_MODEL"
+    for spec in specs:
+        if not MODEL_TAG.fullmatch(spec):
+            raise BentoMLConfigException(
+                f"{env}: {spec!r} is not a model tag; give name or name:version, names in lowercase letters, digits, '.', '_', '-'"
+            )
+    names = [spec.split(":")[0] for spec in specs]
+    if len(set(names)) != len(names):
+        raise BentoMLConfigException(f"{env}={given}: each name at most once (one version of a name serves at a time)")
+    if len(specs) > settings.max_models:
+        raise BentoMLConfigException(f"{env} names {len(specs)} models, more than DCGAN_MAX_MODELS={settings.max_models}")
+    if len(specs) > 1 and not settings.in_process:
+        raise BentoMLConfigException("DCGAN_GENERATOR=service serves one model: serve several with DCGAN_GENERATOR=inprocess")
+    if settings.model_poll_s and not settings.in_process:
+        raise BentoMLConfigException("DCGAN_MODEL_POLL_S needs DCGAN_GENERATOR=inprocess (a generator service does not swap versions)")
+    return specs
 
 
 def markdown_table() -> str:

@@ -1,9 +1,15 @@
 """The Open Inference Protocol (KServe v2, as Triton speaks it) beside the service's own API, over the same batching.
 
-    GET  /v2                          server metadata
-    GET  /v2/health/live, /v2/health/ready, /v2/models/dcgan/ready
-    GET  /v2/models/dcgan             model metadata: inputs seed, n (INT64 [1, 1]) or z (FP32 [B, nz]); output images
-    POST /v2/models/dcgan/infer       seed (+ n, default 1) or raw latents z -> images UINT8 [B, H, W, C]
+    GET  /v2                                    server metadata
+    GET  /v2/health/live, /v2/health/ready      server probes
+    GET  /v2/models/{name}[/versions/{v}]       model metadata: inputs seed, n (INT64 [1, 1]) or z (FP32 [B, nz]);
+                                                output images; .../ready: the model's probe
+    POST /v2/models/{name}[/versions/{v}]/infer seed (+ n, default 1) or raw latents z -> images UINT8 [B, H, W, C]
+    POST /v2/repository/index                   the loaded models: name, version, state READY
+    POST /v2/repository/models/{name}/load      model control: swap {name} to its newest stored version, or to
+                                                {"parameters": {"version": v}}; only with the API key
+
+A model is a name of DCGAN_MODELS; "dcgan" names the default model too. A version other than the one loaded is 404.
 
 Inputs and outputs may travel as JSON or with the binary tensor data extension (the JSON header's length in
 `Inference-Header-Content-Length`, the tensors' bytes after it), as the official clients (tritonclient[http])
@@ -13,17 +19,18 @@ send and ask by default. A seed's images are the bytes /sample/raw gives for it:
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.errors import NotFound
 from service.settings import MAX_SEED
 
-MODEL_NAME = "dcgan"
-INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
+ALIAS = "dcgan"  # the default model also answers under this name (unless a served model is called so)
+INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+INFER_LABEL = "/v2/models/{model}/infer"  # the metrics' route label of every infer path
 MAX_INFER_BODY = 1 << 20  # the largest valid body: z for MAX_N images, as JSON text
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DTYPES = {"INT64": np.int64, "INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32}
@@ -98,11 +105,20 @@ def wants_binary(request: dict) -> bool:
     )
 
 
-def infer_response(request: dict, version: str, images: np.ndarray) -> tuple[str, dict[str, str], bytes]:
+def infer_target(path: str) -> str | None:
+    """The model a v2 infer path names ("name" or "name:version"), or None when `path` is not an infer path."""
+    match = INFER.fullmatch(path)
+    if match is None:
+        return None
+    name, version = match.groups()
+    return f"{name}:{version}" if version else name
+
+
+def infer_response(request: dict, name: str, version: str, images: np.ndarray) -> tuple[str, dict[str, str], bytes]:
     """images (B, H, W, C) uint8 as the output tensor "images", in JSON or as binary data after a JSON header:
     (media type, headers, body)."""
     output = {"name": "images", "datatype": "UINT8", "shape": list(images.shape)}
-    head = {"model_name": MODEL_NAME, "model_version": version, "outputs": [output]}
+    head = {"model_name": name, "model_version": version, "outputs": [output]}
     if "id" in request:
         head["id"] = request["id"]
     if not wants_binary(request):
@@ -113,11 +129,11 @@ def infer_response(request: dict, version: str, images: np.ndarray) -> tuple[str
     return "application/octet-stream", {HEADER_LENGTH: str(len(header))}, header + images.tobytes()
 
 
-def model_metadata(described: dict) -> dict:
+def model_metadata(name: str, described: dict) -> dict:
     m = described["manifest"]["model"]
     return {
-        "name": MODEL_NAME,
-        "versions": [described["model"].split(":")[-1]],
+        "name": name,
+        "versions": [described["version"]],
         "platform": "onnxruntime_onnx",
         "inputs": [
             {"name": "seed", "datatype": "INT64", "shape": [1, 1]},
@@ -129,38 +145,46 @@ def model_metadata(described: dict) -> dict:
 
 
 def routes(api) -> list[Route]:
-    """The protocol's other routes, served by `api` (service/api.py's Api: its description, probes and API key)."""
+    """The protocol's other routes, served by `api` (service/api.py's Api: its models, probes and API key)."""
 
-    def known(request: Request) -> None:
-        name = request.path_params["name"]
-        if name != MODEL_NAME:
-            raise NotFound(f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
+    async def version_of(request: Request):
+        name, version = request.path_params["name"], request.path_params.get("version")
+        return await api.models.find(f"{name}:{version}" if version else name)
 
     def probe(check: str):
         async def endpoint(request: Request) -> Response:
-            if "name" in request.path_params:
-                known(request)
-            return Response(status_code=200 if await getattr(api, check)() else 503)
+            ok = await getattr(api, check)()
+            if ok and "name" in request.path_params:
+                await version_of(request)  # 404 for a model not loaded
+            return Response(status_code=200 if ok else 503)
 
         return endpoint
 
     async def metadata(request: Request) -> Response:
-        known(request)
         api.authorise(dict(request.headers.raw))
-        return JSONResponse(model_metadata(await api.describe()))
-
-    async def infer_elsewhere(request: Request) -> Response:
-        known(request)  # INFER_PATH itself is a generation route of service/api.py
-        raise NotFound(f"no route {request.url.path}")
+        version = await version_of(request)
+        return JSONResponse(model_metadata(request.path_params["name"], version.described))
 
     async def server(request: Request) -> Response:
-        return JSONResponse({"name": "dcgan-serving", "version": "2", "extensions": ["binary_tensor_data"]})
+        return JSONResponse({"name": "dcgan-serving", "version": "2", "extensions": ["binary_tensor_data", "model_repository"]})
+
+    async def index(request: Request) -> Response:
+        api.authorise(dict(request.headers.raw))
+        await api.models.ready()
+        loaded = [{"name": v.name, "version": v.tag.partition(":")[2], "state": "READY"} for v in api.models.current.values()]
+        return JSONResponse(loaded)
+
+    async def load(request: Request) -> Response:
+        return JSONResponse(await api.load_model(request.path_params["name"], await request.body(), dict(request.headers.raw)))
 
     return [
         Route("/v2", server, methods=["GET"]),
         Route("/v2/health/live", probe("alive"), methods=["GET"]),
         Route("/v2/health/ready", probe("ready"), methods=["GET"]),
         Route("/v2/models/{name}/ready", probe("ready"), methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", probe("ready"), methods=["GET"]),
         Route("/v2/models/{name}", metadata, methods=["GET"]),
-        Route("/v2/models/{name}/infer", infer_elsewhere, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}", metadata, methods=["GET"]),
+        Route("/v2/repository/index", index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", load, methods=["POST"]),
     ]

@@ -4,6 +4,8 @@
     service_server    the same server as a ServiceServer (url, process, log path, artifact dir)
     start_service     context manager for an extra server with other settings (env overrides)
     service_artifact  the model artifact the servers are given
+    other_artifact    a second model artifact (another seed), for the servers of several models
+    two_models        a server of two models (DCGAN_MODELS=dcgan-generator,dcgan-other), as a ServiceServer
     serve_to_exit     run a server that is expected to refuse to start; returns (exit code, output)
 
 The helpers behind them (serve, service_env, tiny_artifact) are in helpers.py. Each server gets its own
@@ -40,6 +42,21 @@ def service_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def service_server(service_artifact, tmp_path_factory) -> Iterator[ServiceServer]:
     with serve(tmp_path_factory.mktemp("service"), service_artifact) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def other_artifact(tmp_path_factory) -> Path:
+    return tiny_artifact(tmp_path_factory.mktemp("other-artifact"), seed=1)
+
+
+TWO_MODELS_ENV = {"DCGAN_MODELS": "dcgan-generator,dcgan-other"}
+
+
+@pytest.fixture(scope="session")
+def two_models(service_artifact, other_artifact, tmp_path_factory) -> Iterator[ServiceServer]:
+    """A server of two models: the default (service_artifact) and dcgan-other (other_artifact); no API key."""
+    with serve(tmp_path_factory.mktemp("two-models"), service_artifact, TWO_MODELS_ENV, {"dcgan-other": other_artifact}) as server:
         yield server
 
 

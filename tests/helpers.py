@@ -1,9 +1,11 @@
 """Helpers the test files share (fixtures live in conftest.py): the service under test, the one-line error
 contract of the CLIs, and the Kubernetes manifests rendered.
 
-    serve(workdir, artifact_dir, env)   a real `bentoml serve service:svc` on a free loopback port (context manager)
+    serve(workdir, artifact_dir, env, models)  a real `bentoml serve service:svc` on a free loopback port (context
+                                        manager); `models` (name -> artifact) are registered in its store first
     service_env(home, artifact, env)    the environment such a server runs with
-    tiny_artifact(workdir)              a real artifact from the real exporter, small enough for CPU tests
+    register(home, artifact, name)      `python -m contract.store` into a server's store: the tag
+    tiny_artifact(workdir, seed)        a real artifact from the real exporter, small enough for CPU tests
     assert_one_line_error(result, ...)  bad input: one `error:` line on stderr, exit 2, no traceback (common/cli.py)
     kustomize(dir), overlay_deployment  deploy/k8s rendered with `kubectl kustomize`
     metric(url, name, **labels)         a running service's /metrics: the sum of one metric's matching samples
@@ -55,10 +57,14 @@ def service_env(bentoml_home: Path, artifact_dir: Path, overrides: dict[str, str
 
 
 @contextlib.contextmanager
-def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) -> Iterator[ServiceServer]:
+def serve(
+    workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None, models: dict[str, Path] | None = None
+) -> Iterator[ServiceServer]:
     """Start `bentoml serve service:svc`, wait for /readyz, yield, then stop it; fail fast with its log if it dies."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, log_path = free_port(), workdir / "serve.log"
+    for name, artifact in (models or {}).items():
+        register(workdir / "bentoml", artifact, name)
     try:
         with running(bentoml_serve_argv(port), service_env(workdir / "bentoml", artifact_dir, env), log_path, port) as server:
             yield ServiceServer(server.url, server.process, log_path, artifact_dir)
@@ -66,8 +72,22 @@ def serve(workdir: Path, artifact_dir: Path, env: dict[str, str] | None = None) 
         pytest.fail(f"bentoml serve: {e}\nits whole log:\n{log_path.read_text(errors='replace')}")
 
 
-def tiny_artifact(workdir: Path) -> Path:
-    """A real artifact from the real exporter: an untrained ngf=8 generator (fast on CPU), its images varying with the latents."""
+def register(bentoml_home: Path, artifact_dir: Path, name: str) -> str:
+    """Register an artifact in a server's model store (`python -m contract.store`); its tag."""
+    done = subprocess.run(
+        [sys.executable, "-m", "contract.store", str(artifact_dir), "--name", name],
+        cwd=REPO_ROOT,
+        env=service_env(bentoml_home, artifact_dir),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def tiny_artifact(workdir: Path, seed: int = 0) -> Path:
+    """A real artifact from the real exporter: an untrained ngf=8 generator (fast on CPU), its images varying with the
+    latents; another `seed` gives another model (other weights, so other images and another tag)."""
     run_dir, artifact_dir = workdir / "run", workdir / "artifact"
     code = (
         "import json, sys, torch\n"
@@ -75,13 +95,13 @@ def tiny_artifact(workdir: Path) -> Path:
         "from training.models import GeneratorConfig, build_generator, init_weights\n"
         "from training.rundir import save_generator\n"
         "run = Path(sys.argv[1]); cfg = GeneratorConfig(ngf=8)\n"
-        "g = build_generator(cfg); init_weights(g, torch.Generator().manual_seed(0))\n"
+        "g = build_generator(cfg); init_weights(g, torch.Generator().manual_seed(int(sys.argv[2])))\n"
         "with torch.no_grad():\n"  # conv weights 4x their N(0, 0.02) init: images then vary with the latents (std ~7 levels)
         "    [p.mul_(4) for p in g.parameters() if p.dim() > 1]\n"
         "save_generator(run, cfg, g)\n"
         "(run / 'config.json').write_text(json.dumps({'note': 'untrained generator for service tests'}))\n"
     )
-    for argv in (["-c", code, str(run_dir)], ["-m", "export", str(run_dir), "--out", str(artifact_dir), "--no-register"]):
+    for argv in (["-c", code, str(run_dir), str(seed)], ["-m", "export", str(run_dir), "--out", str(artifact_dir), "--no-register"]):
         done = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             pytest.fail(f"making the test artifact failed: {argv[:2]}\n{done.stdout}\n{done.stderr}")

@@ -1,0 +1,298 @@
+"""The served models: the names of DCGAN_MODELS, each serving one loaded version at a time, swapped without downtime.
+
+    find(asked)           the Version a request names: "name", "name:version", or None for the default (the first
+                          name); NotFound lists the loaded tags
+    admit(v) / done(v)    a request holds its Version from admission to answer, so a swap never changes it midway
+    load(name, tag)       a swap: the stored version is hash-checked, loaded on ONNX Runtime, warmed up and its golden
+                          outputs checked on the serving provider (in a thread, while the old version serves); then new
+                          requests go to it at once, and the old version is released once its last admitted request
+                          is answered. A version that fails is refused (Conflict: one log line, and
+                          dcgan_model_loads_total{outcome="refused"}), and the old one keeps serving.
+    follow()              each worker's loop: the versions the admin route pinned in any worker of this server (a file
+                          they share), and, with DCGAN_MODEL_POLL_S, the store's latest version of each name given
+                          without a version
+
+Each Version has its own generator (its own ONNX Runtime session and threads) and its own coalescer (queue, deadline
+accounting, and metrics under its name): one model's overload never queues another model's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import NotFound as StoreNotFound
+
+from contract.artifact import ONNX, ArtifactError
+from contract.store import check_registered
+from service import metrics
+from service.coalesce import Coalescer
+from service.errors import Conflict, NotFound
+from service.settings import ServiceSettings
+
+logger = logging.getLogger("bentoml.dcgan")
+ALIAS = "dcgan"  # names the default model too (the v2 routes' name before there were several)
+FOLLOW_S = 1.0  # how often a worker looks at the pins file (a stat) and, when due, at the store
+MIB = 1 << 20
+
+
+def onnx_bytes(model_dir: str | Path) -> int:
+    """The size the limits count for a stored model: its float32 ONNX file."""
+    return (Path(model_dir) / ONNX).stat().st_size
+
+
+def check_size(sizes: dict[str, int], limit_mb: int) -> None:
+    """BentoMLException (one line) when the ONNX files of `sizes` (tag -> bytes) exceed DCGAN_MAX_MODELS_MB together."""
+    total = sum(sizes.values())
+    if total > limit_mb * MIB:
+        listed = ", ".join(f"{tag} {size / MIB:.1f} MiB" for tag, size in sizes.items())
+        raise BentoMLException(f"the models' ONNX files take {total / MIB:.1f} MiB ({listed}), more than DCGAN_MAX_MODELS_MB={limit_mb}")
+
+
+class Version:
+    """One loaded version of one name: its generator (service/generators.py) and the coalescer in front of it."""
+
+    def __init__(self, name: str, generator, settings: ServiceSettings, size: int) -> None:
+        self.name = name
+        self.generator = generator
+        self.settings = settings
+        self.onnx_bytes = size
+        self.tag = ""  # name:version, known once described
+        self.merged: Coalescer | None = None
+        self.described: dict = {}
+        self.nz = 0
+        self.admitted = 0  # requests admitted on this version and not yet answered
+        self.retired = False  # swapped out: released when `admitted` reaches 0
+        self.loaded_at = time.time()
+
+    async def ready(self) -> Version:
+        """Described, with a coalescer in front of its calls: at the first request or probe (a generator service may
+        come up after this worker, so it is not asked earlier)."""
+        if self.merged is None:
+            described = await self.generator.describe()
+            if self.merged is None:  # another request may have got here first
+                s = self.settings
+                merged = Coalescer(
+                    self.generator.generate,
+                    s.max_batch_size,
+                    s.generator_calls,
+                    deadline_s=s.deadline_ms / 1000,
+                    max_queued_images=s.max_queued_images,
+                    model=self.name,
+                )
+                self.generator.bind(merged)
+                self.described, self.tag, self.nz = described, described["model"], described["manifest"]["model"]["nz"]
+                self.merged = merged
+        return self
+
+    def summary(self) -> dict:
+        """/info's entry of this version."""
+        d, m = self.described, self.merged
+        return {
+            "name": self.name,
+            "tag": self.tag,
+            "version": self.tag.partition(":")[2],
+            "provider": d["provider"],
+            "model_file": d["model_file"],
+            "image_size": d["manifest"]["model"]["image_size"],
+            "channels": d["manifest"]["model"]["channels"],
+            "nz": self.nz,
+            "onnx_bytes": self.onnx_bytes,
+            "golden_ok": d["golden"].get("ok", True),
+            "loaded_at": self.loaded_at,
+            "requests_in_progress": self.admitted,
+            "merging": {
+                "generator_calls": m.calls,
+                "requests": m.requests,
+                "refused": m.refused,
+                "dropped_disconnected": m.dropped,
+                "seconds_per_image": m.seconds_per_image,
+            },
+        }
+
+
+class ModelSet:
+    """The loaded versions by name, the default first. `make(stored)` builds a generator for a stored model (blocking:
+    it loads and checks the model); `first` holds the generators built at start-up, by name."""
+
+    def __init__(self, settings: ServiceSettings, first: dict[str, object], sizes: dict[str, int], make: Callable) -> None:
+        self.settings = settings
+        self.names = list(first)
+        self.default = self.names[0]
+        self.current = {name: Version(name, generator, settings, sizes[name]) for name, generator in first.items()}
+        self._make = make
+        self._locks = {name: asyncio.Lock() for name in self.names}  # one load per name at a time
+        self._pins = PinsFile(settings)
+        self._refused: set[str] = set()  # tags that failed their checks here: not tried again by follow()
+        self._polled_at = time.monotonic()
+        self._follower: asyncio.Task | bool | None = None  # None: not started yet; False: nothing to follow
+        for name in self.names:  # both series exist from the start, at 0, so an alert's rate() has one
+            for outcome in ("loaded", "refused"):
+                metrics.MODEL_LOADS.labels(model=name, outcome=outcome)
+
+    # --- requests ----------------------------------------------------------------------------------------------
+
+    async def find(self, asked: str | None) -> Version:
+        """The version serving `asked` (name or name:version; None: the default model). NotFound names what is loaded."""
+        if self._follower is None:
+            self.start_following()
+        if asked == ALIAS and ALIAS not in self.current:
+            asked = None
+        name, _, version = (asked or self.default).partition(":")
+        serving = self.current.get(name)
+        if serving is not None:
+            await serving.ready()
+            if not version or serving.tag == f"{name}:{version}":
+                return serving
+        loaded = ", ".join(v.tag or v.name for v in self.current.values())
+        raise NotFound(f"model {asked!r} is not loaded; this server serves {loaded} (the first is the default)")
+
+    def admit(self, version: Version) -> None:
+        version.admitted += 1
+
+    def done(self, version: Version) -> None:
+        version.admitted -= 1
+        if version.retired and version.admitted == 0:
+            self._release(version)
+
+    async def ready(self) -> bool:
+        """Every model's generator answers (in process: loaded and checked before this worker took a request)."""
+        if self._follower is None:
+            self.start_following()
+        for version in list(self.current.values()):
+            if not await version.generator.ready():
+                return False
+            await version.ready()
+        return True
+
+    async def alive(self) -> bool:
+        return all([await v.generator.alive() for v in list(self.current.values())])
+
+    # --- swaps -------------------------------------------------------------------------------------------------
+
+    def stored(self, name: str, version: str | None) -> object:
+        """The stored model for name[:version] (None: the newest in the store); NotFound with what to do."""
+        if name not in self.current:
+            raise NotFound(f"model {name!r} is not one this server serves ({', '.join(self.names)}); its set is DCGAN_MODELS")
+        tag = f"{name}:{version or 'latest'}"
+        try:
+            return bentoml.models.get(tag)
+        except StoreNotFound:
+            raise NotFound(f"the model store has no {tag}: register it first (`python -m contract.store ARTIFACT --name {name}`)") from None
+
+    async def load(self, stored) -> tuple[Version, Version]:
+        """Swap `stored`'s name to it: (the old version, the new one). Conflict (one line, old one kept) if it fails."""
+        name, tag = stored.tag.name, str(stored.tag)
+        async with self._locks[name]:
+            old = await self.current[name].ready()
+            if old.tag == tag:
+                return old, old
+            started = time.monotonic()
+            try:
+                size = onnx_bytes(stored.path)
+                check_size({**self._sizes(except_name=name), tag: size}, self.settings.max_models_mb)
+                check_registered(stored)  # the manifest is the one registered
+                generator = await asyncio.to_thread(self._make, stored)  # hashes, load, warm-up, golden check
+            except (BentoMLException, ArtifactError, OSError) as e:
+                self._refused.add(tag)
+                metrics.MODEL_LOADS.labels(model=name, outcome="refused").inc()
+                line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                logger.warning("model %s refused, %s keeps serving: %s", tag, old.tag, line)
+                raise Conflict(f"model {tag} refused, {old.tag} keeps serving: {line}") from None
+            new = await Version(name, generator, self.settings, size).ready()
+            generator.engine.publish()
+            self.current[name] = new  # new requests get it from here on; admitted ones keep `old`
+            old.retired = True
+            metrics.MODEL_LOADS.labels(model=name, outcome="loaded").inc()
+            logger.info(
+                "model %s now serves %s (loaded and checked in %.2f s); %s is released once its %d admitted request(s) are answered",
+                name, tag, time.monotonic() - started, old.tag, old.admitted,
+            )
+            if old.admitted == 0:
+                self._release(old)
+            return old, new
+
+    def pin(self, name: str, tag: str) -> None:
+        """Every worker of this server serves `tag` for `name` from its next look at the pins (follow())."""
+        self._pins.write({**self._pins.read(), name: tag})
+
+    def _sizes(self, except_name: str) -> dict[str, int]:
+        return {v.tag or v.name: v.onnx_bytes for v in self.current.values() if v.name != except_name}
+
+    def _release(self, version: Version) -> None:
+        version.generator.close()
+        logger.info("model %s released", version.tag)
+
+    # --- following the pins and the store ------------------------------------------------------------------------
+
+    def start_following(self) -> None:
+        """Run follow() in this worker's loop when there is anything to follow."""
+        wanted = self.settings.model_poll_s or (self.settings.api_key and self.settings.workers > 1)
+        self._follower = asyncio.get_running_loop().create_task(self._follow()) if wanted else False
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                await self.follow_once()
+            except Exception:
+                logger.exception("following the model store failed; retrying in %.0f s", FOLLOW_S)
+
+    async def follow_once(self) -> None:
+        pins = self._pins.read()
+        poll = self.settings.model_poll_s and time.monotonic() - self._polled_at >= self.settings.model_poll_s
+        if poll:
+            self._polled_at = time.monotonic()
+        for name, spec in zip(self.names, self.settings.models, strict=True):
+            want = pins.get(name)
+            if want is None and poll and ":" not in spec:
+                want = await asyncio.to_thread(_latest, name)
+            serving = self.current[name]
+            if want is None or want == serving.tag or want in self._refused:
+                continue
+            try:
+                await self.load(bentoml.models.get(want))
+            except (Conflict, StoreNotFound) as e:
+                self._refused.add(want)
+                logger.warning("following %s: %s", name, e)
+
+
+def _latest(name: str) -> str | None:
+    try:
+        return str(bentoml.models.get(f"{name}:latest").tag)
+    except StoreNotFound:
+        return None
+
+
+class PinsFile:
+    """The versions the admin route pinned, shared by the workers of one `bentoml serve` (their common parent) in
+    the pod's writable /tmp: {name: tag}, replaced atomically, read when it changed."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.path = Path(tempfile.gettempdir()) / f"dcgan-models-{os.getppid()}.json"
+        self._seen: tuple[float, dict] = (-1.0, {})
+
+    def read(self) -> dict[str, str]:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return {}
+        if mtime != self._seen[0]:
+            try:
+                self._seen = (mtime, json.loads(self.path.read_text()))
+            except (OSError, ValueError):
+                return self._seen[1]
+        return dict(self._seen[1])
+
+    def write(self, pins: dict[str, str]) -> None:
+        part = self.path.with_suffix(f".{os.getpid()}.part")
+        part.write_text(json.dumps(pins))
+        part.replace(self.path)
