@@ -52,8 +52,8 @@ from service.errors import (
     BadRequest,
     BodyTimeout,
     Busy,
-    Draining,
     Conflict,
+    Draining,
     Forbidden,
     HttpError,
     InternalError,
@@ -334,7 +334,9 @@ class Api:
         except TimeoutError:
             raise BodyTimeout(f"the request body did not arrive within {self.settings.body_timeout_s:g} s") from None
 
-    async def _generate(self, route: GenerationRoute, method: str, request, headers: dict, receive, version: Version) -> tuple[int, list, bytes]:
+    async def _generate(
+        self, route: GenerationRoute, method: str, request, headers: dict, receive, version: Version
+    ) -> tuple[int, list, bytes]:
         """A cached answer (304) without the model, or the images in the route's form."""
         tag = etag(version.tag, route.path, request)
         cached = [(b"etag", tag.encode()), (b"cache-control", CACHE_CONTROL.encode())]

@@ -58,7 +58,7 @@ class EntryService:
         name_requests_in_logs()
         if SETTINGS.in_process:
             generators, sizes = {}, {}
-            for i, model in enumerate(MODELS):
+            for i in range(len(MODELS)):
                 engine = Engine(getattr(self, f"model_{i}"))
                 engine.publish()
                 generators[engine.name], sizes[engine.name] = self.in_process(engine), engine.onnx_bytes

@@ -36,9 +36,7 @@ REASONS = ("overloaded", "deadline", "draining", "client_gone", "body_timeout", 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, float("inf"))
 
 REQUESTS = Counter("dcgan_requests", "requests answered, by route, HTTP status and model", ["route", "status", "model"])
-DURATION = Histogram(
-    "dcgan_request_duration_seconds", "time from a request's arrival to its answer", ["route", "model"], buckets=SECONDS
-)
+DURATION = Histogram("dcgan_request_duration_seconds", "time from a request's arrival to its answer", ["route", "model"], buckets=SECONDS)
 IN_PROGRESS = Gauge(
     "dcgan_requests_in_progress", "generation requests admitted and not yet answered", ["route"], multiprocess_mode="livesum"
 )

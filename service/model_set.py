@@ -214,7 +214,11 @@ class ModelSet:
             metrics.MODEL_LOADS.labels(model=name, outcome="loaded").inc()
             logger.info(
                 "model %s now serves %s (loaded and checked in %.2f s); %s is released once its %d admitted request(s) are answered",
-                name, tag, time.monotonic() - started, old.tag, old.admitted,
+                name,
+                tag,
+                time.monotonic() - started,
+                old.tag,
+                old.admitted,
             )
             if old.admitted == 0:
                 self._release(old)
@@ -253,7 +257,7 @@ class ModelSet:
             self._polled_at = time.monotonic()
         for name, spec in zip(self.names, self.settings.models, strict=True):
             want = pins.get(name)
-            if want is None and poll and ":" not in spec:
+            if want is None and poll and spec.partition(":")[2] in ("", "latest"):
                 want = await asyncio.to_thread(_latest, name)
             serving = self.current[name]
             if want is None or want == serving.tag or want in self._refused:

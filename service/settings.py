@@ -294,7 +294,6 @@ class ServiceSettings:
     def in_process(self) -> bool:
         return self.generator == "inprocess"
 
-
     def public(self) -> dict[str, Any]:
         """Every setting by its environment variable, as /info shows them (the API key only as whether one is set)."""
         shown = {}

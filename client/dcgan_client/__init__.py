@@ -3,12 +3,18 @@ A distribution of its own (`pip install ./client` from the repository), independ
 
     from dcgan_client import Client, AsyncClient
 
-    client = Client("http://127.0.0.1:3000")          # timeout=30, retries=5, api_key=None, cache_size=0
+    client = Client("http://127.0.0.1:3000")          # timeout=30, retries=5, api_key=None, cache_size=0, model=None
     images = client.sample(42, n=4)                    # list of PIL images (format="png"|"webp"|"jpeg", truncation=1.0)
     pixels = client.sample_array(42, n=4)              # (4, H, W, C) uint8, the raw bytes of /sample/raw
     frames = client.interpolate(1, 2, steps=8)         # list of PIL images, seed 1's image first, seed 2's last
     grid = client.grid(42, n=16)                       # one PIL image
+    other = client.sample_array(42, model="dcgan-other")   # another served model ("name" or "name:version")
+    names = [m["name"] for m in client.models()]       # the served models (/info's "models"), the default first
     images = await AsyncClient("http://127.0.0.1:3000").sample(42, n=4)   # the same calls, awaited
+
+Every generating call takes `model=`: a name or name:version of a model the server serves (DCGAN_MODELS);
+Client(model=...) sets it for every call, and None (the default) leaves it to the server, which uses its default
+model. A model the server does not serve raises ServiceError (HTTP 404) naming the models it does serve.
 
 Requests use the service's GET routes over kept-alive connections (connections.py), shared by every thread that
 uses the client. A 429 or 503 is retried after the server's Retry-After, in seconds or as an HTTP-date (at most
@@ -57,11 +63,13 @@ class Client:
         retries: int = 5,
         api_key: str | None = None,
         cache_size: int = 0,
+        model: str | None = None,
     ) -> None:
         self.url, self.timeout, self.retries, self.api_key = url.rstrip("/"), timeout, retries, api_key
-        self.cache_size = cache_size
+        self.cache_size, self.model = cache_size, model  # model: every call's, unless the call names one
         self._connections = Connections(self.url, timeout)
-        self._cache: OrderedDict[str, tuple[str, dict[str, str], bytes]] = OrderedDict()  # path -> (etag, headers, body)
+        # path and query (the model included, where named) -> (etag, headers, body)
+        self._cache: OrderedDict[str, tuple[str, dict[str, str], bytes]] = OrderedDict()
         self._lock = threading.Lock()  # the cache and the counters, shared by the calling threads
         self.stats = {"requests": 0, "retries": 0, "not_modified": 0}
 
@@ -81,30 +89,58 @@ class Client:
         self.close()
 
     def sample(
-        self, seed: int, n: int = 1, *, truncation: float = 1.0, format: str = "png", quality: int | None = None
+        self,
+        seed: int,
+        n: int = 1,
+        *,
+        truncation: float = 1.0,
+        format: str = "png",
+        quality: int | None = None,
+        model: str | None = None,
     ) -> list[Image.Image]:
         """n images for a seed."""
         query = {"seed": seed, "n": n, "truncation": truncation, "format": format, **({"quality": quality} if quality else {})}
-        body = json.loads(self._get("/sample", query)[1])
+        body = json.loads(self._generate("/sample", query, model)[1])
         return [Image.open(io.BytesIO(base64.b64decode(data))) for data in body["images"]]
 
-    def sample_array(self, seed: int, n: int = 1, *, truncation: float = 1.0) -> np.ndarray:
+    def sample_array(self, seed: int, n: int = 1, *, truncation: float = 1.0, model: str | None = None) -> np.ndarray:
         """The n images as one (n, H, W, C) uint8 array."""
-        headers, body = self._get("/sample/raw", {"seed": seed, "n": n, "truncation": truncation})
+        headers, body = self._generate("/sample/raw", {"seed": seed, "n": n, "truncation": truncation}, model)
         shape = tuple(int(d) for d in headers["x-shape"].split(","))
         return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
-    def grid(self, seed: int, n: int = 16, *, truncation: float = 1.0, format: str = "png", quality: int | None = None) -> Image.Image:
+    def grid(
+        self,
+        seed: int,
+        n: int = 16,
+        *,
+        truncation: float = 1.0,
+        format: str = "png",
+        quality: int | None = None,
+        model: str | None = None,
+    ) -> Image.Image:
         query = {"seed": seed, "n": n, "truncation": truncation, "format": format, **({"quality": quality} if quality else {})}
-        return Image.open(io.BytesIO(self._get("/sample/grid", query)[1]))
+        return Image.open(io.BytesIO(self._generate("/sample/grid", query, model)[1]))
 
-    def interpolate(self, seed_a: int, seed_b: int, steps: int = 16, *, truncation: float = 1.0) -> list[Image.Image]:
+    def interpolate(
+        self, seed_a: int, seed_b: int, steps: int = 16, *, truncation: float = 1.0, model: str | None = None
+    ) -> list[Image.Image]:
         """The frames of a spherical walk from seed_a's image 0 to seed_b's (decoded from the lossless APNG)."""
-        body = self._get("/interpolate/apng", {"seed_a": seed_a, "seed_b": seed_b, "steps": steps, "truncation": truncation})[1]
+        query = {"seed_a": seed_a, "seed_b": seed_b, "steps": steps, "truncation": truncation}
+        body = self._generate("/interpolate/apng", query, model)[1]
         return [frame.copy() for frame in ImageSequence.Iterator(Image.open(io.BytesIO(body)))]
 
     def info(self) -> dict:
         return json.loads(self._get("/info", {})[1])
+
+    def models(self) -> list[dict]:
+        """The served models, the default first: /info's "models" (name, tag, version, provider, image_size, ...)."""
+        return self.info()["models"]
+
+    def _generate(self, path: str, query: dict, model: str | None) -> tuple[dict[str, str], bytes]:
+        """A generation route's answer, from the model the call names, else the client's, else the server's default."""
+        model = model if model is not None else self.model
+        return self._get(path, {**query, "model": model} if model is not None else query)
 
     def _count(self, stat: str) -> None:
         with self._lock:
@@ -159,11 +195,11 @@ class Client:
 
 class AsyncClient:
     """Client's calls as coroutines, for asyncio programs: each runs the blocking call in a worker thread
-    (asyncio.to_thread), over the same kept-alive connections. `AsyncClient(url, **options)` takes Client's options;
-    `.client` is the Client underneath (its stats, close())."""
+    (asyncio.to_thread), over the same kept-alive connections. `AsyncClient(url, **options)` takes Client's options
+    (model= among them), and each call Client's keywords; `.client` is the Client underneath (its stats, close())."""
 
-    def __init__(self, url: str = "http://127.0.0.1:3000", **options) -> None:
-        self.client = Client(url, **options)
+    def __init__(self, url: str = "http://127.0.0.1:3000", *, model: str | None = None, **options) -> None:
+        self.client = Client(url, model=model, **options)
 
     async def sample(self, seed: int, n: int = 1, **options) -> list[Image.Image]:
         return await asyncio.to_thread(self.client.sample, seed, n, **options)
@@ -179,6 +215,9 @@ class AsyncClient:
 
     async def info(self) -> dict:
         return await asyncio.to_thread(self.client.info)
+
+    async def models(self) -> list[dict]:
+        return await asyncio.to_thread(self.client.models)
 
     async def close(self) -> None:
         self.client.close()

@@ -1,8 +1,9 @@
 "use strict";
 // This page is a client of the service's public HTTP API and of nothing else:
-//   GET  /info                                  the model, its provider and the request limits
-//   POST /sample {"seed", "n"}                  n base64 PNGs for a seed
-//   POST /interpolate[/apng], /interpolate/strip {"seed_a", "seed_b", "steps"}   the latent walk
+//   GET  /info                                  the served models, their providers and the request limits
+//   POST /sample {"seed", "n", "model"}         n base64 PNGs for a seed
+//   POST /interpolate[/apng], /interpolate/strip {"seed_a", "seed_b", "steps", "model"}   the latent walk
+// Every call names the model picked in the header (/info's "models", the default first).
 // URLs are relative to the page (served at <root>/ui/), so it also works behind a path prefix.
 
 const $ = (id) => document.getElementById(id);
@@ -12,9 +13,12 @@ const ROOT = new URL("../", document.baseURI);
 const MAX_SEED = 2n ** 63n - 1n;
 
 let info = null; // GET /info
+let models = []; // /info's "models", the default first ([] from a server that does not list them)
+let model = null; // the picked model's name, sent with every call (null: none listed, the server's default)
 let shown = { seed: "", images: [] }; // what the grid holds now
 let viewing = 0; // index of the image in the enlarged view
 let sampleRequest = 0; // only the latest of overlapping /sample calls is drawn
+let walkRequest = 0; // only the latest of overlapping walks is shown
 let walkUrls = []; // object URLs of the walk's images, released when replaced
 let walkEdited = false; // seeds A/B follow the gallery's seed until the user types their own
 
@@ -25,7 +29,7 @@ const jsonBody = (fields) => "{" + Object.entries(fields).map(([k, v]) => `"${k}
 
 async function post(path, fields, outFile) {
   const url = new URL(path, ROOT);
-  const body = jsonBody(fields);
+  const body = jsonBody(model === null ? fields : { ...fields, model: JSON.stringify(model) });
   const curl = `curl -s ${url} -H 'Content-Type: application/json' -d '${body}'` + (outFile ? ` -o ${outFile}` : "");
   const started = performance.now();
   const response = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body });
@@ -53,22 +57,46 @@ function showCurl(curl) {
 
 // ---- model info ----
 
-async function loadInfo() {
+async function loadInfo(asked) {
   const response = await fetch(new URL("info", ROOT));
   if (!response.ok) throw new Error(`GET /info: ${response.status}`);
   info = await response.json();
-  const m = info.manifest.model;
-  $("model-tag").textContent = info.model;
-  $("model-provider").textContent = info.provider.replace("ExecutionProvider", "");
-  $("model-provider").title = `${info.provider}, ${info.model_file}`;
-  $("model-provider").classList.toggle("gpu", info.provider.startsWith("CUDA"));
+  models = info.models ?? [];
+  const options = models.map((m) => Object.assign(new Option(m.name, m.name), { title: m.tag })); // the version: in "tag"
+  $("model-select").replaceChildren(...options);
+  $("model-select").disabled = models.length < 2; // shown all the same: it says what the server serves
+  $("model-picker").hidden = models.length === 0;
+  // The page's ?model= if the server serves it, else the default (the first).
+  model = models.length ? (models.find((m) => m.name === asked) ?? models[0]).name : null;
+  $("model-select").value = model ?? "";
+  showModel();
+  $("n").max = info.limits.max_n;
+  $("steps").max = info.limits.max_steps;
+}
+
+function showModel() {
+  // The picked model's entry of /info's "models"; a server without the list describes its one model at the top level.
+  const picked = models.find((m) => m.name === model);
+  const m = picked ?? { tag: info.model, provider: info.provider, model_file: info.model_file, ...info.manifest.model };
+  $("model-tag").textContent = m.tag;
+  $("model-provider").textContent = m.provider.replace("ExecutionProvider", "");
+  $("model-provider").title = `${m.provider}, ${m.model_file}`;
+  $("model-provider").classList.toggle("gpu", m.provider.startsWith("CUDA"));
   $("model-shape").textContent = `${m.image_size}×${m.image_size} ${m.channels === 1 ? "gray" : "RGB"} · nz ${m.nz}`;
   // Whole-number upscaling keeps every pixel the same size: 32 px images in 96 px tiles (+ 1 px border each side).
   const scale = Math.max(1, Math.round(96 / m.image_size));
   document.documentElement.style.setProperty("--tile", `${m.image_size * scale + 2}px`);
-  $("n").max = info.limits.max_n;
-  $("steps").max = info.limits.max_steps;
 }
+
+function pickModel(name) {
+  model = name;
+  showModel();
+  showSamples();
+  playWalk();
+}
+
+// A name for saved files: "dcgan" for the default model, the model's name for another one.
+const fileStem = (name) => (name === null || name === models[0]?.name ? "dcgan" : name);
 
 // ---- gallery ----
 
@@ -86,6 +114,7 @@ function fittingN() {
 async function showSamples() {
   const seed = $("seed").value.trim();
   const n = $("n").value.trim();
+  const asked = model;
   const mine = ++sampleRequest;
   $("grid").classList.add("loading");
   setStatus("sample-status", "generating…");
@@ -93,11 +122,13 @@ async function showSamples() {
     const { response, ms, curl } = await post("sample", { seed: intJson(seed), n: intJson(n) });
     const data = await response.json();
     if (mine !== sampleRequest) return;
-    shown = { seed, images: data.images, width: data.width, height: data.height };
+    shown = { seed, model: asked, stem: fileStem(asked), images: data.images, width: data.width, height: data.height };
     drawGrid();
     setStatus("sample-status", `${data.images.length} images · ${ms} ms`);
     showCurl(curl);
-    history.replaceState(null, "", `?seed=${seed}&n=${n}`);
+    // The page's own address can be shared: it names the model too, unless that is the default.
+    const other = fileStem(asked) === "dcgan" ? "" : `&model=${encodeURIComponent(asked)}`;
+    history.replaceState(null, "", `?seed=${seed}&n=${n}${other}`);
     if (!walkEdited) {
       $("seed-a").value = seed;
       $("seed-b").value = stepped(seed, 1n);
@@ -126,6 +157,7 @@ function drawGrid() {
   });
   $("grid").replaceChildren(...tiles);
   $("grid").dataset.seed = shown.seed;
+  $("grid").dataset.model = shown.model ?? "";
 }
 
 function stepped(seedText, delta) {
@@ -155,7 +187,7 @@ function openViewer(i) {
   $("viewer-caption").textContent =
     `seed ${shown.seed} · image ${viewing} of ${shown.images.length} · ${shown.width}×${shown.height}`;
   $("viewer-download").href = src;
-  $("viewer-download").download = `dcgan-seed${shown.seed}-${viewing}.png`;
+  $("viewer-download").download = `${shown.stem}-seed${shown.seed}-${viewing}.png`;
   if (!$("viewer").open) $("viewer").showModal();
 }
 
@@ -168,8 +200,10 @@ async function playWalk() {
     steps: intJson($("steps").value),
   };
   const format = document.querySelector('input[name="format"]:checked').value;
-  const name = `dcgan-walk-${$("seed-a").value.trim()}-${$("seed-b").value.trim()}-${$("steps").value}`;
+  const name = `${fileStem(model)}-walk-${$("seed-a").value.trim()}-${$("seed-b").value.trim()}-${$("steps").value}`;
   const animationFile = `${name}.${format === "gif" ? "gif" : "png"}`;
+  const asked = model;
+  const mine = ++walkRequest;
   setStatus("walk-status", "generating…");
   try {
     const [animation, strip] = await Promise.all([
@@ -177,6 +211,7 @@ async function playWalk() {
       post("interpolate/strip", fields, `${name}-strip.png`),
     ]);
     const [animationBlob, stripBlob] = await Promise.all([animation.response.blob(), strip.response.blob()]);
+    if (mine !== walkRequest) return;
     walkUrls.forEach((url) => URL.revokeObjectURL(url));
     walkUrls = [URL.createObjectURL(animationBlob), URL.createObjectURL(stripBlob)];
     show("walk-image", "walk-download", walkUrls[0], animationFile);
@@ -185,10 +220,11 @@ async function playWalk() {
     const frames = animation.response.headers.get("X-Steps");
     $("walk-image").dataset.format = format;
     $("walk-image").dataset.steps = frames;
+    $("walk-image").dataset.model = asked ?? "";
     setStatus("walk-status", `${frames} frames · ${(animationBlob.size / 1024).toFixed(1)} KB · ${animation.ms} ms`);
     showCurl(animation.curl);
   } catch (e) {
-    setStatus("walk-status", e.message, true);
+    if (mine === walkRequest) setStatus("walk-status", e.message, true);
   }
 }
 
@@ -202,6 +238,7 @@ function show(imageId, linkId, url, filename) {
 // ---- wiring ----
 
 function wire() {
+  $("model-select").addEventListener("change", () => pickModel($("model-select").value));
   $("sample-form").addEventListener("submit", (e) => {
     e.preventDefault();
     showSamples();
@@ -225,7 +262,7 @@ function wire() {
   });
 
   document.addEventListener("keydown", (e) => {
-    if (e.target.closest("input") || e.altKey || e.ctrlKey || e.metaKey) return;
+    if (e.target.closest("input, select") || e.altKey || e.ctrlKey || e.metaKey) return;
     if ($("viewer").open) {
       if (e.key === "ArrowLeft") openViewer(viewing - 1);
       if (e.key === "ArrowRight") openViewer(viewing + 1);
@@ -239,12 +276,12 @@ function wire() {
 
 async function start() {
   wire();
+  const params = new URLSearchParams(location.search);
   try {
-    await loadInfo();
+    await loadInfo(params.get("model"));
   } catch (e) {
     $("model-tag").textContent = `unavailable (${e.message})`;
   }
-  const params = new URLSearchParams(location.search);
   $("seed").value = params.get("seed") ?? "42";
   $("n").value = params.get("n") ?? fittingN();
   await showSamples();

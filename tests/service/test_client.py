@@ -4,6 +4,7 @@ connections are kept alive, and the client installs and works on its own (client
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from common.paths import REPO_ROOT as ROOT
 from dcgan_client import AsyncClient, Client, ServiceError
@@ -127,3 +129,78 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(s
         time.sleep(UVICORN_KEEP_ALIVE_S + 1)
         assert np.array_equal(client.sample_array(3), first)
         assert client.connections_opened == 2 and client.stats["retries"] == 0
+
+
+# ---- a server of several models (DCGAN_MODELS=dcgan-generator,dcgan-other) ----
+
+
+def raw_pixels(url: str, **params) -> httpx.Response:
+    r = httpx.get(f"{url}/sample/raw", params=params, timeout=30)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_a_call_names_its_model_and_gets_that_model_s_images(two_models):
+    url = two_models.url
+    client = Client(url)
+    other = client.sample_array(42, n=2, model="dcgan-other")
+    answer = raw_pixels(url, seed=42, n=2, model="dcgan-other")
+    assert other.tobytes() == answer.content and answer.headers["x-model"].startswith("dcgan-other:")
+    default = client.sample_array(42, n=2)  # no model: the server's default
+    assert default.tobytes() == raw_pixels(url, seed=42, n=2).content
+    assert default.shape == other.shape and not np.array_equal(default, other)  # same seed, other weights
+
+    # The client's model is every call's; a call's own model= overrides it.
+    mine = Client(url, model="dcgan-other")
+    assert np.array_equal(mine.sample_array(42, n=2), other)
+    assert np.array_equal(mine.sample_array(42, n=2, model="dcgan-generator"), default)
+    assert all(np.array_equal(np.asarray(im), p[:, :, 0]) for im, p in zip(mine.sample(42, n=2), other))
+    frames = client.interpolate(42, 43, steps=3, model="dcgan-other")
+    assert len(frames) == 3 and np.array_equal(np.asarray(frames[0].convert("L")), other[0, :, :, 0])
+    grid = httpx.get(f"{url}/sample/grid", params={"seed": 42, "n": 2, "model": "dcgan-other"}, timeout=30).content
+    assert mine.grid(42, n=2).tobytes() == Image.open(io.BytesIO(grid)).tobytes()
+    assert mine.grid(42, n=2).tobytes() != client.grid(42, n=2).tobytes()
+
+    async def awaited() -> tuple[np.ndarray, np.ndarray]:
+        async_client = AsyncClient(url, model="dcgan-other")
+        try:
+            return await async_client.sample_array(42, n=2), await async_client.sample_array(42, n=2, model="dcgan-generator")
+        finally:
+            await async_client.close()
+
+    async_other, async_default = asyncio.run(awaited())
+    assert np.array_equal(async_other, other) and np.array_equal(async_default, default)
+
+
+def test_models_lists_the_served_models_default_first(two_models):
+    client = Client(two_models.url)
+    models = client.models()
+    assert [m["name"] for m in models] == ["dcgan-generator", "dcgan-other"]
+    assert models == client.info()["models"] and client.info()["model"] == models[0]["tag"]
+    other = models[1]
+    assert other["tag"] == f"dcgan-other:{other['version']}"
+    # name:version insists on that version, and gets the same images as the bare name.
+    assert np.array_equal(client.sample_array(7, model=other["tag"]), client.sample_array(7, model="dcgan-other"))
+    assert [m["name"] for m in asyncio.run(AsyncClient(two_models.url).models())] == ["dcgan-generator", "dcgan-other"]
+
+
+def test_the_cache_keeps_each_model_s_answer_apart(two_models):
+    client = Client(two_models.url, cache_size=4)
+    default, other = client.sample_array(11, n=2), client.sample_array(11, n=2, model="dcgan-other")
+    assert not np.array_equal(default, other) and client.stats["not_modified"] == 0  # not the default's cached answer
+    assert np.array_equal(client.sample_array(11, n=2, model="dcgan-other"), other)
+    assert np.array_equal(client.sample_array(11, n=2), default)
+    assert client.stats["not_modified"] == 2 and client.stats["requests"] == 4
+
+
+def test_an_unknown_model_raises_naming_the_served_models(two_models):
+    client = Client(two_models.url, cache_size=4)
+    tags = [m["tag"] for m in client.models()]
+    with pytest.raises(ServiceError) as e:
+        client.sample_array(1, model="dcgan-missing")
+    assert e.value.status == 404 and client.stats["retries"] == 0  # an answer, not an outage: asked once
+    message = e.value.message
+    assert "'dcgan-missing'" in message and all(tag in message for tag in tags), message
+    assert str(e.value) == f"HTTP 404: {message}" and "\n" not in message and "Traceback" not in message
+    with pytest.raises(ServiceError, match=r"HTTP 404: model 'dcgan-other:nope' is not loaded"):
+        Client(two_models.url, model="dcgan-other:nope").sample(1)  # a version the server does not serve

@@ -268,7 +268,8 @@ def test_metrics_name_the_model_and_execution_provider(service_url):
     info = httpx.get(f"{service_url}/info", timeout=TIMEOUT).json()
     metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
     (line,) = [m for m in metrics.splitlines() if m.startswith("dcgan_generator_info{")]
-    assert f'model="{info["model"]}"' in line and f'provider="{info["provider"]}"' in line, line
+    name, version = info["model"].split(":")
+    assert f'model="{name}"' in line and f'version="{version}"' in line and f'provider="{info["provider"]}"' in line, line
     assert f'model_file="{info["model_file"]}"' in line and line.endswith(" 1.0"), line
 
 
@@ -281,14 +282,14 @@ def test_metrics_have_the_batch_size_histogram_and_count_requests_by_route(servi
     post(service_url, "/sample", {"seed": 1})
     metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
     assert re.search(r'^dcgan_generator_batch_images_bucket\{.*le="1.0".*\} [1-9]', metrics, re.M)
-    assert re.search(r'^dcgan_requests_total\{route="/sample",status="200"\} [1-9]', metrics, re.M)
-    assert re.search(r'^dcgan_request_duration_seconds_count\{route="/sample"\} [1-9]', metrics, re.M)
+    assert re.search(r'^dcgan_requests_total\{model="dcgan-generator",route="/sample",status="200"\} [1-9]', metrics, re.M)
+    assert re.search(r'^dcgan_request_duration_seconds_count\{model="dcgan-generator",route="/sample"\} [1-9]', metrics, re.M)
 
 
 def test_every_generation_route_is_labelled_by_its_path_in_the_in_progress_gauge(service_url):
     """The autoscaler (deploy/k8s) sums dcgan_requests_in_progress over pods: each route that runs the model is there."""
     from service.routes import ROUTES
-    from service.v2 import INFER_PATH
+    from service.v2 import INFER_LABEL
 
     query = {"/interpolate": "seed_a=1&seed_b=2&steps=2", "/interpolate/apng": "seed_a=1&seed_b=2&steps=2"}
     query["/interpolate/strip"] = query["/interpolate"]
@@ -296,10 +297,10 @@ def test_every_generation_route_is_labelled_by_its_path_in_the_in_progress_gauge
         r = httpx.get(f"{service_url}{route}?{query.get(route, 'seed=1&n=1')}", timeout=TIMEOUT)
         assert r.status_code == 200, (route, r.text)
     infer = {"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], "data": [1]}]}
-    assert post(service_url, INFER_PATH, infer).status_code == 200
+    assert post(service_url, "/v2/models/dcgan/infer", infer).status_code == 200
     metrics = httpx.get(f"{service_url}/metrics", timeout=TIMEOUT).text
     labelled = set(re.findall(r'^dcgan_requests_in_progress\{route="([^"]+)"\}', metrics, re.M))
-    assert labelled == {*ROUTES, INFER_PATH}, labelled
+    assert labelled == {*ROUTES, INFER_LABEL}, labelled
 
 
 def test_metrics_stay_bounded_whatever_paths_clients_request(service_url):
@@ -321,7 +322,7 @@ def test_metrics_stay_bounded_whatever_paths_clients_request(service_url):
     grown = series(after) - series(before)
     assert not grown, sorted(grown)[:10]
     assert len(after) < len(before) + 200, (len(before), len(after))  # only the counts' digits changed
-    assert re.search(r'^dcgan_requests_total\{route="other",status="404"\} (\S+)', after, re.M)
+    assert re.search(r'^dcgan_requests_total\{model="",route="other",status="404"\} (\S+)', after, re.M)
 
 
 def test_info_reports_manifest_provider_and_batching(service_url, manifest):

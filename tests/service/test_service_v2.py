@@ -39,7 +39,7 @@ def test_health_and_metadata(client, service_url):
     assert {i["name"]: i["shape"] for i in meta["inputs"]} == {"seed": [1, 1], "n": [1, 1], "z": [-1, m["nz"]]}
     assert meta["outputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, m["image_size"], m["image_size"], m["channels"]]}]
     assert httpx.get(f"{service_url}/v2/models/other", timeout=TIMEOUT).status_code == 404
-    assert httpx.get(f"{service_url}/v2", timeout=TIMEOUT).json()["extensions"] == ["binary_tensor_data"]
+    assert httpx.get(f"{service_url}/v2", timeout=TIMEOUT).json()["extensions"] == ["binary_tensor_data", "model_repository"]
 
 
 def test_seed_gives_the_bytes_of_sample_raw_binary_or_json(client, service_url):

@@ -1,7 +1,8 @@
 """The page at /ui/: its routes, then the page itself in headless Chromium (Debian's package, driven by Playwright).
 
-The browser tests run against the session's real server. To run them against another server (the
-README's screenshot is taken with the trained default model), set DCGAN_PAGE_URL:
+The browser tests run against the session's real server, and the model picker's against a server of two models
+(the `two_models` fixture). To run the others against another server (the README's screenshot is taken with the
+trained default model), set DCGAN_PAGE_URL:
 
     DCGAN_PAGE_URL=http://127.0.0.1:3000 .venv/bin/pytest tests/system/test_page.py   # -> test-artifacts/page.png
 """
@@ -126,9 +127,10 @@ def watched(browser, page_url):
     assert not w.problems
 
 
-def wait_for_grid(page, seed: str) -> list[str]:
-    """Wait until the grid shows `seed` with every image decoded; returns the images' base64 PNGs."""
-    page.wait_for_selector(f'#grid[data-seed="{seed}"]:not(.loading)', timeout=WAIT_MS)
+def wait_for_grid(page, seed: str, model: str | None = None) -> list[str]:
+    """Wait until the grid shows `seed` (of `model`, where given) with every image decoded; returns the images' base64 PNGs."""
+    of_model = f'[data-model="{model}"]' if model else ""
+    page.wait_for_selector(f'#grid[data-seed="{seed}"]{of_model}:not(.loading)', timeout=WAIT_MS)
     page.wait_for_function(
         "() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)", timeout=WAIT_MS
     )
@@ -147,8 +149,8 @@ def decode_pngs(encoded: list[str]) -> list[Image.Image]:
     return images
 
 
-def api_images(url: str, seed: str, n: int) -> list[str]:
-    r = httpx.post(f"{url}/sample", json={"seed": int(seed), "n": n}, timeout=TIMEOUT)
+def api_images(url: str, seed: str, n: int, model: str | None = None) -> list[str]:
+    r = httpx.post(f"{url}/sample", json={"seed": int(seed), "n": n, **({"model": model} if model else {})}, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     return r.json()["images"]
 
@@ -173,6 +175,10 @@ def test_page_shows_the_model_and_a_screenful_of_images_then_the_walk(watched, p
 
     assert page.text_content("#model-tag") == info["model"]
     assert page.text_content("#model-provider") == info["provider"].removesuffix("ExecutionProvider")
+    # The picker lists the served models, the default picked (a one-model server's is there, but nothing to pick).
+    names = [m["name"] for m in info["models"]]
+    assert page.eval_on_selector_all("#model-select option", "options => options.map(o => o.value)") == names
+    assert page.input_value("#model-select") == names[0] and page.is_disabled("#model-select") == (len(names) == 1)
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(15, 17, 21)"  # style.css loaded
 
     page.wait_for_selector('#walk-image[data-steps="16"]', timeout=WAIT_MS)  # the page plays a walk on load
@@ -270,3 +276,67 @@ def test_a_bad_seed_shows_the_services_error(watched, page_url):
     logged = [p for p in watched.problems if "status of 422" in p]
     assert len(logged) == 1
     watched.problems.remove(logged[0])
+
+
+# ---- the model picker, against a server of two models ----
+
+GENERATION_ROUTES = ("/sample", "/interpolate", "/interpolate/apng", "/interpolate/strip")
+
+
+@pytest.fixture
+def two_models_page(browser, two_models):
+    w = Watched(browser, two_models.url)
+    yield w
+    w.page.close()
+    assert not w.problems
+
+
+def test_the_model_picker_sends_every_call_to_the_picked_model(two_models_page, two_models):
+    url, page = two_models.url, two_models_page.page
+    tags = {m["name"]: m["tag"] for m in httpx.get(f"{url}/info", timeout=TIMEOUT).json()["models"]}
+    calls = []  # (route, the JSON body's model) of every generation call the page makes
+
+    def record(request) -> None:
+        route = urlsplit(request.url).path
+        if route in GENERATION_ROUTES:
+            calls.append((route, (request.post_data_json or {}).get("model")))
+
+    page.on("request", record)
+    page.goto(f"{url}/ui/?seed=7&n=4")
+    default = wait_for_grid(page, "7", "dcgan-generator")
+    page.wait_for_selector('#walk-image[data-steps="16"][data-model="dcgan-generator"]', timeout=WAIT_MS)
+    options = page.eval_on_selector_all("#model-select option", "options => options.map(o => [o.value, o.textContent, o.title])")
+    assert options == [[name, name, tag] for name, tag in tags.items()]
+    assert list(tags) == ["dcgan-generator", "dcgan-other"]
+    assert page.input_value("#model-select") == "dcgan-generator" and not page.is_disabled("#model-select")
+    assert page.get_by_role("combobox", name=re.compile(r"^model\b")).get_attribute("id") == "model-select"  # labelled
+    assert page.text_content("#model-tag") == tags["dcgan-generator"]
+    assert default == api_images(url, "7", 4)  # the default model's images, named in every call
+    assert sorted(calls) == [("/interpolate", "dcgan-generator"), ("/interpolate/strip", "dcgan-generator"), ("/sample", "dcgan-generator")]
+    default_walk = blob_bytes(page, "#walk-image")
+
+    calls.clear()
+    page.select_option("#model-select", "dcgan-other")  # the gallery and the walk again, of the other model
+    other = wait_for_grid(page, "7", "dcgan-other")
+    page.wait_for_selector('#walk-image[data-steps="16"][data-model="dcgan-other"]', timeout=WAIT_MS)
+    assert page.text_content("#model-tag") == tags["dcgan-other"] and tags["dcgan-other"].startswith("dcgan-other:")
+    assert sorted(calls) == [("/interpolate", "dcgan-other"), ("/interpolate/strip", "dcgan-other"), ("/sample", "dcgan-other")]
+    assert other == api_images(url, "7", 4, model="dcgan-other")
+    assert [im.tobytes() for im in decode_pngs(other)] != [im.tobytes() for im in decode_pngs(default)]  # same seed, other weights
+    walk = blob_bytes(page, "#walk-image")
+    body = {"seed_a": 7, "seed_b": 8, "steps": 16, "model": "dcgan-other"}
+    assert walk == httpx.post(f"{url}/interpolate", json=body, timeout=TIMEOUT).content and walk != default_walk
+    assert parse_qs(urlsplit(page.url).query) == {"seed": ["7"], "n": ["4"], "model": ["dcgan-other"]}  # a link to share
+
+    calls.clear()
+    page.click("#next")  # later calls name it too
+    assert wait_for_grid(page, "8", "dcgan-other") == api_images(url, "8", 4, model="dcgan-other")
+    assert calls == [("/sample", "dcgan-other")]
+    page.click("#grid .tile:nth-child(1)")
+    page.wait_for_selector("#viewer[open]")
+    assert page.get_attribute("#viewer-download", "download") == "dcgan-other-seed8-0.png"
+    page.click("#viewer-close")
+
+    page.reload()  # the page's address names the model: it opens with that model picked
+    assert wait_for_grid(page, "8", "dcgan-other") == api_images(url, "8", 4, model="dcgan-other")
+    assert page.input_value("#model-select") == "dcgan-other" and page.text_content("#model-tag") == tags["dcgan-other"]
