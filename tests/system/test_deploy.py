@@ -367,6 +367,7 @@ def test_the_alerting_rules_are_well_formed_and_cover_what_operators_watch():
         "DcganRefusalRate",
         "DcganLatencyAboveDeadline",
         "DcganGoldenCheckFailed",
+        "DcganModelVersionRefused",
         "DcganGeneratorRestarts",
         "DcganPodRestarts",
         "DcganPodsNotReady",
