@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 
@@ -40,12 +41,21 @@ def parse_args(argv):
         "it (default: write it if it passes, else leave it out with a note)",
     )
     parser.add_argument(
+        "--name",
+        default=MODEL_NAME,
+        help=f"model name in the BentoML model store (default: %(default)s, the name the server serves by default); "
+        "another name is another model, served beside it with DCGAN_MODELS=dcgan-generator,NAME",
+    )
+    parser.add_argument(
         "--no-register",
         dest="register",
         action="store_false",
-        help=f"do not register the artifact in the BentoML model store (as {MODEL_NAME!r})",
+        help="do not register the artifact in the BentoML model store",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", args.name):  # BentoML's tag rule, as contract.store has it
+        parser.error(f"--name {args.name!r}: use lowercase letters, digits, '.', '_', '-' (alphanumeric at both ends)")
+    return args
 
 
 @cli_main
@@ -65,10 +75,11 @@ def main(argv=None) -> None:
     from contract.store import register  # bentoml is slow to import; only when registering
 
     try:
-        tag = register(out)
+        tag = register(out, name=args.name)
     except Exception as e:  # the artifact is complete; say how to retry rather than show a traceback
         raise Failed(
-            f"artifact written to {out}, but registering it failed ({type(e).__name__}: {e}); retry with `python -m contract.store {out}`"
+            f"artifact written to {out}, but registering it failed ({type(e).__name__}: {e}); "
+            f"retry with `python -m contract.store {out} --name {args.name}`"
         ) from None
     print(f"registered: {tag} (bentoml models get {tag})")
 

@@ -280,12 +280,14 @@ def _bad_run_dirs(run_dir: Path, tmp: Path) -> dict[str, Path]:
         ("corrupted weights", "is corrupted"),
         ("config mismatch", "does not match the weights"),
         ("bad opset", "--opset 12 is not supported"),
+        ("bad name", "--name 'Faces': use lowercase letters"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, case, expect):
     runs = _bad_run_dirs(run_dir, tmp_path / "runs")
     out = tmp_path / "out"
-    args = [str(run_dir), "--opset", "12"] if case == "bad opset" else [str(runs[case])]
+    special = {"bad opset": ["--opset", "12"], "bad name": ["--name", "Faces"]}
+    args = [str(run_dir), *special[case]] if case in special else [str(runs[case])]
     proc = run_cli("-m", "export", *args, "--out", str(out), "--no-register")
     assert_one_line_error(proc, expect)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing written
