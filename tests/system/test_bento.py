@@ -225,3 +225,9 @@ def test_dcgan_model_at_build_time_picks_the_model_the_image_carries(built, tmp_
 
     assert packed({"DCGAN_MODEL": first}) == [first]
     assert packed({}) == [second]
+    # A set of models (DCGAN_MODELS) is packed whole: each is a model of the bento.
+    other = subprocess.run(
+        [sys.executable, "-m", "contract.store", str(newer), "--name", "dcgan-other"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert other.returncode == 0, other.stderr
+    assert packed({"DCGAN_MODELS": f"{first},dcgan-other"}) == [first, other.stdout.strip()]
