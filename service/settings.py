@@ -179,7 +179,9 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "`service` only: longest an idle generator holds a batch open for more requests (0: a batch is what queued meanwhile)",
         low=0,
     ),
-    Setting("DCGAN_MAX_INFLIGHT", "max_inflight", "int", 256, "generation requests in progress per entry worker; past it, 429", low=1),
+    Setting(
+        "DCGAN_MAX_INFLIGHT", "max_inflight", "int", 256, "generation requests in progress per model and entry worker; past it, 429", low=1
+    ),
     Setting(
         "DCGAN_DEADLINE_MS",
         "deadline_ms",
@@ -193,7 +195,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "max_queued_images",
         "int",
         1024,
-        "images waiting for the generator per entry worker; past it, 503",
+        "images waiting for the generator per model and entry worker; past it, 503",
         low=1,
     ),
     Setting(
