@@ -59,6 +59,7 @@ def _operations(route: Route, schemas: dict) -> dict:
     responses = {
         "200": _success(route),
         "400": _error("the body is not JSON"),
+        "404": _error("the model named is not loaded (the error names the loaded ones)"),
         "422": _error("a field breaks its rule: each one is named with its rule"),
         **{code: _error(why) for code, why in REFUSALS.items()},
     }
@@ -101,11 +102,33 @@ def _document(max_n: int) -> dict:
     }
     paths["/livez"] = {"get": {"summary": "alive", "responses": {"200": {"description": "alive"}}}}
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}}
-    paths["/v2/models/dcgan/infer"] = {
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a served model (/info)"}
+    paths["/v2/models/{name}/infer"] = {
         "post": {
             "summary": "Open Inference Protocol (KServe v2): seed (+ n) or latents z -> UINT8 images [B, H, W, C]",
+            "parameters": [name],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
-            "responses": {"200": {"description": "the inference response"}, "400": _error("not an inference request this model serves")},
+            "responses": {
+                "200": {"description": "the inference response"},
+                "400": _error("not an inference request this model serves"),
+                "404": _error("the model is not loaded"),
+            },
+        }
+    }
+    paths["/v2/repository/index"] = {
+        "post": {"summary": "the loaded models: name, version, state", "responses": {"200": {"description": "JSON list"}}}
+    }
+    paths["/v2/repository/models/{name}/load"] = {
+        "post": {
+            "summary": 'swap a model to its newest stored version, or to {"parameters": {"version": V}}; needs the API key',
+            "parameters": [name],
+            "responses": {
+                "200": {"description": "the new version serves: name, tag, previous, seconds"},
+                "401": _error("no or wrong API key"),
+                "403": _error("model control is off: no API key is set"),
+                "404": _error("not a served name, or no such version in the store"),
+                "409": _error("the version failed its checks or the limits; the old one keeps serving"),
+            },
         }
     }
     return {
