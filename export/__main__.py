@@ -43,7 +43,7 @@ def parse_args(argv):
     parser.add_argument(
         "--name",
         default=MODEL_NAME,
-        help=f"model name in the BentoML model store (default: %(default)s, the name the server serves by default); "
+        help="model name in the BentoML model store (default: %(default)s, the name the server serves by default); "
         "another name is another model, served beside it with DCGAN_MODELS=dcgan-generator,NAME",
     )
     parser.add_argument(
