@@ -46,7 +46,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from contract.latents import LATENTS, latents_for_seed
-from service import logs, metrics, v2
+from service import logs, metrics, model_set, v2
 from service.drain import DRAIN
 from service.errors import (
     BadRequest,
@@ -270,7 +270,18 @@ class Api:
         started = time.perf_counter()
         old, new = await self.models.load(stored)
         self.models.pin(name, new.tag)
-        return {"name": name, "tag": new.tag, "previous": old.tag, "seconds": round(time.perf_counter() - started, 3)}
+        switched, workers = await self.models.everywhere(name, new.tag)  # the other entry workers follow the pin
+        if switched < workers:
+            logger.warning(
+                "model %s: %d of %d entry workers serve %s after %.0f s", name, switched, workers, new.tag, model_set.WORKERS_WAIT_S
+            )
+        return {
+            "name": name,
+            "tag": new.tag,
+            "previous": old.tag,
+            "seconds": round(time.perf_counter() - started, 3),
+            "workers": {"serving": switched, "of": workers},
+        }
 
     def authorise_admin(self, headers: dict[bytes, bytes]) -> None:
         """The model-control routes: off (403) unless DCGAN_API_KEY is set, and then only with the key (401)."""

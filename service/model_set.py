@@ -19,6 +19,7 @@ accounting, and metrics under its name): one model's overload never queues anoth
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
@@ -40,7 +41,8 @@ from service.settings import ServiceSettings
 
 logger = logging.getLogger("bentoml.dcgan")
 ALIAS = "dcgan"  # names the default model too (the v2 routes' name before there were several)
-FOLLOW_S = 1.0  # how often a worker looks at the pins file (a stat) and, when due, at the store
+FOLLOW_S = 0.25  # how often a worker looks at the pins file (a stat) and, when due, at the store
+WORKERS_WAIT_S = 10.0  # how long the admin route waits for the server's other workers to serve a pinned version
 MIB = 1 << 20
 
 
@@ -130,7 +132,7 @@ class ModelSet:
         self.current = {name: Version(name, generator, settings, sizes[name]) for name, generator in first.items()}
         self._make = make
         self._locks = {name: asyncio.Lock() for name in self.names}  # one load per name at a time
-        self._pins = PinsFile(settings)
+        self._pins = PinsFile()
         self._refused: set[str] = set()  # tags that failed their checks here: not tried again by follow()
         self._polled_at = time.monotonic()
         self._follower: asyncio.Task | bool | None = None  # None: not started yet; False: nothing to follow
@@ -211,6 +213,7 @@ class ModelSet:
             generator.engine.publish()
             self.current[name] = new  # new requests get it from here on; admitted ones keep `old`
             old.retired = True
+            self._state_changed()
             metrics.MODEL_LOADS.labels(model=name, outcome="loaded").inc()
             logger.info(
                 "model %s now serves %s (loaded and checked in %.2f s); %s is released once its %d admitted request(s) are answered",
@@ -228,6 +231,20 @@ class ModelSet:
         """Every worker of this server serves `tag` for `name` from its next look at the pins (follow())."""
         self._pins.write({**self._pins.read(), name: tag})
 
+    async def everywhere(self, name: str, tag: str) -> tuple[int, int]:
+        """Wait (up to WORKERS_WAIT_S) until every entry worker of this server serves `tag` for `name`: (workers that
+        do, workers). Each worker states what it serves in a file of its own (service/drain.py's folder)."""
+        deadline = time.monotonic() + WORKERS_WAIT_S
+        while True:
+            states = serving_states()
+            done = sum(1 for state in states if state.get(name) == tag)
+            if done == len(states) or time.monotonic() >= deadline:
+                return done, len(states)
+            await asyncio.sleep(FOLLOW_S / 2)
+
+    def _state_changed(self) -> None:
+        write_serving_state({name: v.tag or name for name, v in self.current.items()})
+
     def _sizes(self, except_name: str) -> dict[str, int]:
         return {v.tag or v.name: v.onnx_bytes for v in self.current.values() if v.name != except_name}
 
@@ -239,6 +256,7 @@ class ModelSet:
 
     def start_following(self) -> None:
         """Run follow() in this worker's loop when there is anything to follow."""
+        self._state_changed()
         wanted = self.settings.model_poll_s or (self.settings.api_key and self.settings.workers > 1)
         self._follower = asyncio.get_running_loop().create_task(self._follow()) if wanted else False
 
@@ -276,12 +294,48 @@ def _latest(name: str) -> str | None:
         return None
 
 
+def _server_dir() -> Path:
+    """A folder per `bentoml serve` (the workers' common parent), in the pod's writable /tmp."""
+    folder = Path(tempfile.gettempdir()) / f"dcgan-models-{os.getppid()}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def write_serving_state(serving: dict[str, str]) -> None:
+    """This worker's {name: tag}, for the admin route of any worker to read (removed when the worker exits)."""
+    path = _server_dir() / f"worker-{os.getpid()}.json"
+    part = path.with_suffix(".part")
+    part.write_text(json.dumps(serving))
+    part.replace(path)
+    if path not in _STATES_WRITTEN:
+        _STATES_WRITTEN.add(path)
+        atexit.register(path.unlink, missing_ok=True)
+
+
+_STATES_WRITTEN: set[Path] = set()
+
+
+def serving_states() -> list[dict[str, str]]:
+    """What each live entry worker of this server serves."""
+    states = []
+    for path in _server_dir().glob("worker-*.json"):
+        pid = int(path.stem.removeprefix("worker-"))
+        try:
+            os.kill(pid, 0)
+            states.append(json.loads(path.read_text()))
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)  # a worker that died without its atexit
+        except (PermissionError, OSError, ValueError):
+            continue
+    return states
+
+
 class PinsFile:
     """The versions the admin route pinned, shared by the workers of one `bentoml serve` (their common parent) in
     the pod's writable /tmp: {name: tag}, replaced atomically, read when it changed."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
-        self.path = Path(tempfile.gettempdir()) / f"dcgan-models-{os.getppid()}.json"
+    def __init__(self) -> None:
+        self.path = _server_dir() / "pins.json"
         self._seen: tuple[float, dict] = (-1.0, {})
 
     def read(self) -> dict[str, str]:

@@ -210,6 +210,7 @@ def test_a_swap_under_load_loses_nothing_and_mixes_nothing(service_artifact, oth
 
         answers = asyncio.run(run())
         assert [(r.status_code, r.json()["previous"], r.json()["tag"]) for r in swaps] == [(200, a, b), (200, b, a), (200, a, b)]
+        assert all(r.json()["workers"] == {"serving": 1, "of": 1} for r in swaps)
         reference[b] = {s: raw(url, s, b, KEY).content for s in range(8)}  # b serves now
         assert {tag for _, _, tag, _ in answers} == {a, b}
         mixed = [(i, seed, tag) for i, seed, tag, content in answers if content != reference[tag][seed]]
@@ -258,7 +259,11 @@ def test_every_worker_follows_the_store_and_the_pins(service_artifact, other_art
             return False
 
         assert served_by_all(b)
-        assert load(url, "dcgan-generator", a.split(":")[1]).status_code == 200
+        swapped = load(url, "dcgan-generator", a.split(":")[1])
+        assert swapped.status_code == 200 and swapped.json()["workers"] == {"serving": 2, "of": 2}, swapped.text
+        for _ in range(8):  # answered once both workers serve it: no connection finds the old version any more
+            with httpx.Client(base_url=url, headers=KEY, timeout=TIMEOUT) as http:
+                assert http.get("/sample/raw", params={"seed": 1}).headers["x-model"] == a
         assert served_by_all(a)  # pinned: the poll does not take it back to the newest
         time.sleep(2.5)
         assert served_by_all(a)
