@@ -10,6 +10,12 @@ locust's final `PREFIX.json` holds every name's count and latency histogram (mil
 by locust to 2 significant digits above 100 ms), from which each outcome's percentiles are computed.
 `PREFIX_schedule.json` (written by the locustfile) holds when the measured window began and ended
 and, in open loop, how many requests were sent.
+
+    stats = run_level(url, LoadLevel(32), "1", 30, prefix, models=("a", "b"))   # users split between two models
+    parse_level(prefix, model="a")                                              # model a's share of that level
+
+With `models`, the locustfile names requests "OUTCOME ROUTE model=NAME n=N"; parse_level reads the whole
+level, or one model's requests over the same window.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ REPO = REPO_ROOT
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_TIMEOUT_S = 10  # users finish the request in flight when time is up: a cut-off request is not a failure
-NAME = re.compile(r"^(ok|refused|failed) .* n=(\d+)$")  # the locustfile names requests "OUTCOME ROUTE n=N"
+# The locustfile names requests "OUTCOME ROUTE n=N", or "OUTCOME ROUTE model=NAME n=N" when it asks for models.
+NAME = re.compile(r"^(ok|refused|failed) (.*?)(?: model=(\S+))? n=(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -119,27 +126,40 @@ def _outcome(entries: list[dict], window: float) -> Outcome:
     )
 
 
-def parse_level(prefix: Path) -> LevelStats:
-    """Read locust's PREFIX.json and PREFIX_failures.csv and the locustfile's PREFIX_schedule.json."""
+def request_model(name: str) -> str | None:
+    """The model a request name asked for ("ok /sample model=a n=1" -> "a"), None if it names none."""
+    match = NAME.match(name)
+    return match.group(3) if match else None
+
+
+def parse_level(prefix: Path, model: str | None = None) -> LevelStats:
+    """Read locust's PREFIX.json and PREFIX_failures.csv and the locustfile's PREFIX_schedule.json: the whole level,
+    or with `model` only the requests that asked for that model (rates over the level's whole window)."""
     try:
         entries = json.loads(Path(f"{prefix}.json").read_text())
         schedule = json.loads(Path(f"{prefix}_schedule.json").read_text())
         with open(f"{prefix}_failures.csv", newline="") as f:
-            reasons = [{"error": r["Error"], "occurrences": int(r["Occurrences"])} for r in csv.DictReader(f)]
+            reasons = [
+                {"error": r["Error"], "occurrences": int(r["Occurrences"])}
+                for r in csv.DictReader(f)
+                if model is None or request_model(r["Name"]) == model
+            ]
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read locust's results {prefix}.json, _schedule.json, _failures.csv ({e})") from None
     by_outcome: dict[str, list[dict]] = {name: [] for name in OUTCOMES}
     ok_images = sent_images = requests = 0
+    last = max((e["last_request_timestamp"] or 0 for e in entries), default=0)  # the level's, also for one model
     for e in entries:
         match = NAME.match(e["name"])
         if match is None:
             raise UserError(f"{prefix}.json: request name {e['name']!r} is not 'OUTCOME ROUTE n=N' (not from loadtest/locustfile.py?)")
-        outcome, n = match.group(1), int(match.group(2))
+        if model is not None and match.group(3) != model:
+            continue
+        outcome, n = match.group(1), int(match.group(4))
         by_outcome[outcome].append(e)
         requests += e["num_requests"]
         sent_images += n * e["num_requests"]
         ok_images += n * e["num_requests"] if outcome == OK else 0
-    last = max((e["last_request_timestamp"] or 0 for e in entries), default=0)
     window = max(last, schedule["window_end"]) - schedule["window_start"]
     per_s = lambda count: count / window if window > 0 else 0.0  # noqa: E731
     reasons.sort(key=lambda r: -r["occurrences"])
@@ -157,7 +177,9 @@ def parse_level(prefix: Path) -> LevelStats:
     )
 
 
-def locust_argv(url: str, level: LoadLevel, n_mix: str, seconds: float, prefix: Path, v2_model: str = "") -> list[str]:
+def locust_argv(
+    url: str, level: LoadLevel, n_mix: str, seconds: float, prefix: Path, v2_model: str = "", models: tuple[str, ...] = ()
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -186,6 +208,7 @@ def locust_argv(url: str, level: LoadLevel, n_mix: str, seconds: float, prefix: 
         "--exit-code-on-error",
         "0",
         *(["--v2-model", v2_model] if v2_model else []),
+        *(["--models", ",".join(models)] if models else []),
         *(["--rate", f"{level.rate:g}"] if level.rate else []),
         *(["--ignore-retry-after"] if level.ignore_retry_after else []),
     ]
@@ -200,10 +223,12 @@ def run_level(
     while_running: Callable[[], None] | None = None,
     interval_s: float = 5.0,
     v2_model: str = "",
+    models: tuple[str, ...] = (),
 ) -> LevelStats:
     """Run one level and return its statistics; its console output goes to PREFIX.log.
 
     `v2_model`, if given, sends the requests over the Open Inference Protocol to that model (the Triton peer).
+    `models`, if given, splits the users between these models of a server of several (parse_level(prefix, model)).
     `while_running`, if given, is called every `interval_s` seconds while locust runs (the soak samples memory with it).
     """
     prefix = prefix.resolve()  # locust runs in the repository root
@@ -213,7 +238,7 @@ def run_level(
     with open(f"{prefix}.log", "wb") as log:
         # cwd: the locustfile imports loadtest.response_checks from the repository root.
         process = subprocess.Popen(
-            locust_argv(url, level, n_mix, seconds, prefix, v2_model), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            locust_argv(url, level, n_mix, seconds, prefix, v2_model, models), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + limit
         try:

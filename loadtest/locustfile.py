@@ -27,6 +27,13 @@ ended and, in open loop, the target rate and how many requests were sent.
 
 With `--v2-model NAME` the same requests go over the Open Inference Protocol instead, to
 POST /v2/models/NAME/infer (the Triton peer, loadtest/triton_server.py), and are checked likewise.
+
+With `--models A,B` (a server of several models, DCGAN_MODELS) each request names its model in the body
+(`"model": "A"`), and the answer must say it came from that model (its `model` field, A:version). In closed
+loop the users are split evenly: user i asks model i mod M, for the whole run; in open loop request k of
+the schedule asks model k mod M. Requests are then named "OUTCOME ROUTE model=A n=N", so each model has its
+own rows.
+
 Run it from the repository root (or with the project installed): it imports loadtest.response_checks.
 """
 
@@ -65,6 +72,14 @@ def _add_arguments(parser) -> None:
         help="send each request to POST /v2/models/NAME/infer (Open Inference Protocol) instead of POST /sample",
     )
     parser.add_argument(
+        "--models",
+        type=str,
+        env_var="LOCUST_MODELS",
+        default="",
+        help="comma-separated model names of a server of several models: users split evenly between them, each "
+        "request naming its model in the body (default: none, the server's default model)",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         env_var="LOCUST_RATE",
@@ -96,11 +111,11 @@ class Schedule:
         self.t0, self.began_wall = time.perf_counter(), time.time()
         self.began.set()
 
-    def due(self) -> float:
-        """Take the next request; return when it is due (perf_counter seconds)."""
+    def due(self) -> tuple[int, float]:
+        """Take the next request: (its index k, when it is due in perf_counter seconds)."""
         self.began.wait()
         k, self.taken = self.taken, self.taken + 1
-        return self.t0 + k / self.rate
+        return k, self.t0 + k / self.rate
 
 
 SCHEDULE = Schedule()
@@ -133,11 +148,14 @@ def _write_schedule(environment, **_) -> None:
 
 class SampleUser(FastHttpUser):
     wait_time = constant(0)
+    started = 0  # users started so far: the next one's index (greenlets take turns, no lock needed)
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.ns, self.weights = parse_n_mix(options.n_mix)
         self.v2_model = options.v2_model
+        self.models = [m.strip() for m in options.models.split(",") if m.strip()]
+        self.index, SampleUser.started = SampleUser.started, SampleUser.started + 1
         self.honour_retry_after = not options.ignore_retry_after
         SCHEDULE.rate = options.rate
 
@@ -151,25 +169,29 @@ class SampleUser(FastHttpUser):
 
     @task
     def sample(self) -> None:
-        due = None
+        due, k = None, self.index
         if SCHEDULE.rate:
-            due = SCHEDULE.due()
+            k, due = SCHEDULE.due()
             if not self._wait_until(due):
                 return
             SCHEDULE.sent += 1
         n = random.choices(self.ns, self.weights)[0]
         seed = random.randint(0, MAX_SEED)
+        model = self.models[k % len(self.models)] if self.models and not self.v2_model else None
         if self.v2_model:
             path, body, route = f"/v2/models/{self.v2_model}/infer", v2_body(seed, n), "/v2 infer"
         else:
             path, body, route = "/sample", {"seed": seed, "n": n}, "/sample"
+        if model is not None:
+            body["model"] = model
+            route += f" model={model}"
         with self.client.post(path, json=body, name=f"{route} n={n}", catch_response=True) as resp:
             answered = time.perf_counter()
             problem = None
             if resp.status_code == 200 and self.v2_model:
                 problem = problem_with_v2(resp.content or b"", n)
             elif resp.status_code == 200:
-                problem = problem_with(resp.content or b"", resp.headers.get("content-type", ""), seed, n)
+                problem = problem_with(resp.content or b"", resp.headers.get("content-type", ""), seed, n, model)
             result, reason, wait_s = outcome(resp.status_code, resp.headers.get("retry-after") if resp.headers else None, problem)
             resp.request_meta["name"] = f"{result} {route} n={n}"
             if due is not None:  # open loop: from when the request was due, queueing in the load generator included

@@ -9,6 +9,8 @@ The dict, built by loadtest.run:
 The capacity of a server for an n mix is its level with the most images/s among those whose p99 (of ok
 answers) is at most the bound and where nothing failed; refusals (load shed by design) are allowed and shown.
 The goals are this project's own targets against its baseline, peers and ceiling (loadtest.run --goals).
+A level of a server of several models (loadtest.run --models) also holds "models": {name: {"users", "images_per_s",
+"p99_ms", "ok", "refused", "failed", ...}}; models_table sets it beside the one-model server at the same load.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 OURS, BASELINE = "bentoml", "baseline"
 MAXBATCH = OURS + "-maxbatch"  # + N: our service with DCGAN_MAX_BATCH=N
+MODELS = OURS + "-models"  # + N: our service serving N models (loadtest.run --models N)
 PEERS = ("mosec", "triton")  # loadtest.run --peers
 GOAL_USERS = 32  # the goals compare traffic at 32 concurrent users
 CEILING_FORM = "ort-service"  # loadtest.backend_bench's form with the service's own session options
@@ -137,6 +140,51 @@ def capacity_lines(report: dict) -> list[str]:
             head + f"{c['images_per_s']:,.0f} images/s ({c['requests_per_s']:,.1f} req/s) at {c['load']}, p99 {ms(c['p99_ms'])}"
             f"{refused}{more}{short}"
         )
+    return lines
+
+
+def same_load(report: dict, target: str, lv: dict) -> dict | None:
+    """The level of `target` with lv's n mix and load (users, and the rate in open loop)."""
+    for t in report["targets"]:
+        if t["name"] == target:
+            for other in t["levels"]:
+                if (other["n_mix"], other["users"], other.get("target_rate")) == (lv["n_mix"], lv["users"], lv.get("target_rate")):
+                    return other
+    return None
+
+
+def _figures(lv: dict) -> dict:
+    """A whole level's figures as a model's share has them (ok answers per second at the top)."""
+    return {**lv, "ok_per_s": lv["outcomes"]["ok"]["per_s"]}
+
+
+def _model_row(n_mix: str, load: str, server: str, model: str, users: str, m: dict, one: dict | None) -> str:
+    ratio = f"{m['images_per_s'] / one['images_per_s']:.2f}x" if one and one["images_per_s"] else "-"
+    return (
+        f"| {n_mix} | {load} | {server} | {model} | {users} | {m['ok_per_s']:,.1f} | {m['images_per_s']:,.0f} | {ratio} | "
+        f"{ms(m['p50_ms'])} | {ms(m['p99_ms'])} | {m['refused']:,} | {m['failed']:,} |"
+    )
+
+
+def models_table(report: dict) -> list[str]:
+    """The levels of servers of several models (--models), each beside our one-model server at the same n mix and load:
+    a row for the one-model server, one for the whole, one per model; "vs one model" divides images/s by the
+    one-model server's. Empty without such a server."""
+    lines = []
+    for target in report["targets"]:
+        for lv in target["levels"]:
+            if not lv.get("models"):
+                continue
+            if not lines:
+                lines = [
+                    "| n | load | server | model | users | ok/s | images/s | vs one model | p50 | p99 | refused | failed |",
+                    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                ]
+            one, load, count = same_load(report, OURS, lv), load_label(lv), len(lv["models"])
+            rows = [("ours, one model", "the default", one["users"], _figures(one))] if one else []
+            rows.append((target["label"], f"all {count}", lv["users"], _figures(lv)))
+            rows += [(target["label"], name, "-" if m["users"] is None else m["users"], m) for name, m in lv["models"].items()]
+            lines += [_model_row(lv["n_mix"], load, server, model, str(users), m, one) for server, model, users, m in rows]
     return lines
 
 
@@ -323,10 +371,10 @@ def _server_row(target: dict, lv: dict) -> str:
     workers = [lv["server_cpu_ms_per_request_by_process"].get(f"worker {w}") for w in ("dcgan", "generator")]
     if None not in workers:
         cpu_ms += f" ({workers[0]:.1f} + {workers[1]:.1f})"
+    cores = " / ".join(_cores(lv, key) for key in ("server_cpu_s", "locust_cpu_s", "other_cpu_s"))
     return (
-        f"| {target['label']} | {lv['n_mix']} | {load_label(lv)} | {batch} | {merged} | "
-        f"{_cores(lv, 'server_cpu_s')} / {_cores(lv, 'locust_cpu_s')} | {cpu_ms} | {ms(lv.get('server_sample_ms'))} | "
-        f"{ms(lv.get('server_generate_ms'))} | {lv['load_avg_1m_before']:.1f} |"
+        f"| {target['label']} | {lv['n_mix']} | {load_label(lv)} | {batch} | {merged} | {cores} | {cpu_ms} | "
+        f"{ms(lv.get('server_sample_ms'))} | {ms(lv.get('server_generate_ms'))} | {lv['load_avg_1m_before']:.1f} |"
     )
 
 
@@ -397,6 +445,21 @@ def markdown(report: dict) -> str:
             for label, lv in reasons:
                 why = "; ".join(f"{r['occurrences']:,} x {r['error'][:160]}" for r in lv["failure_reasons"])
                 lines.append(f"- {label}, n {lv['n_mix']}, {load_label(lv)}: {why}")
+        table = models_table(report)
+        if table:
+            lines += [
+                "",
+                "## One model vs several",
+                "",
+                "Each level of our server of several models (--models: the served artifact registered under as many names, "
+                "DCGAN_MODELS; each model its own ONNX Runtime session with its own threads, its own queue and deadline) "
+                "beside our one-model server at the same n mix and load. The users are split evenly between the models "
+                "(user i asks model i mod M for the whole level, naming it in the body; in open loop request k asks model "
+                "k mod M) and every answer must say it came from the model asked for. Per model: its answers over the "
+                "level's window; *vs one model*: images/s over the one-model server's at the same load.",
+                "",
+                *table,
+            ]
         lines += [
             "",
             "## What the servers did",
@@ -407,9 +470,10 @@ def markdown(report: dict) -> str:
             "(images) per ONNX Runtime call; with DCGAN_GENERATOR=service, requests per generator call are how many the "
             "entry merged into each internal call, and `/generate` is the generator's time per internal call: waiting for "
             "its batch, inference, its own HTTP handling. Servers without these metrics show -. Server CPU is that of "
-            "the processes this run started (- for --host).",
+            "the processes this run started (- for --host); *other* is the machine's busy CPU beyond the server's and "
+            "locust's (other processes, this script): a level it disturbed shows a share of a core or more there.",
             "",
-            "| server | n | load | requests (images) per batch | requests per generator call | cores busy: server / locust "
+            "| server | n | load | requests (images) per batch | requests per generator call | cores busy: server / locust / other "
             "| server CPU ms/request (entry + generator) | server-side /sample | of which /generate | load avg |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]

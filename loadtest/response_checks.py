@@ -1,7 +1,7 @@
 """What the load test sends and what it accepts, kept free of locust (importing locust monkey-patches the process).
 
 parse_n_mix("1:3,16:1") -> ([1, 16], [3.0, 1.0])     the mix of images per request
-problem_with(body, content_type, seed, n) -> None    or why a 200 response is malformed
+problem_with(body, content_type, seed, n[, model]) -> None    or why a 200 response is malformed (or from another model)
 v2_body(seed, n), problem_with_v2(body, n)          the same over the Open Inference Protocol (the Triton peer)
 outcome(status, headers, problem) -> (OK | REFUSED | FAILED, reason, retry_after_s)   what a response counts as
 """
@@ -35,8 +35,9 @@ def parse_n_mix(text: str) -> tuple[list[int], list[float]]:
     return ns, weights
 
 
-def problem_with(body: bytes, content_type: str, seed: int, n: int) -> str | None:
-    """Why a 200 response to {"seed": seed, "n": n} is malformed, or None if it is well-formed."""
+def problem_with(body: bytes, content_type: str, seed: int, n: int, model: str | None = None) -> str | None:
+    """Why a 200 response to {"seed": seed, "n": n} (with "model": model, if given) is malformed, or None if it is
+    well-formed; asked for a model (a name, or name:version), the answer's `model` field must be that model's tag."""
     if not content_type.startswith("application/json"):
         return f"content type {content_type!r}, expected application/json"
     try:
@@ -47,8 +48,15 @@ def problem_with(body: bytes, content_type: str, seed: int, n: int) -> str | Non
         return "body is not a JSON object"
     if data.get("seed") != seed or data.get("n") != n:
         return f"echoed seed/n {data.get('seed')}/{data.get('n')}, expected {seed}/{n}"
+    if model is not None and not answered_by(data.get("model"), model):
+        return f"answered by model {data.get('model')!r}, asked for {model!r}"
     images = data.get("images")
     return _problem_with_images(images, n)
+
+
+def answered_by(tag, model: str) -> bool:
+    """Whether an answer's model tag (name:version) is the model asked for: a name (any version) or name:version."""
+    return isinstance(tag, str) and (tag == model or (":" not in model and tag.startswith(f"{model}:")))
 
 
 def _problem_with_images(images, n: int) -> str | None:

@@ -3,6 +3,7 @@
     python -m loadtest.run --host http://127.0.0.1:3000                  # a running server: closed-loop users
     python -m loadtest.run --host http://127.0.0.1:3000 --rates 50,100   # open loop: requests/s on a schedule
     python -m loadtest.run --baseline --compare-max-batch 1 --goals --out loadtest/results   # this project's benchmark
+    python -m loadtest.run --models 2 --users 32 --mix 1 --mix 16    # two models in one server vs one, same load
 
 For each server (a running one with --host; else ours, optionally ours with a capped batch size,
 ours in fp32, the FastAPI baseline, the peers), one after another so they never share the cores:
@@ -14,7 +15,9 @@ whose p99 stayed under the bound (--p99-bound-ms; default the server's own deadl
 with nothing failed. Between levels it scrapes /metrics for batch sizes. OUT gets locust's files
 (locust/), server logs (logs/), report.json, report.md, capacity.png and sweep.png. With --soak
 MINUTES it instead holds a moderate load on our server and samples the resident memory of its
-every process (soak_rss.csv, soak_rss.png).
+every process (soak_rss.csv, soak_rss.png). With --models N it also sweeps our server serving N models (the
+artifact registered under N names, DCGAN_MODELS), each level's users split evenly between them, and reports
+each model's images/s and latency beside the whole and beside our one-model server at the same load.
 """
 
 from __future__ import annotations
@@ -43,17 +46,18 @@ import psutil
 from common.cli import OneLineErrorParser, UserError, cli_main
 from common.files import repo_relative
 from common.server import REPO, Server, check_loopback, existing, http_get, serve_baseline, serve_bentoml
-from contract.artifact import MANIFEST, ONNX_FP16, ArtifactError, read_manifest
+from contract.artifact import MANIFEST, MODEL_NAME, ONNX_FP16, ArtifactError, read_manifest
 from contract.providers import CUDA
 from loadtest import prometheus
 from loadtest import report as reporting
-from loadtest.locust_run import LevelStats, LoadLevel, run_level
+from loadtest.locust_run import LevelStats, LoadLevel, parse_level, run_level
 from loadtest.peers import TRITON_MODEL, serve_mosec, serve_triton
 from loadtest.response_checks import parse_n_mix
 
 SOAK_INTERVAL_S = 5.0
 DEFAULT_BOUND_MS = 2000  # the service's default DCGAN_DEADLINE_MS, for servers whose /info does not say
 MIN_OPEN_USERS, MAX_OPEN_USERS = 4, 1024
+SERVICE_MAX_MODELS = 4  # the service's default DCGAN_MAX_MODELS; --models N above it raises it for that server
 PEERS = ("mosec", "triton")
 
 
@@ -65,6 +69,7 @@ class Target:
     start: Callable[[], AbstractContextManager[Server]]
     notes: list[str] = field(default_factory=list)
     v2_model: str = ""  # load it over the Open Inference Protocol (POST /v2/models/NAME/infer), not POST /sample
+    models: tuple[str, ...] = ()  # a server of several models: each level's users split between them (--models)
 
 
 def say(message: str) -> None:
@@ -108,7 +113,8 @@ def parse_args(argv):
         "  python -m loadtest.run --host http://127.0.0.1:3000 --rates 20,50,100 --mix 1   # open loop, requests/s\n"
         "  python -m loadtest.run --users 2 --duration 5 --mix 1   # a quick look at our own service\n"
         "  python -m loadtest.run --baseline --compare-max-batch 1 --goals --out loadtest/results   # this project's benchmark\n"
-        "  python -m loadtest.run --soak 10 --out out/soak   # memory over 10 minutes at moderate load",
+        "  python -m loadtest.run --soak 10 --out out/soak   # memory over 10 minutes at moderate load\n"
+        "  python -m loadtest.run --models 2 --users 32 --mix 1 --mix 16   # 32 users split between 2 models vs 1 model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -190,6 +196,17 @@ def parse_args(argv):
         "doing the service's work per request on the served artifact with its own dynamic batching",
     )
     parser.add_argument(
+        "--models",
+        type=int,
+        metavar="N",
+        help="also sweep our service serving N >= 2 models: the served artifact registered under N names "
+        f"({MODEL_NAME}, {MODEL_NAME}-2, ...; DCGAN_MODELS), each with its own ONNX Runtime session, queue and deadline. "
+        "Each level's users are split evenly between the models (user i asks model i mod N, naming it in the body; "
+        "open loop: request k asks model k mod N) and every answer must come from the model asked for. report.md "
+        "then shows each model's images/s and p99 beside the whole and beside the one-model server at the same load; "
+        "closed-loop levels with fewer than N users are skipped for it",
+    )
+    parser.add_argument(
         "--compare-max-batch",
         type=int,
         metavar="N",
@@ -260,10 +277,19 @@ def parse_args(argv):
         raise UserError(f"--compare-max-batch must be >= 1, got {min(args.compare_max_batch)}")
     if args.soak is not None and (args.soak <= 0 or args.soak_users < 1):
         raise UserError("--soak MINUTES must be > 0 and --soak-users >= 1")
+    if args.models is not None:
+        if args.models < 2:
+            raise UserError(f"--models N must be >= 2 (our one-model server is always swept beside it), got {args.models}")
+        if args.soak:
+            raise UserError("--models adds a sweep of our service serving several models; it cannot be used with --soak")
+        if args.rates is None and max(args.users) < args.models:
+            raise UserError(
+                f"--models {args.models} splits each level's users between {args.models} models: give --users with a level >= {args.models}"
+            )
     if args.host:
         args.host = args.host.rstrip("/") if args.allow_non_loopback else check_loopback(args.host)
-        if args.compare_max_batch or args.compare_fp32 or args.compare_generator:
-            raise UserError("--compare-* options start servers with other settings; they cannot be used with --host")
+        if args.compare_max_batch or args.compare_fp32 or args.compare_generator or args.models:
+            raise UserError("--compare-* and --models start servers with other settings; they cannot be used with --host")
         if args.soak:
             raise UserError("--soak samples the memory of the server processes it started; it cannot be used with --host")
     elif not (args.artifact / MANIFEST).is_file():
@@ -333,6 +359,35 @@ def fp32_artifact(artifact: Path, workdir: Path) -> Path:
     return out
 
 
+def model_names(count: int) -> list[str]:
+    """--models N's names: the default model's, then -2, -3, ... ("dcgan-generator", "dcgan-generator-2")."""
+    return [MODEL_NAME, *(f"{MODEL_NAME}-{i}" for i in range(2, count + 1))]
+
+
+def register_models(artifact: Path, bentoml_home: Path, names: list[str], log_path: Path) -> list[str]:
+    """Register `artifact` under each of `names` in the store `bentoml_home` (contract.store, in one subprocess, as
+    `python -m contract.store ARTIFACT --name NAME` does); their tags. Idempotent: the same artifact, the same tags."""
+    code = "import sys\nfrom contract.store import register\nfor name in sys.argv[2:]:\n    print(register(sys.argv[1], name))\n"
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "True"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", code, str(artifact), *names], cwd=REPO, env=env, capture_output=True, text=True)
+    log_path.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise UserError(f"registering {artifact} as {', '.join(names)} failed; see {log_path}")
+    return done.stdout.split()
+
+
+def serve_models(artifact: Path, names: list[str], bentoml_home: Path, log_path: Path, env: dict[str, str]):
+    """A starter of our service serving `names`, each the artifact registered under that name (registered once)."""
+
+    def start():
+        if not bentoml_home.is_dir():
+            register_models(artifact, bentoml_home, names, log_path.with_name(log_path.stem + "-register.log"))
+        return serve_bentoml(artifact, bentoml_home, log_path, env)
+
+    return start
+
+
 def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
     if args.host:
         targets = [Target("external", f"server at {args.host}", f"a server started elsewhere, at {args.host}", lambda: existing(args.host))]
@@ -350,6 +405,22 @@ def plan_targets(args, homes: Path, logs: Path) -> list[Target]:
                 ours(reporting.OURS, art, {}),
             )
         ]
+        if args.models:
+            names = model_names(args.models)
+            name = f"{reporting.MODELS}{args.models}"
+            env = {"DCGAN_MODELS": ",".join(names)}
+            env.update({"DCGAN_MAX_MODELS": str(args.models)} if args.models > SERVICE_MAX_MODELS else {})
+            targets.append(
+                Target(
+                    name,
+                    f"ours, {args.models} models",
+                    f"the same service serving {args.models} models, DCGAN_MODELS={env['DCGAN_MODELS']}: the served artifact "
+                    f"registered under {args.models} names (same weights), each with its own ONNX Runtime session, queue "
+                    "and deadline; each level's users split evenly between them",
+                    serve_models(art, names, homes / name, logs / f"{name}.log", env),
+                    models=tuple(names),
+                )
+            )
         for n in sorted(set(args.compare_max_batch)) if not args.soak else []:
             targets.append(
                 Target(
@@ -449,6 +520,12 @@ def _cpu_seconds(server: Server) -> dict[str, float]:
     return seconds
 
 
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy so far (every core, every process)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def measure(
     server: Server,
     level: LoadLevel,
@@ -457,12 +534,14 @@ def measure(
     prefix: Path,
     sample: Callable[[], None] | None = None,
     v2_model: str = "",
+    models: tuple[str, ...] = (),
 ) -> dict:
-    """One level, with what the server itself says around it: batch sizes and durations (/metrics), CPU time."""
+    """One level, with what the server itself says around it: batch sizes and durations (/metrics), CPU time; with
+    `models`, the users split between them and each model's own figures under "models"."""
     scrape_before = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
-    cpu_before, load_before = _cpu_seconds(server), os.getloadavg()[0]
-    stats: LevelStats = run_level(server.url, level, n_mix, seconds, prefix, sample, v2_model=v2_model)
-    cpu_after = _cpu_seconds(server)
+    cpu_before, load_before, busy_before = _cpu_seconds(server), os.getloadavg()[0], _busy_seconds()
+    stats: LevelStats = run_level(server.url, level, n_mix, seconds, prefix, sample, v2_model=v2_model, models=models)
+    cpu_after, busy = _cpu_seconds(server), _busy_seconds() - busy_before
     scrape_after = prometheus.parse(http_get(f"{server.url}/metrics")[1].decode(errors="replace"))
     cpu_by_role = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
     cpu = sum(cpu_by_role.values()) if cpu_by_role else None
@@ -475,12 +554,33 @@ def measure(
         **figures,
         **prometheus.level_figures(scrape_before, scrape_after),
         "server_cpu_s": cpu,
+        # CPU that neither the server nor locust used (other processes, this script): a disturbed level shows here.
+        "other_cpu_s": max(busy - cpu - (stats.locust_cpu_s or 0.0), 0.0) if cpu is not None else None,
         # CPU per request: a figure that other processes on the machine disturb far less than throughput.
         "server_cpu_ms_per_request": cpu * per_request if cpu is not None and per_request else None,
         "server_cpu_ms_per_request_by_process": {role: c * per_request for role, c in cpu_by_role.items()} if per_request else {},
         "load_avg_1m_before": load_before,
         "load_avg_1m_after": os.getloadavg()[0],
+        **({"models": per_model(prefix, level, models)} if models else {}),
     }
+
+
+PER_MODEL_KEYS = ("requests", "ok", "refused", "failed", "requests_per_s", "images_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+
+
+def per_model(prefix: Path, level: LoadLevel, models: tuple[str, ...]) -> dict[str, dict]:
+    """Each model's share of a level, over the level's window: its users (closed loop: user i asks model i mod M;
+    open loop: None, request k asks model k mod M), counts, rates and latency of its ok answers, why any failed."""
+    out = {}
+    for i, name in enumerate(models):
+        figures = parse_level(prefix.resolve(), model=name).to_dict()
+        out[name] = {
+            "users": None if level.rate else len(range(i, level.users, len(models))),
+            **{key: figures[key] for key in PER_MODEL_KEYS},
+            "ok_per_s": figures["outcomes"]["ok"]["per_s"],
+            "failure_reasons": figures["failure_reasons"],
+        }
+    return out
 
 
 def soak(server: Server, args, out: Path) -> dict:
@@ -572,6 +672,30 @@ def load_levels(args) -> list[LoadLevel]:
     return [LoadLevel(pool(rate), rate) for rate in args.rates]
 
 
+def target_levels(args, target: Target) -> list[LoadLevel]:
+    """load_levels, less (for a server of several models) the closed-loop levels with fewer users than models, noted."""
+    levels = load_levels(args)
+    if not target.models:
+        return levels
+    few = [lv.users for lv in levels if not lv.rate and lv.users < len(target.models)]
+    note = f"skipped, fewer users than its {len(target.models)} models: " + ", ".join(reporting.users(u) for u in few)
+    if few and note not in target.notes:
+        target.notes.append(note)
+    return [lv for lv in levels if lv.rate or lv.users >= len(target.models)]
+
+
+def describe_models(lv: dict) -> list[str]:
+    """The console lines of a level's models (--models), one each, under describe_level's line."""
+    lines = []
+    for name, m in (lv.get("models") or {}).items():
+        who = "1/M of the requests" if m["users"] is None else reporting.users(m["users"])
+        lines.append(
+            f"  model {name} ({who}): {m['images_per_s']:,.0f} images/s; ok {m['ok']:,} (p50 {reporting.ms(m['p50_ms'])}, "
+            f"p99 {reporting.ms(m['p99_ms'])}), refused {m['refused']:,}, failed {m['failed']:,}"
+        )
+    return lines
+
+
 def describe_level(name: str, lv: dict) -> str:
     """The console line of one level: its load, then each outcome's count and latency."""
     o = lv["outcomes"]
@@ -584,7 +708,9 @@ def describe_level(name: str, lv: dict) -> str:
     )
     for outcome in ("refused", "failed"):
         line += f", {outcome} {o[outcome]['count']:,}" + (f" (p99 {reporting.ms(o[outcome]['p99_ms'])})" if o[outcome]["count"] else "")
-    return line + f"; load avg {lv['load_avg_1m_before']:.1f}"
+    other = lv.get("other_cpu_s")
+    other = f", other processes {other / lv['window_s']:.2f} cores" if other is not None and lv["window_s"] else ""
+    return line + f"; load avg {lv['load_avg_1m_before']:.1f}{other}"
 
 
 def sweep_target(target: Target, args, out: Path, on_start: Callable[[Server], None], levels: list[dict]) -> None:
@@ -596,15 +722,17 @@ def sweep_target(target: Target, args, out: Path, on_start: Callable[[Server], N
         say(f"{target.name}: starting (n mix {mix})")
         with target.start() as server:
             on_start(server)
-            levels_here = load_levels(args)
+            levels_here = target_levels(args, target)
             if args.warmup:
                 prefix = out / "locust" / f"{target.name}_n{_mix_tag(mix)}_warmup"
-                run_level(server.url, levels_here[0], mix, args.warmup, prefix, v2_model=target.v2_model)
+                run_level(server.url, levels_here[0], mix, args.warmup, prefix, v2_model=target.v2_model, models=target.models)
             for level in levels_here:
                 tag = f"r{level.rate:g}" if level.rate else f"u{level.users}"
                 prefix = out / "locust" / f"{target.name}_n{_mix_tag(mix)}_{tag}"
-                lv = measure(server, level, mix, args.duration, prefix, v2_model=target.v2_model)
+                lv = measure(server, level, mix, args.duration, prefix, v2_model=target.v2_model, models=target.models)
                 say(describe_level(target.name, lv))
+                for line in describe_models(lv):
+                    say(line)
                 levels.append(lv)
 
 
@@ -654,7 +782,16 @@ def main(argv=None) -> None:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     report = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "-m", "loadtest.run", *argv]),
+        # DCGAN_* settings in the environment reach the servers it starts: part of the command.
+        "command": shlex.join(
+            [
+                *(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DCGAN_") and k != "DCGAN_API_KEY"),
+                "python",
+                "-m",
+                "loadtest.run",
+                *argv,
+            ]
+        ),
         "machine": describe_machine(),
         "git": _git(),
         "versions": _versions(),
@@ -666,6 +803,7 @@ def main(argv=None) -> None:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "ignore_retry_after": args.ignore_retry_after,
+            "models": args.models,
         },
         "bound": {"p99_ms": args.p99_bound_ms, "from": "--p99-bound-ms"} if args.p99_bound_ms else None,
         "targets": [],
@@ -693,6 +831,9 @@ def main(argv=None) -> None:
                     f"provider {described.get('provider')}, ORT threads {described.get('ort_threads')}, "
                     f"batching {described.get('batching')}, model {described.get('model')}"
                 )
+                if target.models:
+                    tags = [m.get("tag") for m in described.get("models", [])]
+                    target.notes.append(f"models loaded: {', '.join(map(str, tags))} (the first is the default)")
 
             for target in plan_targets(args, Path(homes), out / "logs"):
                 if target.name == f"{reporting.OURS}-fp32" and provider != CUDA:
@@ -716,6 +857,8 @@ def main(argv=None) -> None:
     finally:
         write_report(report, out, args.goals)
         for line in reporting.capacity_lines(report):
+            say(line)
+        for line in reporting.models_table(report):
             say(line)
         say(f"report: {out / 'report.md'}" + (f", plot: {out / 'capacity.png'}" if (out / "capacity.png").exists() else ""))
 
