@@ -102,7 +102,7 @@ def parse_args(argv):
         epilog="examples:\n"
         "  python -m loadtest.swap --swaps 6 --clients 16 --out loadtest/results/models/swap   # this project's measurement\n"
         "  python -m loadtest.swap --swaps 2 --interval 2 --clients 4   # a quick look\n"
-        "  DCGAN_WORKERS=2 python -m loadtest.swap   # two entry workers: the second follows the first's swap\n\n"
+        "  DCGAN_WORKERS=2 python -m loadtest.swap   # two entry workers: the second follows the first's swap before the 200\n\n"
         "Per swap it reports the admin request's duration, the time to the first answer from the new version, the last\n"
         "answer from the old one, old-version answers to requests sent after the swap's 200, and the p99 while it ran;\n"
         "for the whole run failed requests and answers whose images do not match their reported version (both must be 0).",
@@ -418,7 +418,7 @@ def timeline(answers: list[Answer], swaps: list[Swap], started: float) -> list[d
 
 SUMMARY = (
     ("admin request (client)", "admin_s", "s"),
-    ("load and check (server's `seconds`)", "server_s", "s"),
+    ("load, check and switch (server's `seconds`)", "server_s", "s"),
     ("first answer of the new version, from sending the swap", "first_new_s", "s"),
     ("last answer of the old version, from the swap's 200", "last_old_after_200_s", "s"),
     ("p99 of answers sent while the swap ran", "p99_ms_during", "ms"),
@@ -485,8 +485,8 @@ def verdicts(report: dict) -> list[str]:
         f"- every swap answered 200: {met(answered == wanted)} ({answered} of {wanted})",
         f"- failed requests: {t['failed']} ({met(t['failed'] == 0)}: 0 wanted)",
         f"- answers whose images are not their reported version's: {t['mismatched']} ({met(t['mismatched'] == 0)}: 0 wanted)",
-        f"- old-version answers to requests sent after a swap's 200: {stale} (0 wanted with one entry worker; another worker "
-        "follows within about a second)",
+        f"- old-version answers to requests sent after a swap's 200: {stale} (0 wanted: the swap is answered once every "
+        "entry worker serves the new version)",
     ]
 
 
@@ -515,7 +515,8 @@ def markdown(report: dict) -> str:
         "match; identical bytes are counted apart).",
         "",
         "Columns: *admin request*: the load request's duration at the client; *server's load*: the `seconds` it answered "
-        "(hash check, ONNX Runtime session, warm-up, golden outputs; then the switch); *first new answer*: from sending the "
+        "(hash check, ONNX Runtime session, warm-up, golden outputs; then the switch, and with several entry workers the "
+        "others loading it too); *first new answer*: from sending the "
         "swap to the first answer from the new version; *last old answer after the 200*: the requests admitted before the "
         "switch finishing on the old version (negative: all done before the 200); *during*: requests sent while the swap "
         f"ran. The steady state counts answers sent outside every swap and the {SETTLE_S:g} s after it, after a "
