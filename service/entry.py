@@ -68,6 +68,9 @@ class EntryService:
             generators, sizes = {name: Remote(self.generator, SETTINGS.generator_restart_wait_s)}, {name: 0}
         self.models = ModelSet(SETTINGS, generators, sizes, make=lambda stored: self.in_process(Engine(stored)))
         API.attach(self.models)
+        # Runs in the worker's event loop (BentoML builds the instance at its start-up): every worker follows the
+        # admin route's pins and the store, whether or not a request or probe reaches it.
+        self.models.start_following()
         install_entry_drain(SETTINGS.drain_timeout_s)  # SIGTERM: refuse new work, finish the admitted, then stop
         freeze_startup_heap()
 

@@ -67,7 +67,8 @@ class Version:
         self.generator = generator
         self.settings = settings
         self.onnx_bytes = size
-        self.tag = ""  # name:version, known once described
+        engine = getattr(generator, "engine", None)  # in process: known now; a generator service: once described
+        self.tag = engine.tag if engine is not None else ""  # name:version
         self.merged: Coalescer | None = None
         self.described: dict = {}
         self.nz = 0
@@ -196,6 +197,7 @@ class ModelSet:
         async with self._locks[name]:
             old = await self.current[name].ready()
             if old.tag == tag:
+                self._state_changed()
                 return old, old
             started = time.monotonic()
             try:
