@@ -15,6 +15,8 @@ A level of a server of several models (loadtest.run --models) also holds "models
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 
 OURS, BASELINE = "bentoml", "baseline"
@@ -24,6 +26,13 @@ PEERS = ("mosec", "triton")  # loadtest.run --peers
 GOAL_USERS = 32  # the goals compare traffic at 32 concurrent users
 CEILING_FORM = "ort-service"  # loadtest.backend_bench's form with the service's own session options
 SENT_SHARE = 0.95  # an open-loop level counts for the capacity only if locust sent at least this share of its target rate
+
+
+def command_line(module: str, argv: list[str], set_here: tuple[str, ...] = ("DCGAN_API_KEY",)) -> str:
+    """The command as a report records it: the DCGAN_* settings in the environment reach the servers a run starts,
+    so they are part of it (but not those the run sets itself, nor the API key)."""
+    settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DCGAN_") and k not in set_here]
+    return shlex.join([*settings, "python", "-m", module, *argv])
 
 
 def level(report: dict, target: str, n_mix: str, users: int) -> dict | None:

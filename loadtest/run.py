@@ -29,7 +29,6 @@ import importlib.metadata
 import json
 import math
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -782,16 +781,7 @@ def main(argv=None) -> None:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     report = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        # DCGAN_* settings in the environment reach the servers it starts: part of the command.
-        "command": shlex.join(
-            [
-                *(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DCGAN_") and k != "DCGAN_API_KEY"),
-                "python",
-                "-m",
-                "loadtest.run",
-                *argv,
-            ]
-        ),
+        "command": reporting.command_line("loadtest.run", argv),
         "machine": describe_machine(),
         "git": _git(),
         "versions": _versions(),

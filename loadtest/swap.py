@@ -32,7 +32,6 @@ import io
 import json
 import os
 import secrets
-import shlex
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from common.cli import Failed, OneLineErrorParser, UserError, cli_main
 from common.files import repo_relative
 from common.server import REPO, http_get, serve_bentoml
 from contract.artifact import MANIFEST, MODEL_NAME, ONNX, ArtifactError, read_manifest
+from loadtest import report as reporting
 from loadtest.response_checks import problem_with, retry_after_s
 
 TIMEOUT_S = 30.0  # a client's patience for one answer
@@ -547,16 +547,7 @@ def main(argv=None) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     report = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        # The service's settings given in the environment pass through to the server: they are part of the command.
-        "command": shlex.join(
-            [
-                *(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DCGAN_") and k not in SET_HERE),
-                "python",
-                "-m",
-                "loadtest.swap",
-                *argv,
-            ]
-        ),
+        "command": reporting.command_line("loadtest.swap", argv, SET_HERE),
         "machine": describe_machine(),
         "git": _git(),
         "versions": _versions(),

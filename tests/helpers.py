@@ -10,6 +10,7 @@ contract of the CLIs, and the Kubernetes manifests rendered.
     kustomize(dir), overlay_deployment  deploy/k8s rendered with `kubectl kustomize`
     metric(url, name, **labels)         a running service's /metrics: the sum of one metric's matching samples
     refused(url, reason, route)         dcgan_refused_total of a route and refusal reason
+    locust_entry(name, times, last)     one request name's row of locust's PREFIX.json, for the load test's parsers
 """
 
 from __future__ import annotations
@@ -151,3 +152,24 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 def refused(url: str, reason: str, route: str = "/sample") -> float:
     return metric(url, "dcgan_refused_total", route=route, reason=reason)
+
+
+def locust_entry(name: str, times: dict[int, int], last: float = 1009.0) -> dict:
+    """One row of locust's PREFIX.json: a request name's count and latency histogram (ms -> count)."""
+    count = sum(times.values())
+    return {
+        "name": name,
+        "method": "POST",
+        "last_request_timestamp": last,
+        "start_time": 1000.0,
+        "num_requests": count,
+        "num_none_requests": 0,
+        "num_failures": count if name.startswith("failed") else 0,
+        "total_response_time": sum(ms * c for ms, c in times.items()),
+        "max_response_time": max(times),
+        "min_response_time": min(times),
+        "total_content_length": 0,
+        "response_times": {str(ms): c for ms, c in times.items()},
+        "num_reqs_per_sec": {},
+        "num_fail_per_sec": {},
+    }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, locust_entry
 
 from common.cli import UserError
 from common.paths import REPO_ROOT as REPO
@@ -39,27 +39,6 @@ from loadtest.response_checks import (
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 
-def _entry(name: str, times: dict[int, int], last: float) -> dict:
-    """One row of locust's PREFIX.json: a request name's count and latency histogram (ms -> count)."""
-    count = sum(times.values())
-    return {
-        "name": name,
-        "method": "POST",
-        "last_request_timestamp": last,
-        "start_time": 1000.0,
-        "num_requests": count,
-        "num_none_requests": 0,
-        "num_failures": count if name.startswith("failed") else 0,
-        "total_response_time": sum(ms * c for ms, c in times.items()),
-        "max_response_time": max(times),
-        "min_response_time": min(times),
-        "total_content_length": 0,
-        "response_times": {str(ms): c for ms, c in times.items()},
-        "num_reqs_per_sec": {},
-        "num_fail_per_sec": {},
-    }
-
-
 def _write_level(prefix: Path, entries: list[dict], schedule: dict, failures: str = "") -> None:
     Path(f"{prefix}.json").write_text(json.dumps(entries))
     Path(f"{prefix}_schedule.json").write_text(json.dumps(schedule))
@@ -72,10 +51,10 @@ def test_locust_results_are_read_per_outcome(tmp_path):
     _write_level(
         prefix,
         [
-            _entry("ok /sample n=1", {10: 50, 20: 40, 300: 10}, last=1009.0),
-            _entry("ok /sample n=16", {100: 99, 900: 1}, last=1010.0),
-            _entry("refused /sample n=16", {2: 30}, last=1008.0),
-            _entry("failed /sample n=1", {5: 3, 7000: 1}, last=1005.0),
+            locust_entry("ok /sample n=1", {10: 50, 20: 40, 300: 10}, last=1009.0),
+            locust_entry("ok /sample n=16", {100: 99, 900: 1}, last=1010.0),
+            locust_entry("refused /sample n=16", {2: 30}, last=1008.0),
+            locust_entry("failed /sample n=1", {5: 3, 7000: 1}, last=1005.0),
         ],
         {"window_start": 1000.0, "window_end": 1009.5, "rate": None, "sent": None},
         "POST,failed /sample n=1,HTTP 500: boom,3\nPOST,failed /sample n=1,connection error: reset,1\n",
@@ -97,7 +76,7 @@ def test_locust_results_are_read_per_outcome(tmp_path):
 def test_locust_results_of_an_open_loop_level_carry_the_rate_sent(tmp_path):
     prefix = tmp_path / "level"
     schedule = {"window_start": 1000.0, "window_end": 1005.0, "rate": 50.0, "sent": 240}
-    _write_level(prefix, [_entry("ok /sample n=2", {40: 10}, last=1004.0)], schedule)
+    _write_level(prefix, [locust_entry("ok /sample n=2", {40: 10}, last=1004.0)], schedule)
     stats = parse_level(prefix)
     assert (stats.target_rate, stats.sent_per_s, stats.window_s) == (50.0, 48.0, 5.0)
     assert stats.refused.count == 0 and stats.refused.p99_ms is None
@@ -106,7 +85,7 @@ def test_locust_results_of_an_open_loop_level_carry_the_rate_sent(tmp_path):
 def test_locust_results_from_another_locustfile_are_refused(tmp_path):
     prefix = tmp_path / "level"
     schedule = {"window_start": 1000.0, "window_end": 1001.0, "rate": None, "sent": None}
-    _write_level(prefix, [_entry("/sample n=1", {10: 1}, last=1001.0)], schedule)
+    _write_level(prefix, [locust_entry("/sample n=1", {10: 1}, last=1001.0)], schedule)
     with pytest.raises(UserError, match="OUTCOME ROUTE n=N"):
         parse_level(prefix)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, locust_entry
 
 from common.paths import REPO_ROOT as REPO
 from loadtest import run, swap
@@ -25,34 +25,14 @@ from loadtest.response_checks import PNG_BASE64_PREFIX, answered_by, problem_wit
 pytestmark = pytest.mark.slow  # deselect with -m 'not slow' for a quick local run
 
 
-def _entry(name: str, times: dict[int, int], last: float = 1009.0) -> dict:
-    count = sum(times.values())
-    return {
-        "name": name,
-        "method": "POST",
-        "last_request_timestamp": last,
-        "start_time": 1000.0,
-        "num_requests": count,
-        "num_none_requests": 0,
-        "num_failures": count if name.startswith("failed") else 0,
-        "total_response_time": sum(ms * c for ms, c in times.items()),
-        "max_response_time": max(times),
-        "min_response_time": min(times),
-        "total_content_length": 0,
-        "response_times": {str(ms): c for ms, c in times.items()},
-        "num_reqs_per_sec": {},
-        "num_fail_per_sec": {},
-    }
-
-
 def test_locust_results_per_model(tmp_path):
     """One level of two models: the whole as before, and each model's own requests over the same window."""
     prefix = tmp_path / "level"
     entries = [
-        _entry("ok /sample model=dcgan-a n=1", {10: 60, 50: 40}),
-        _entry("ok /sample model=dcgan-b n=16", {100: 20}, last=1010.0),
-        _entry("refused /sample model=dcgan-b n=16", {2: 5}),
-        _entry("failed /sample model=dcgan-a n=1", {7: 2}),
+        locust_entry("ok /sample model=dcgan-a n=1", {10: 60, 50: 40}),
+        locust_entry("ok /sample model=dcgan-b n=16", {100: 20}, last=1010.0),
+        locust_entry("refused /sample model=dcgan-b n=16", {2: 5}),
+        locust_entry("failed /sample model=dcgan-a n=1", {7: 2}),
     ]
     Path(f"{prefix}.json").write_text(json.dumps(entries))
     Path(f"{prefix}_schedule.json").write_text(json.dumps({"window_start": 1000.0, "window_end": 1009.5, "rate": None, "sent": None}))
