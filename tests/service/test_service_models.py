@@ -189,7 +189,7 @@ async def hammer(url: str, clients: int, seeds: int, until: asyncio.Event) -> li
 
 
 def test_a_swap_under_load_loses_nothing_and_mixes_nothing(service_artifact, other_artifact, tmp_path):
-    env = {"DCGAN_API_KEY": "admin-key"}
+    env = {"DCGAN_API_KEY": "admin-key", "DCGAN_MAX_MODELS_MB": "1"}  # the test artifacts take 0.25 MiB each
     with serve(tmp_path / "server", service_artifact, env) as server:
         url, home = server.url, tmp_path / "server" / "bentoml"
         (a,) = tags(url, KEY)
@@ -229,9 +229,15 @@ def test_a_swap_under_load_loses_nothing_and_mixes_nothing(service_artifact, oth
         error = refused.json()["error"]
         assert error.startswith(f"model {c} refused, {b} keeps serving: ") and "golden" in error and "\n" not in error
         assert raw(url, 1, headers=KEY).headers["x-model"] == b
-        assert metric(url, "dcgan_model_loads_total", model="dcgan-generator", outcome="refused") == 1
+        assert metric(url, "dcgan_model_loads_total", model="dcgan-generator", outcome="refused") == 1  # the golden check
         assert metric(url, "dcgan_model_loads_total", model="dcgan-generator", outcome="loaded") == 3
         assert sum(f"model {c} refused" in line for line in server.log().splitlines()) == 1
+
+        # A version past DCGAN_MAX_MODELS_MB is refused at load time (the committed default model takes 3.2 MiB).
+        big = register(home, REPO_ROOT / "artifacts" / "default", "dcgan-generator")
+        too_big = load(url, "dcgan-generator", big.split(":")[1])
+        assert too_big.status_code == 409 and "more than DCGAN_MAX_MODELS_MB=1" in too_big.json()["error"], too_big.text
+        assert raw(url, 1, headers=KEY).headers["x-model"] == b
 
         # Model control wants the key, and a name this server serves.
         assert load(url, "dcgan-generator", headers=None).status_code == 401

@@ -50,3 +50,25 @@ def test_a_bad_value_is_one_line_naming_the_variable():
         with pytest.raises(BentoMLConfigException) as raised:
             ServiceSettings.from_env(env)
         assert next(iter(env)) in str(raised.value) and why in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_model_set_is_read_from_dcgan_models_or_dcgan_model():
+    import pytest
+    from bentoml.exceptions import BentoMLConfigException
+
+    assert ServiceSettings.from_env({}).models == ("dcgan-generator:latest",)
+    assert ServiceSettings.from_env({"DCGAN_MODEL": "dcgan-generator:abc"}).models == ("dcgan-generator:abc",)
+    both = ServiceSettings.from_env({"DCGAN_MODELS": "dcgan-generator, faces:v1"})
+    assert both.models == ("dcgan-generator", "faces:v1") and both.public()["DCGAN_MODELS"] == "dcgan-generator,faces:v1"
+    for env, why in [
+        ({"DCGAN_MODELS": "a,b", "DCGAN_MODEL": "c"}, "set DCGAN_MODELS or DCGAN_MODEL, not both"),
+        ({"DCGAN_MODELS": "a,,b"}, "'' is not a model tag"),
+        ({"DCGAN_MODELS": "Faces"}, "'Faces' is not a model tag"),
+        ({"DCGAN_MODELS": "a,a:v2"}, "each name at most once"),
+        ({"DCGAN_MODELS": "a,b,c", "DCGAN_MAX_MODELS": "2"}, "more than DCGAN_MAX_MODELS=2"),
+        ({"DCGAN_MODELS": "a,b", "DCGAN_GENERATOR": "service"}, "DCGAN_GENERATOR=service serves one model"),
+        ({"DCGAN_MODEL_POLL_S": "5", "DCGAN_GENERATOR": "service"}, "DCGAN_MODEL_POLL_S needs DCGAN_GENERATOR=inprocess"),
+    ]:
+        with pytest.raises(BentoMLConfigException) as raised:
+            ServiceSettings.from_env(env)
+        assert why in str(raised.value) and "\n" not in str(raised.value), raised.value
