@@ -28,7 +28,6 @@ from starlette.routing import Route
 
 from service.settings import MAX_SEED
 
-ALIAS = "dcgan"  # the default model also answers under this name (unless a served model is called so)
 INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 INFER_LABEL = "/v2/models/{model}/infer"  # the metrics' route label of every infer path
 MAX_INFER_BODY = 1 << 20  # the largest valid body: z for MAX_N images, as JSON text
