@@ -142,21 +142,6 @@ def parse_args(argv):
 
 # --- the two versions ---------------------------------------------------------------------------------------------
 
-_MAKE_RUN = """
-import json, sys, torch
-from pathlib import Path
-from training.models import GeneratorConfig, build_generator, init_weights
-from training.rundir import save_generator
-run, config, seed, scale = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-cfg = GeneratorConfig.from_dict(config)
-g = build_generator(cfg)
-init_weights(g, torch.Generator().manual_seed(seed))
-with torch.no_grad():
-    [p.mul_(scale) for p in g.parameters() if p.dim() > 1]
-save_generator(run, cfg, g)
-(run / "config.json").write_text(json.dumps({"note": "loadtest.swap: an untrained generator, a second version to swap to"}))
-"""
-
 
 def make_version(artifact: Path, workdir: Path, log_path: Path) -> Path:
     """Version B: an untrained generator of `artifact`'s architecture and size (its manifest's source.generator),
@@ -169,7 +154,8 @@ def make_version(artifact: Path, workdir: Path, log_path: Path) -> Path:
         raise UserError(f"{artifact}/{MANIFEST} has no source.generator to build a second version from; pass --other ARTIFACT")
     run_dir, out = workdir / "run-b", workdir / "artifact-b"
     steps = (
-        ["-c", _MAKE_RUN, str(run_dir), json.dumps(config), str(VERSION_SEED), str(WEIGHT_SCALE)],
+        ["-m", "training.untrained", str(run_dir), "--config", json.dumps(config)]
+        + ["--seed", str(VERSION_SEED), "--scale", str(WEIGHT_SCALE)],
         ["-m", "export", str(run_dir), "--out", str(out), "--no-register"],
     )
     with open(log_path, "w") as log:

@@ -90,19 +90,9 @@ def tiny_artifact(workdir: Path, seed: int = 0) -> Path:
     """A real artifact from the real exporter: an untrained ngf=8 generator (fast on CPU), its images varying with the
     latents; another `seed` gives another model (other weights, so other images and another tag)."""
     run_dir, artifact_dir = workdir / "run", workdir / "artifact"
-    code = (
-        "import json, sys, torch\n"
-        "from pathlib import Path\n"
-        "from training.models import GeneratorConfig, build_generator, init_weights\n"
-        "from training.rundir import save_generator\n"
-        "run = Path(sys.argv[1]); cfg = GeneratorConfig(ngf=8)\n"
-        "g = build_generator(cfg); init_weights(g, torch.Generator().manual_seed(int(sys.argv[2])))\n"
-        "with torch.no_grad():\n"  # conv weights 4x their N(0, 0.02) init: images then vary with the latents (std ~7 levels)
-        "    [p.mul_(4) for p in g.parameters() if p.dim() > 1]\n"
-        "save_generator(run, cfg, g)\n"
-        "(run / 'config.json').write_text(json.dumps({'note': 'untrained generator for service tests'}))\n"
-    )
-    for argv in (["-c", code, str(run_dir), str(seed)], ["-m", "export", str(run_dir), "--out", str(artifact_dir), "--no-register"]):
+    # ngf 8 with its conv weights 4x the N(0, 0.02) init: fast on CPU, and the images vary with the latents (std ~7 levels).
+    make = ["-m", "training.untrained", str(run_dir), "--config", '{"ngf": 8}', "--seed", str(seed), "--scale", "4"]
+    for argv in (make, ["-m", "export", str(run_dir), "--out", str(artifact_dir), "--no-register"]):
         done = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             pytest.fail(f"making the test artifact failed: {argv[:2]}\n{done.stdout}\n{done.stderr}")
