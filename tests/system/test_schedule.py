@@ -51,13 +51,13 @@ def test_a_small_data_set_spends_a_small_share_of_its_run_on_sample_grids(images
     run_s = time.perf_counter() - t
 
     grids = sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png"))
-    assert grids[0] == "final.png" and "step-00000004.png" in grids, grids  # a first grid at the first epoch's end
-    assert len(grids) - 1 < 15 / 2, grids  # far fewer than one per epoch
-    assert grid_s[0] / run_s <= 0.05, f"sample grids took {grid_s[0]:.2f} s of a {run_s:.2f} s run"
+    # A first grid at the first epoch's end, and no other in a run far shorter than MIN_GRID_INTERVAL_S
+    assert run_s < MIN_GRID_INTERVAL_S and grids == ["final.png", "step-00000004.png"], grids
+    # That first grid may overdraw the share, by design (3-6% of this run); a grid per epoch, 15 of them, took a third.
+    assert grid_s[0] / run_s <= 0.15, f"sample grids took {grid_s[0]:.2f} s of a {run_s:.2f} s run"
     # BatchNorm statistics recomputed only for weights not seen before: each grid in the loop, then the final
     # EMA and raw generators; the final grid reuses the final EMA generator's
-    in_loop = len(grids) - 1 - ("step-00000060.png" in grids)
-    assert trainer.clock.counts["recompute"] == in_loop + 2
+    assert trainer.clock.counts["recompute"] == 1 + 2
 
 
 def simulate(schedule: GridSchedule, steps: int, step_s: float, grid_s: float, epoch_steps: int) -> tuple[list[float], RunClock]:
