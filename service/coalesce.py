@@ -146,10 +146,12 @@ class Coalescer:
             raise
         finally:
             left.cancel()
-        if not future.done():
+        if not future.done() and item.queued:
             future.cancel()  # _prune drops it before its call goes out
             raise ClientGone("the client disconnected while its request waited for the generator")
-        return future.result()
+        # Answered, or already in a generator call: that call ends first (its answer then goes nowhere), so that
+        # nothing counts the request as finished, nor releases its model version, while the call still runs.
+        return await future
 
     def _unqueue(self, item: _Waiting) -> None:
         """Its images no longer count as queued: sent, refused, or its caller gone (wherever it is in the queue)."""

@@ -22,10 +22,11 @@ import atexit
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from service.server_dir import child_of_server, server_dir
 
 logger = logging.getLogger("bentoml.dcgan")
 POLL_S = 0.05
@@ -50,24 +51,14 @@ DRAIN = DrainState()
 
 
 def _markers_dir() -> Path:
-    """One folder per `bentoml serve` (the workers' common parent), in the pod's writable /tmp."""
-    return Path(tempfile.gettempdir()) / f"dcgan-drain-{os.getppid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """One folder per `bentoml serve` run (service/server_dir.py), in the pod's writable /tmp."""
+    return server_dir("drain")
 
 
 def entries_running(folder: Path) -> list[int]:
     """Pids of this server's entry workers (markers in `folder`) that have not finished draining."""
     pids = [int(p.name.removeprefix("entry-")) for p in folder.glob("entry-*")] if folder.is_dir() else []
-    return [pid for pid in pids if _alive(pid)]
+    return [pid for pid in pids if child_of_server(pid)]
 
 
 def _install(drain: Callable[[], Awaitable[None]], what: str) -> None:
@@ -115,7 +106,6 @@ def _hard_exit(what: str) -> None:
 def install_entry_drain(timeout_s: float) -> None:
     """Entry worker: refuse new work, finish the admitted, then stop; call from the service's __init__."""
     folder = _markers_dir()
-    folder.mkdir(exist_ok=True)
     marker = folder / f"entry-{os.getpid()}"
     marker.touch()
     atexit.register(marker.unlink, missing_ok=True)  # also when it ends without a drain (SIGINT, an error)

@@ -59,9 +59,11 @@ class EntryService:
         if SETTINGS.in_process:
             generators, sizes = {}, {}
             for i in range(len(MODELS)):
-                engine = Engine(getattr(self, f"model_{i}"))
+                stored = getattr(self, f"model_{i}")
+                engine = Engine(stored)
                 engine.publish()
-                generators[engine.name], sizes[engine.name] = self.in_process(engine), engine.onnx_bytes
+                # the limit counts the float32 file (as the start-up check and a swap do), whichever file serves
+                generators[engine.name], sizes[engine.name] = self.in_process(engine), onnx_bytes(stored.path)
                 logger.info("%s, in the entry worker", engine.loaded_line())
         else:
             name = MODELS[0].tag.name

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import fcntl
 import json
 import logging
 import os
-import tempfile
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +37,16 @@ from contract.artifact import ONNX
 from contract.store import check_registered
 from service import metrics
 from service.coalesce import Coalescer
-from service.errors import Conflict, NotFound
+from service.errors import BadRequest, Conflict, NotFound
+from service.server_dir import child_of_server, server_dir
 from service.settings import ServiceSettings
 
 logger = logging.getLogger("bentoml.dcgan")
 ALIAS = "dcgan"  # names the default model too (the v2 routes' name before there were several)
 FOLLOW_S = 0.25  # how often a worker looks at the pins file (a stat) and, when due, at the store
 WORKERS_WAIT_S = 10.0  # how long the admin route waits for the server's other workers to serve a pinned version
+REFUSED_RETRY_S = 60.0  # a version refused here is tried again by follow() after this long (room may have been made)
+VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # a BentoML tag's version
 MIB = 1 << 20
 
 
@@ -134,7 +138,7 @@ class ModelSet:
         self._make = make
         self._locks = {name: asyncio.Lock() for name in self.names}  # one load per name at a time
         self._pins = PinsFile()
-        self._refused: set[str] = set()  # tags that failed their checks here: not tried again by follow()
+        self._refused: dict[str, float] = {}  # tag -> when it failed its checks here: follow() waits REFUSED_RETRY_S
         self._polled_at = time.monotonic()
         self._follower: asyncio.Task | bool | None = None  # None: not started yet; False: nothing to follow
         for name in self.names:  # both series exist from the start, at 0, so an alert's rate() has one
@@ -147,13 +151,12 @@ class ModelSet:
         """The version serving `asked` (name or name:version; None: the default model). NotFound names what is loaded."""
         if self._follower is None:
             self.start_following()
-        if asked == ALIAS and ALIAS not in self.current:
-            asked = None
         name, _, version = (asked or self.default).partition(":")
+        name = self._named(name)
         serving = self.current.get(name)
         if serving is not None:
             await serving.ready()
-            if not version or serving.tag == f"{name}:{version}":
+            if version in ("", "latest") or serving.tag == f"{name}:{version}":  # latest: what this server serves
                 return serving
         loaded = ", ".join(v.tag or v.name for v in self.current.values())
         raise NotFound(f"model {asked!r} is not loaded; this server serves {loaded} (the first is the default)")
@@ -181,21 +184,32 @@ class ModelSet:
 
     # --- swaps -------------------------------------------------------------------------------------------------
 
+    def _named(self, name: str) -> str:
+        """A name as asked: "dcgan" is the default model's too, unless a model has that name."""
+        return self.default if name == ALIAS and ALIAS not in self.current else name
+
     def stored(self, name: str, version: str | None) -> object:
         """The stored model for name[:version] (None: the newest in the store); NotFound with what to do."""
+        name = self._named(name)
         if name not in self.current:
             raise NotFound(f"model {name!r} is not one this server serves ({', '.join(self.names)}); its set is DCGAN_MODELS")
+        if version is not None and not VERSION.fullmatch(version):
+            raise BadRequest(f"version {version[:140]!r} is not a model version: letters, digits, '_', '.' and '-', at most 128")
         tag = f"{name}:{version or 'latest'}"
         try:
             return bentoml.models.get(tag)
         except StoreNotFound:
             raise NotFound(f"the model store has no {tag}: register it first (`python -m contract.store ARTIFACT --name {name}`)") from None
 
-    async def load(self, stored) -> tuple[Version, Version]:
-        """Swap `stored`'s name to it: (the old version, the new one). Conflict (one line, old one kept) if it fails."""
+    async def load(self, stored, pinned: bool = False) -> tuple[Version, Version]:
+        """Swap `stored`'s name to it: (the old version, the new one). Conflict (one line, old one kept) if it fails.
+        `pinned`: follow() loads it for a pin, which is checked again once the name's lock is held (an admin route may
+        have pinned another version meanwhile)."""
         name, tag = stored.tag.name, str(stored.tag)
         async with self._locks[name]:
             old = await self.current[name].ready()
+            if pinned and self._pins.read().get(name) != tag:
+                return old, old
             if old.tag == tag:
                 self._state_changed()
                 return old, old
@@ -206,7 +220,7 @@ class ModelSet:
                 check_registered(stored)  # the manifest is the one registered
                 generator = await asyncio.to_thread(self._make, stored)  # hashes, load, warm-up, golden check
             except Exception as e:  # hashes, limits, ONNX Runtime's own errors, the golden check: one line each
-                self._refused.add(tag)
+                self._refused[tag] = time.monotonic()
                 metrics.MODEL_LOADS.labels(model=name, outcome="refused").inc()
                 line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 logger.warning("model %s refused, %s keeps serving: %s", tag, old.tag, line)
@@ -231,7 +245,7 @@ class ModelSet:
 
     def pin(self, name: str, tag: str) -> None:
         """Every worker of this server serves `tag` for `name` from its next look at the pins (follow())."""
-        self._pins.write({**self._pins.read(), name: tag})
+        self._pins.pin(name, tag)
 
     async def everywhere(self, name: str, tag: str) -> tuple[int, int]:
         """Wait (up to WORKERS_WAIT_S) until every entry worker of this server serves `tag` for `name`: (workers that
@@ -252,6 +266,9 @@ class ModelSet:
 
     def _release(self, version: Version) -> None:
         version.generator.close()
+        serving = self.current.get(version.name)
+        if serving is not None and serving is not version and serving.tag == version.tag:  # swapped back to it meanwhile
+            serving.generator.engine.publish()  # its dcgan_generator_info series is this one's: 1 again
         logger.info("model %s released", version.tag)
 
     # --- following the pins and the store ------------------------------------------------------------------------
@@ -271,22 +288,23 @@ class ModelSet:
                 logger.exception("following the model store failed; retrying in %.0f s", FOLLOW_S)
 
     async def follow_once(self) -> None:
-        pins = self._pins.read()
         poll = self.settings.model_poll_s and time.monotonic() - self._polled_at >= self.settings.model_poll_s
         if poll:
             self._polled_at = time.monotonic()
         for name, spec in zip(self.names, self.settings.models, strict=True):
-            want = pins.get(name)
+            want = self._pins.read().get(name)  # read again for each name: a load of the one before may have taken a while
+            pinned = want is not None
             if want is None and poll and spec.partition(":")[2] in ("", "latest"):
                 want = await asyncio.to_thread(_latest, name)
             serving = self.current[name]
-            if want is None or want == serving.tag or want in self._refused:
+            refused_at = self._refused.get(want)
+            if want is None or want == serving.tag or (refused_at is not None and time.monotonic() - refused_at < REFUSED_RETRY_S):
                 continue
             try:
-                await self.load(bentoml.models.get(want))
-            except (Conflict, StoreNotFound) as e:
-                self._refused.add(want)
-                logger.warning("following %s: %s", name, e)
+                await self.load(bentoml.models.get(want), pinned=pinned)
+            except (Conflict, StoreNotFound, BentoMLException) as e:
+                self._refused[want] = time.monotonic()
+                logger.warning("following %s: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def _latest(name: str) -> str | None:
@@ -296,16 +314,9 @@ def _latest(name: str) -> str | None:
         return None
 
 
-def _server_dir() -> Path:
-    """A folder per `bentoml serve` (the workers' common parent), in the pod's writable /tmp."""
-    folder = Path(tempfile.gettempdir()) / f"dcgan-models-{os.getppid()}"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
 def write_serving_state(serving: dict[str, str]) -> None:
     """This worker's {name: tag}, for the admin route of any worker to read (removed when the worker exits)."""
-    path = _server_dir() / f"worker-{os.getpid()}.json"
+    path = server_dir("models") / f"worker-{os.getpid()}.json"
     part = path.with_suffix(".part")
     part.write_text(json.dumps(serving))
     part.replace(path)
@@ -320,39 +331,46 @@ _STATES_WRITTEN: set[Path] = set()
 def serving_states() -> list[dict[str, str]]:
     """What each live entry worker of this server serves."""
     states = []
-    for path in _server_dir().glob("worker-*.json"):
-        pid = int(path.stem.removeprefix("worker-"))
-        try:
-            os.kill(pid, 0)
-            states.append(json.loads(path.read_text()))
-        except ProcessLookupError:
-            path.unlink(missing_ok=True)  # a worker that died without its atexit
-        except (PermissionError, OSError, ValueError):
+    for path in server_dir("models").glob("worker-*.json"):
+        pid = path.stem.removeprefix("worker-")
+        if not pid.isdigit() or not child_of_server(int(pid)):
+            path.unlink(missing_ok=True)  # a worker that died without its atexit (or a stray file)
             continue
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict):
+            states.append(state)
     return states
 
 
 class PinsFile:
-    """The versions the admin route pinned, shared by the workers of one `bentoml serve` (their common parent) in
-    the pod's writable /tmp: {name: tag}, replaced atomically, read when it changed."""
+    """The versions the admin route pinned, shared by the workers of one `bentoml serve` run (service/server_dir.py)
+    in the pod's writable /tmp: {name: tag}, replaced atomically (a new file each time: its inode tells a change even
+    where timestamps are coarse), updated under a lock so that two workers pinning at once both count."""
 
     def __init__(self) -> None:
-        self.path = _server_dir() / "pins.json"
-        self._seen: tuple[float, dict] = (-1.0, {})
+        self.path = server_dir("models") / "pins.json"
+        self._seen: tuple[tuple[int, int], dict] = ((-1, -1), {})
 
     def read(self) -> dict[str, str]:
         try:
-            mtime = self.path.stat().st_mtime
+            stat = self.path.stat()
         except FileNotFoundError:
             return {}
-        if mtime != self._seen[0]:
+        if (stat.st_ino, stat.st_mtime_ns) != self._seen[0]:
             try:
-                self._seen = (mtime, json.loads(self.path.read_text()))
+                pins = json.loads(self.path.read_text())
             except (OSError, ValueError):
-                return self._seen[1]
+                return dict(self._seen[1])
+            self._seen = ((stat.st_ino, stat.st_mtime_ns), pins if isinstance(pins, dict) else {})
         return dict(self._seen[1])
 
-    def write(self, pins: dict[str, str]) -> None:
-        part = self.path.with_suffix(f".{os.getpid()}.part")
-        part.write_text(json.dumps(pins))
-        part.replace(self.path)
+    def pin(self, name: str, tag: str) -> None:
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            pins = {**self.read(), name: tag}
+            part = self.path.with_suffix(f".{os.getpid()}.part")
+            part.write_text(json.dumps(pins))
+            part.replace(self.path)
