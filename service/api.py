@@ -61,6 +61,7 @@ from service.errors import (
     NotFound,
     PayloadTooLarge,
     Unauthorised,
+    Unprocessable,
     UnsupportedMediaType,
 )
 from service.model_set import ModelSet, Version
@@ -68,7 +69,7 @@ from service.openapi import openapi_document
 from service.responses import CACHE_CONTROL, etag, not_modified
 from service.routes import GENERATION_METHODS, ROUTES
 from service.routes import Route as GenerationRoute
-from service.schema import FORMATS, MAX_STEPS, request_from_json, request_from_query
+from service.schema import FORMATS, MAX_STEPS, request_from_fields, request_from_json, request_from_query
 from service.settings import ServiceSettings
 
 logger = logging.getLogger("bentoml.dcgan")
@@ -81,6 +82,7 @@ SWAGGER_PAGE = importlib.resources.files("_bentoml_impl.server") / "main-openapi
 SWAGGER_ASSETS = importlib.resources.files("bentoml._internal.server") / "static_content"
 # The metrics' route label of the paths that are not generation routes: a fixed set, every other path is "other".
 PAGE_LABELS = ("/info", "/metrics", "/docs", "/docs.json", "/", "/ui", "/v2")
+REFUSAL_KEY = "dcgan.refusal"  # where the pages app notes a refusal's reason in the request's scope
 
 
 class GenerationPaths:
@@ -170,6 +172,7 @@ class Api:
             else:
                 label = page_label(path)
                 answered.status = await self._page(scope, receive, send, rid)
+                answered.reason = scope.get(REFUSAL_KEY)  # a refusal by design (401) in the pages app
             seconds = time.perf_counter() - started
             status, reason, model = answered.status, answered.reason, answered.model
             by_status, duration = self._route_series(label, model)
@@ -253,18 +256,21 @@ class Api:
                 DRAIN.inflight -= 1
                 in_progress.dec()
 
-    async def load_model(self, name: str, body: bytes, headers: dict[bytes, bytes]) -> dict:
+    async def load_model(self, name: str, scope, receive) -> dict:
         """POST /v2/repository/models/{name}/load: swap `name` to a stored version (body {"parameters": {"version": v}},
-        else its newest), pinned for every worker of this server. What was swapped, or the HttpError why not."""
+        else its newest), pinned for every worker of this server. What was swapped, or the HttpError why not. The key
+        is checked before the body is read, and the body read as a generation request's is (bounded, in time)."""
+        headers = dict(scope["headers"])
         self.authorise_admin(headers)
         if not self.settings.in_process:
             raise Conflict("a generator service does not swap versions: swaps need DCGAN_GENERATOR=inprocess")
+        body = await self._body(scope, receive, headers, MAX_BODY_BYTES, check_type=False)
         try:
             asked = json.loads(body or b"{}")
             version = (asked.get("parameters") or {}).get("version")
             if version is not None and not isinstance(version, str):
                 raise TypeError
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, RecursionError):
             raise BadRequest('the body must be empty or {"parameters": {"version": "<version>"}}') from None
         stored = await asyncio.to_thread(self.models.stored, name, version)
         started = time.perf_counter()
@@ -308,15 +314,19 @@ class Api:
         if method not in allowed:
             allow = ", ".join(sorted(allowed))
             raise MethodNotAllowed(f"method {method} not allowed on {path}; use {allow}", headers={"Allow": allow})
-        if method != "POST":
-            query = scope["query_string"].decode("latin-1")
-            return method, request_from_query(dict(parse_qsl(query, keep_blank_values=True)), route.request)
-        if route is None:  # v2 infer
+        if route is None:  # v2 infer: the path names the model
             body = await self._body(scope, receive, headers, v2.MAX_INFER_BODY, check_type=False)
-            length = headers.get(v2.HEADER_LENGTH.lower().encode())
+            encoding, length = headers.get(b"content-encoding"), headers.get(v2.HEADER_LENGTH.lower().encode())
+            try:
+                body = v2.decoded(body, encoding.decode("latin-1") if encoding is not None else None)
+            except v2.BadInfer as e:
+                raise BadRequest(str(e)) from None
             return method, (body, length.decode("latin-1") if length is not None else None)
+        query = query_params(scope["query_string"])
+        if method != "POST":
+            return method, request_from_query(query, route.request)
         body = await self._body(scope, receive, headers, MAX_BODY_BYTES, check_type=True)
-        return method, request_from_json(body, route.request)
+        return method, with_query_model(request_from_json(body, route.request), query)
 
     async def _body(self, scope, receive, headers: dict, max_body: int, check_type: bool) -> bytes:
         """The whole body, within DCGAN_BODY_TIMEOUT_S; checks the content type and size before and while reading."""
@@ -452,7 +462,13 @@ class Api:
             return _json_error(NotFound(f"no route {request.url.path}; the routes are listed at /docs"))
 
         async def http_error(request: Request, exc: HttpError) -> Response:
+            request.scope[REFUSAL_KEY] = exc.reason  # counted as the generation routes count theirs
             return _json_error(exc)
+
+        async def not_allowed(request: Request, exc: Exception) -> Response:
+            allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
+            message = f"method {request.method} not allowed on {request.url.path}; use {allow}"
+            return _json_error(MethodNotAllowed(message, headers={"Allow": allow}))
 
         if not PAGE_DIR.is_dir():
             # A bento whose bentofile.yaml does not include service/page/*: the API works, /ui/ is a 404.
@@ -469,8 +485,31 @@ class Api:
                 Mount("/static_content", StaticFiles(directory=str(SWAGGER_ASSETS))),
                 *([Mount("/ui", StaticFiles(directory=PAGE_DIR, html=True))] if PAGE_DIR.is_dir() else []),
             ],
-            exception_handlers={404: not_found, HttpError: http_error},
+            exception_handlers={404: not_found, 405: not_allowed, HttpError: http_error},
         )
+
+
+def query_params(query_string: bytes) -> dict[str, str]:
+    """The query's fields; one given twice is a 422 (which one counts would be a guess)."""
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    params = dict(pairs)
+    if len(params) < len(pairs):
+        twice = sorted({name for name, _ in pairs if sum(1 for other, _ in pairs if other == name) > 1})
+        raise Unprocessable(f"{twice[0]} is given more than once in the query; give each field once")
+    return params
+
+
+def with_query_model(request, query: dict[str, str]):
+    """A POST request with the query's `model`, the one field the query may carry beside a JSON body (so a URL can
+    name the model for any client); the body's and the query's must agree."""
+    extra = sorted(set(query) - {"model"})
+    if extra:
+        raise Unprocessable(f"{extra[0]} is not read from the query of a POST; send it in the JSON body (the query takes model)")
+    if "model" not in query:
+        return request
+    if request.model is not None and request.model != query["model"]:
+        raise Unprocessable(f"model is {request.model!r} in the body and {query['model']!r} in the query; give it once")
+    return request_from_fields({**request.model_dump(exclude_unset=True), "model": query["model"]}, type(request))
 
 
 def _json_error(e: HttpError) -> Response:

@@ -34,6 +34,7 @@ Truncation = Annotated[
     float,
     Field(
         le=1,
+        allow_inf_nan=False,
         json_schema_extra={"minimum": 0, "exclusiveMinimum": True},
         description="Latent scale psi in (0, 1]: the latents are multiplied by it (the truncation trick); smaller values "
         "trade variety for typical-looking images. 1 (default) is the plain model.",
@@ -190,6 +191,8 @@ def _rule(e: dict, model: type[BaseModel]) -> str:
         return "must be an integer (a JSON number without fraction or exponent; not a boolean or a string)"
     if kind == "float_type":
         return "must be a number"
+    if kind == "finite_number":
+        return "must be a finite number"
     if kind == "greater_than":
         return f"must be > {ctx['gt']}"
     if kind == "literal_error":
@@ -249,13 +252,19 @@ def request_from_query(params: dict[str, str], model: type[BaseModel]) -> BaseMo
     for name, text in params.items():
         kind = model.model_fields[name].annotation if name in model.model_fields else str
         values[name] = _query_int(text) if kind is int else _query_float(text) if kind is float else text
+    return request_from_fields(values, model)
+
+
+def request_from_fields(values: dict, model: type[BaseModel]) -> BaseModel:
+    """Validate fields already parsed (Python values) as `model`; raises the 4xx HttpError that names what is wrong."""
     try:
         return model.model_validate(values)
     except ValidationError as e:
         raise invalid(e, model) from None
 
 
-QUERY_FLOAT = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+# A decimal number: the forms a JSON body may give (sign, fraction, exponent), and 1. or .5 as people write them
+QUERY_FLOAT = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
 def _query_float(text: str) -> float | str:

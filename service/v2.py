@@ -19,13 +19,17 @@ send and ask by default. A seed's images are the bytes /sample/raw gives for it:
 from __future__ import annotations
 
 import json
+import math
 import re
+import zlib
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.errors import PayloadTooLarge as TooLarge
+from service.errors import UnsupportedMediaType as UnsupportedEncoding
 from service.settings import MAX_SEED
 
 INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -33,47 +37,118 @@ INFER_LABEL = "/v2/models/{model}/infer"  # the metrics' route label of every in
 MAX_INFER_BODY = 1 << 20  # the largest valid body: z for MAX_N images, as JSON text
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DTYPES = {"INT64": np.int64, "INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32}
+INT_RANGE = {"INT64": (-(2**63), 2**63 - 1), "INT32": (-(2**31), 2**31 - 1), "UINT64": (0, 2**64 - 1)}
+MAX_VALUES = MAX_INFER_BODY  # more values than any valid request holds (each takes at least a byte)
+MAX_ABS_Z = 1000.0  # latents are standard normal; far larger ones only overflow the network's activations
+OUTPUT = "images"
 
 
 class BadInfer(Exception):
     """A request the protocol cannot serve: 400 with its reason."""
 
 
+def _parameters(owner: dict, what: str) -> dict:
+    """The "parameters" object of a request, input or output ({} when absent)."""
+    params = owner.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadInfer(f'{what}: "parameters" must be an object')
+    return params
+
+
+def _values(data: object, count: int, datatype: str, name: str, shape: list) -> list:
+    """The JSON "data" of an input, flattened (the protocol allows nested rows): `count` numbers of `datatype`, each a
+    JSON integer in the type's range for the integer types (not 1.5, true or "1"), any JSON number for FP32."""
+    flat, pending = [], [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list) and len(flat) + len(pending) <= count:
+            pending.extend(reversed(item))
+        else:
+            flat.append(item)
+    low, high = INT_RANGE.get(datatype, (None, None))
+    rule = f"{datatype} integers in [{low}, {high}]" if low is not None else "JSON numbers"
+    if not isinstance(data, list) or len(flat) != count:
+        got = f"{len(flat)} values" if isinstance(data, list) else json.dumps(data)[:40]
+        raise BadInfer(f'input {name!r}: "data" must hold {count} {rule} for shape {shape}, got {got}')
+    for value in flat:
+        ok = type(value) is int and low <= value <= high if low is not None else type(value) in (int, float)
+        if not ok:
+            raise BadInfer(f'input {name!r}: "data" must hold {rule}; {json.dumps(value)[:40]} is not one')
+    return flat
+
+
 def _tensor(spec: dict, blob: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """One input tensor from its JSON spec: its "data", or its bytes in the binary part at `offset`."""
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-    if datatype not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(name, str):
+        raise BadInfer('each input needs a "name" (a string)')
+    dims_ok = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+    if not isinstance(datatype, str) or datatype not in DTYPES or not dims_ok:
         raise BadInfer(f"input {name!r}: datatype must be one of {', '.join(DTYPES)} and shape a list of sizes")
-    dtype, count = np.dtype(DTYPES[datatype]), int(np.prod(shape))
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)  # Python ints: no overflow, however large the sizes
+    if count > MAX_VALUES:
+        raise BadInfer(f"input {name!r}: shape {shape} holds {count} values; an input holds at most {MAX_VALUES}")
+    dtype = np.dtype(DTYPES[datatype])
+    size = _parameters(spec, f"input {name!r}").get("binary_data_size")
     if size is not None:
-        if size != count * dtype.itemsize or offset + size > len(blob):
-            raise BadInfer(f"input {name!r}: binary_data_size {size} does not fit shape {shape} of {datatype} or the body")
+        if type(size) is not int or size != count * dtype.itemsize or offset + size > len(blob):
+            raise BadInfer(f"input {name!r}: binary_data_size {json.dumps(size)[:40]} does not fit shape {shape} of {datatype} or the body")
         return np.frombuffer(blob[offset : offset + size], dtype=dtype).reshape(shape), offset + size
+    if "data" not in spec:
+        raise BadInfer(f'input {name!r}: give its values in "data", or binary_data_size and the bytes after the JSON')
+    return np.array(_values(spec["data"], count, datatype, name, shape), dtype=dtype).reshape(shape), offset
+
+
+def decoded(body: bytes, encoding: str | None) -> bytes:
+    """The body as sent before its Content-Encoding (gzip or deflate, as tritonclient compresses requests), at most
+    MAX_INFER_BODY bytes."""
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
+    if wbits is None:
+        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or an uncompressed body")
+    inflater = zlib.decompressobj(wbits)
     try:
-        values = np.asarray(spec["data"], dtype=dtype).reshape(shape)
-    except (KeyError, ValueError, TypeError, OverflowError):
-        raise BadInfer(f'input {name!r}: "data" must hold {count} {datatype} values for shape {shape}') from None
-    return values, offset
+        plain = inflater.decompress(body, MAX_INFER_BODY + 1)
+    except zlib.error:
+        raise BadInfer(f"the body is not valid {encoding} data") from None
+    if len(plain) > MAX_INFER_BODY:
+        raise TooLarge(f"the body must be at most {MAX_INFER_BODY} bytes uncompressed")
+    if not inflater.eof:
+        raise BadInfer(f"the body is not valid {encoding} data (it ends early)")
+    return plain
 
 
 def parse_infer(body: bytes, header_length: str | None) -> tuple[dict, dict[str, np.ndarray]]:
-    """(the request's JSON, its inputs by name) from a JSON body or a JSON header plus binary tensors."""
+    """(the request's JSON, its inputs by name) from a JSON body or a JSON header plus binary tensors. Every field is
+    checked for its type here, so nothing later meets a string where it expects an object."""
     try:
         split = int(header_length) if header_length is not None else len(body)
         if not 0 < split <= len(body):
             raise ValueError
         request = json.loads(body[:split])
-        specs = request["inputs"]
-        if not isinstance(request, dict) or not isinstance(specs, list):
+        if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise BadInfer('the body must be an inference request: {"inputs": [{"name", "datatype", "shape", "data"}, ...]}') from None
+    _parameters(request, "the request")
+    outputs = request.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and o.get("name") == OUTPUT for o in outputs):
+        raise BadInfer(f'"outputs" must be a list of objects naming the one output, {{"name": "{OUTPUT}"}}')
+    for output in outputs:
+        _parameters(output, f"output {OUTPUT!r}")
     blob, offset, inputs = memoryview(body)[split:], 0, {}
-    for spec in specs:
+    for spec in request["inputs"]:
         if not isinstance(spec, dict):
             raise BadInfer("each input must be an object with name, datatype, shape and data")
-        inputs[spec.get("name")], offset = _tensor(spec, blob, offset)
+        tensor, offset = _tensor(spec, blob, offset)
+        if spec["name"] in inputs:
+            raise BadInfer(f"input {spec['name']!r} is given twice")
+        inputs[spec["name"]] = tensor
+    if offset != len(blob):
+        raise BadInfer(f"the body has {len(blob) - offset} bytes after the inputs' binary data")
     return request, inputs
 
 
@@ -84,8 +159,10 @@ def latents_from(inputs: dict[str, np.ndarray], nz: int, max_n: int) -> tuple[in
         raise BadInfer('give input "seed" (INT64 [1, 1], with "n" optional) or input "z" (FP32 [batch, nz]), nothing else')
     if "z" in inputs:
         z = inputs["z"]
-        if z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != nz or not 1 <= z.shape[0] <= max_n or not np.isfinite(z).all():
-            raise BadInfer(f"input z must be finite FP32 of shape [batch, {nz}], batch 1..{max_n}; got {z.dtype} {list(z.shape)}")
+        if z.dtype != np.float32 or z.ndim != 2 or z.shape[1] != nz or not 1 <= z.shape[0] <= max_n:
+            raise BadInfer(f"input z must be FP32 of shape [batch, {nz}], batch 1..{max_n}; got {z.dtype} {list(z.shape)}")
+        if not (np.abs(z) <= MAX_ABS_Z).all():  # NaN fails this too
+            raise BadInfer(f"input z must hold finite values in [-{MAX_ABS_Z:g}, {MAX_ABS_Z:g}] (latents are standard normal)")
         return np.ascontiguousarray(z)
     seed, n = inputs["seed"], inputs.get("n", np.ones(1, np.int64))
     if seed.size != 1 or n.size != 1 or seed.dtype.kind not in "iu" or n.dtype.kind not in "iu":
@@ -97,11 +174,9 @@ def latents_from(inputs: dict[str, np.ndarray], nz: int, max_n: int) -> tuple[in
 
 
 def wants_binary(request: dict) -> bool:
-    params = request.get("parameters") or {}
-    outputs = request.get("outputs") or []
-    return bool(params.get("binary_data_output")) or any(
-        (o.get("parameters") or {}).get("binary_data") for o in outputs if isinstance(o, dict)
-    )
+    """Whether the response carries the images as binary data (the request's types are checked by parse_infer)."""
+    outputs = request.get("outputs", [])
+    return bool(_parameters(request, "").get("binary_data_output")) or any(_parameters(o, "").get("binary_data") for o in outputs)
 
 
 def infer_target(path: str) -> str | None:
@@ -116,7 +191,7 @@ def infer_target(path: str) -> str | None:
 def infer_response(request: dict, name: str, version: str, images: np.ndarray) -> tuple[str, dict[str, str], bytes]:
     """images (B, H, W, C) uint8 as the output tensor "images", in JSON or as binary data after a JSON header:
     (media type, headers, body)."""
-    output = {"name": "images", "datatype": "UINT8", "shape": list(images.shape)}
+    output = {"name": OUTPUT, "datatype": "UINT8", "shape": list(images.shape)}
     head = {"model_name": name, "model_version": version, "outputs": [output]}
     if "id" in request:
         head["id"] = request["id"]
@@ -174,7 +249,7 @@ def routes(api) -> list[Route]:
         return JSONResponse(loaded)
 
     async def load(request: Request) -> Response:
-        return JSONResponse(await api.load_model(request.path_params["name"], await request.body(), dict(request.headers.raw)))
+        return JSONResponse(await api.load_model(request.path_params["name"], request.scope, request.receive))
 
     return [
         Route("/v2", server, methods=["GET"]),

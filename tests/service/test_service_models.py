@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from contract.artifact import MANIFEST, file_sha256
 
 TIMEOUT = 60
 KEY = {"Authorization": "Bearer admin-key"}
+KEY_HEADER = "Authorization: Bearer admin-key"
+BODY_TIMEOUT_S = 2
 
 
 def raw(url: str, seed: int, model: str | None = None, headers: dict | None = None) -> httpx.Response:
@@ -71,6 +74,42 @@ def test_an_unknown_model_gets_404_naming_the_loaded_ones(two_models, model, sta
         assert r.status_code == status and fragment in r.json()["error"], r.text
     if status == 404:
         assert "dcgan-other:" in r.json()["error"]
+
+
+def test_the_query_names_the_model_of_a_post_too(two_models):
+    url = two_models.url
+    default, other = tags(url)
+
+    def post(query: str, body: dict) -> httpx.Response:
+        return httpx.post(f"{url}/sample/raw{query}", json={"seed": 3, **body}, timeout=TIMEOUT)
+
+    assert post("?model=dcgan-other", {}).headers["x-model"] == other
+    assert post("?model=dcgan-other", {"model": "dcgan-other"}).headers["x-model"] == other
+    for query, body, fragment in [
+        ("?model=dcgan-other", {"model": "dcgan-generator"}, "in the body and 'dcgan-other' in the query"),
+        ("?model=dcgan-other&model=dcgan-generator", {}, "model is given more than once"),
+        ("?seed=4", {}, "seed is not read from the query of a POST"),
+        ("?model=Not%20A%20Name", {}, "model"),
+    ]:
+        r = post(query, body)
+        assert r.status_code == 422 and fragment in r.json()["error"], (query, r.text)
+    r = httpx.get(f"{url}/sample/raw", params=[("seed", 1), ("seed", 2)], timeout=TIMEOUT)
+    assert r.status_code == 422 and "seed is given more than once" in r.json()["error"], r.text
+
+
+def test_the_alias_and_latest_take_versions_like_names_do(two_models):
+    url = two_models.url
+    default, other = tags(url)
+    version = default.split(":")[1]
+    expected = raw(url, 5).content
+    for asked in (f"dcgan:{version}", "dcgan:latest", "dcgan-generator:latest"):
+        r = raw(url, 5, asked)
+        assert r.headers["x-model"] == default and r.content == expected, asked
+    assert raw(url, 5, "dcgan-other:latest").headers["x-model"] == other
+    assert httpx.get(f"{url}/v2/models/dcgan/versions/{version}", timeout=TIMEOUT).json()["versions"] == [version]
+    assert httpx.get(f"{url}/v2/models/dcgan/versions/{version}/ready", timeout=TIMEOUT).status_code == 200
+    r = httpx.get(f"{url}/v2/repository/index", timeout=TIMEOUT)  # a POST route: a JSON 405 naming the method
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "use POST" in r.json()["error"], r.text
 
 
 def test_info_lists_the_loaded_models_default_first(two_models):
@@ -189,7 +228,7 @@ async def hammer(url: str, clients: int, seeds: int, until: asyncio.Event) -> li
 
 
 def test_a_swap_under_load_loses_nothing_and_mixes_nothing(service_artifact, other_artifact, tmp_path):
-    env = {"DCGAN_API_KEY": "admin-key", "DCGAN_MAX_MODELS_MB": "1"}  # the test artifacts take 0.25 MiB each
+    env = {"DCGAN_API_KEY": "admin-key", "DCGAN_MAX_MODELS_MB": "1", "DCGAN_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}  # artifacts: 0.25 MiB
     with serve(tmp_path / "server", service_artifact, env) as server:
         url, home = server.url, tmp_path / "server" / "bentoml"
         (a,) = tags(url, KEY)
@@ -244,6 +283,26 @@ def test_a_swap_under_load_loses_nothing_and_mixes_nothing(service_artifact, oth
         assert load(url, "dcgan-generator", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert load(url, "dcgan-other").status_code == 404
         assert load(url, "dcgan-generator", "nosuchversion").status_code == 404
+        for bad in ("../x", "a b", "x:y", "-x", "v" * 300):  # not a version at all: 400, never a 500
+            r = load(url, "dcgan-generator", bad)
+            assert r.status_code == 400 and "is not a model version" in r.json()["error"], r.text
+        assert load(url, "dcgan", a.split(":")[1]).json()["tag"] == a  # the alias names the default model here too
+        assert metric(url, "dcgan_generator_info", model="dcgan-generator", version=a.split(":")[1]) == 1
+        assert metric(url, "dcgan_generator_info", model="dcgan-generator", version=b.split(":")[1]) == 0
+
+        # Its body: read only with the key, bounded and within DCGAN_BODY_TIMEOUT_S, as a generation request's
+        admin = f"{url}/v2/repository/models/dcgan-generator/load"
+        assert httpx.post(admin, content=b"[" * 8192, timeout=TIMEOUT).status_code == 401
+        assert httpx.post(admin, content=b"[" * 8192, headers=KEY, timeout=TIMEOUT).status_code == 413
+        deep = httpx.post(admin, content=b"[" * 4000, headers=KEY, timeout=TIMEOUT)
+        assert deep.status_code == 400 and "the body must be empty or" in deep.json()["error"], deep.text
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            started = time.monotonic()
+            head = f"POST /v2/repository/models/dcgan-generator/load HTTP/1.1\r\nHost: x\r\n{KEY_HEADER}\r\nContent-Length: 100\r\n\r\n"
+            sock.sendall(head.encode() + b'{"par')
+            answer = sock.recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 408") and time.monotonic() - started < 2 * BODY_TIMEOUT_S, answer
 
 
 def test_every_worker_follows_the_store_and_the_pins(service_artifact, other_artifact, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import httpx
@@ -12,6 +13,7 @@ import tritonclient.http as triton
 from contract.latents import latents_for_seed
 
 TIMEOUT = 30
+SEED = {"inputs": [{"name": "seed", "shape": [1], "datatype": "INT64", "data": [1]}]}
 
 
 def seed_inputs(seed: int, n: int) -> list[triton.InferInput]:
@@ -84,9 +86,28 @@ def test_raw_latents_go_through_the_same_model(client, service_url):
             },
             "n in [1,",
         ),
-        ({"inputs": [{"name": "seed", "shape": [2], "datatype": "INT64", "data": [1]}]}, "must hold 2 INT64 values"),
+        ({"inputs": [{"name": "seed", "shape": [2], "datatype": "INT64", "data": [1]}]}, "must hold 2 INT64 integers"),
         ({"inputs": [{"name": "seed", "shape": [1], "datatype": "BF16", "data": [1]}]}, "datatype must be one of"),
         ({"inputs": "seed"}, "must be an inference request"),
+        # Each field of the wrong JSON type: a 400 naming it, never a 500
+        ({**SEED, "parameters": "x"}, '"parameters" must be an object'),
+        ({**SEED, "outputs": 5}, '"outputs" must be a list'),
+        ({**SEED, "outputs": [{"name": "images", "parameters": [1]}]}, '"parameters" must be an object'),
+        ({**SEED, "outputs": [{"name": "nope"}]}, 'naming the one output, {"name": "images"}'),
+        ({"inputs": [{**SEED["inputs"][0], "parameters": "x"}]}, '"parameters" must be an object'),
+        ({"inputs": [{**SEED["inputs"][0], "name": ["seed"]}]}, '"name" (a string)'),
+        ({"inputs": [{**SEED["inputs"][0], "datatype": {"INT64": 1}}]}, "datatype must be one of"),
+        ({"inputs": [{**SEED["inputs"][0], "shape": [True]}]}, "shape a list of sizes"),
+        # Values as the datatype says, as /sample wants them: 1.5, true and "1" are not integers
+        ({"inputs": [{**SEED["inputs"][0], "data": [1.5]}]}, "1.5 is not one"),
+        ({"inputs": [{**SEED["inputs"][0], "data": [True]}]}, "true is not one"),
+        ({"inputs": [{**SEED["inputs"][0], "data": ["1"]}]}, '"1" is not one'),
+        ({"inputs": [{**SEED["inputs"][0], "data": [2**63]}]}, "INT64 integers in [-9223372036854775808, 9223372036854775807]"),
+        ({"inputs": [{**SEED["inputs"][0], "data": 1}]}, '"data" must hold 1 INT64 integers'),
+        ({"inputs": [SEED["inputs"][0], {"name": "n", "shape": [1], "datatype": "INT64", "data": [2.9]}]}, "2.9 is not one"),
+        ({"inputs": [SEED["inputs"][0], SEED["inputs"][0]]}, "input 'seed' is given twice"),
+        ({"inputs": [{"name": "seed", "shape": [10**12, 10**12], "datatype": "INT64", "data": [1]}]}, f"holds {10**24} values"),
+        ({"inputs": [{"name": "z", "shape": [1, 100], "datatype": "FP32", "data": [1e30] * 100}]}, "finite values in [-1000, 1000]"),
     ],
 )
 def test_bad_requests_get_400_naming_the_problem(service_url, body, fragment):
@@ -109,3 +130,28 @@ def test_malformed_bodies_and_binary_sizes(service_url):
     assert httpx.post(url, content=json.dumps(nan), timeout=TIMEOUT).status_code == 400
     assert httpx.post(url, content=b"x" * (2 << 20), timeout=TIMEOUT).status_code == 413
     assert httpx.get(url, timeout=TIMEOUT).status_code == 405
+    trailing = httpx.post(
+        url, content=header + np.int64(5).tobytes() + b"\0", headers={"Inference-Header-Content-Length": str(len(header))}, timeout=TIMEOUT
+    )
+    assert trailing.status_code == 400 and "1 bytes after the inputs" in trailing.json()["error"]
+    deep = httpx.post(url, content=b"[" * 100_000, timeout=TIMEOUT)
+    assert deep.status_code == 400 and "inference request" in deep.json()["error"]
+    wrong_size = {"inputs": [{"name": "seed", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8.0}}]}
+    header = json.dumps(wrong_size).encode()
+    length = {"Inference-Header-Content-Length": str(len(header))}
+    r = httpx.post(url, content=header + np.int64(5).tobytes(), headers=length, timeout=TIMEOUT)
+    assert r.status_code == 400 and "binary_data_size 8.0" in r.json()["error"]
+
+
+def test_compressed_requests_as_tritonclient_sends_them(client, service_url):
+    for algorithm in ("gzip", "deflate"):
+        result = client.infer("dcgan", seed_inputs(11, 2), request_compression_algorithm=algorithm)
+        assert result.as_numpy("images").tobytes() == raw(service_url, 11, 2)
+    url = f"{service_url}/v2/models/dcgan/infer"
+    r = httpx.post(url, content=b"not gzip", headers={"Content-Encoding": "gzip"}, timeout=TIMEOUT)
+    assert r.status_code == 400 and "not valid gzip" in r.json()["error"]
+    r = httpx.post(url, content=b"{}", headers={"Content-Encoding": "br"}, timeout=TIMEOUT)
+    assert r.status_code == 415 and "Content-Encoding 'br'" in r.json()["error"]
+    bomb = gzip.compress(b" " * (2 << 20))  # 2 MiB of spaces in 2 KiB
+    r = httpx.post(url, content=bomb, headers={"Content-Encoding": "gzip"}, timeout=TIMEOUT)
+    assert r.status_code == 413 and "uncompressed" in r.json()["error"]
