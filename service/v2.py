@@ -13,7 +13,9 @@ A model is a name of DCGAN_MODELS; "dcgan" names the default model too. A versio
 
 Inputs and outputs may travel as JSON or with the binary tensor data extension (the JSON header's length in
 `Inference-Header-Content-Length`, the tensors' bytes after it), as the official clients (tritonclient[http])
-send and ask by default. A seed's images are the bytes /sample/raw gives for it: same latents, same batching.
+send and ask by default; a request body may be compressed (Content-Encoding gzip or deflate). Every field is checked
+for its JSON type and every value for its datatype, so a malformed request is a 400 naming what is wrong. A seed's
+images are the bytes /sample/raw gives for it: same latents, same batching.
 """
 
 from __future__ import annotations
