@@ -273,6 +273,7 @@ class Api:
         except (ValueError, TypeError, AttributeError, RecursionError):
             raise BadRequest('the body must be empty or {"parameters": {"version": "<version>"}}') from None
         stored = await asyncio.to_thread(self.models.stored, name, version)
+        name = stored.tag.name  # the model's own name, also when asked by the alias
         started = time.perf_counter()
         old, new = await self.models.load(stored)
         self.models.pin(name, new.tag)

@@ -118,8 +118,8 @@ def decoded(body: bytes, encoding: str | None) -> bytes:
         raise BadInfer(f"the body is not valid {encoding} data") from None
     if len(plain) > MAX_INFER_BODY:
         raise TooLarge(f"the body must be at most {MAX_INFER_BODY} bytes uncompressed")
-    if not inflater.eof:
-        raise BadInfer(f"the body is not valid {encoding} data (it ends early)")
+    if not inflater.eof or inflater.unused_data:
+        raise BadInfer(f"the body is not valid {encoding} data (it ends early, or goes on after its end)")
     return plain
 
 

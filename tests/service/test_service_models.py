@@ -286,7 +286,8 @@ def test_a_swap_under_load_loses_nothing_and_mixes_nothing(service_artifact, oth
         for bad in ("../x", "a b", "x:y", "-x", "v" * 300):  # not a version at all: 400, never a 500
             r = load(url, "dcgan-generator", bad)
             assert r.status_code == 400 and "is not a model version" in r.json()["error"], r.text
-        assert load(url, "dcgan", a.split(":")[1]).json()["tag"] == a  # the alias names the default model here too
+        by_alias = load(url, "dcgan", a.split(":")[1]).json()  # the alias names the default model here too
+        assert (by_alias["name"], by_alias["tag"]) == ("dcgan-generator", a), by_alias
         assert metric(url, "dcgan_generator_info", model="dcgan-generator", version=a.split(":")[1]) == 1
         assert metric(url, "dcgan_generator_info", model="dcgan-generator", version=b.split(":")[1]) == 0
 
@@ -324,7 +325,7 @@ def test_every_worker_follows_the_store_and_the_pins(service_artifact, other_art
             return False
 
         assert served_by_all(b)
-        swapped = load(url, "dcgan-generator", a.split(":")[1])
+        swapped = load(url, "dcgan", a.split(":")[1])  # by the alias: pinned under the model's own name
         assert swapped.status_code == 200 and swapped.json()["workers"] == {"serving": 2, "of": 2}, swapped.text
         for _ in range(8):  # answered once both workers serve it: no connection finds the old version any more
             with httpx.Client(base_url=url, headers=KEY, timeout=TIMEOUT) as http:

@@ -150,6 +150,9 @@ def test_compressed_requests_as_tritonclient_sends_them(client, service_url):
     url = f"{service_url}/v2/models/dcgan/infer"
     r = httpx.post(url, content=b"not gzip", headers={"Content-Encoding": "gzip"}, timeout=TIMEOUT)
     assert r.status_code == 400 and "not valid gzip" in r.json()["error"]
+    junk = gzip.compress(json.dumps(SEED).encode()) + b"junk"
+    r = httpx.post(url, content=junk, headers={"Content-Encoding": "gzip"}, timeout=TIMEOUT)
+    assert r.status_code == 400 and "goes on after its end" in r.json()["error"]
     r = httpx.post(url, content=b"{}", headers={"Content-Encoding": "br"}, timeout=TIMEOUT)
     assert r.status_code == 415 and "Content-Encoding 'br'" in r.json()["error"]
     bomb = gzip.compress(b" " * (2 << 20))  # 2 MiB of spaces in 2 KiB
