@@ -201,14 +201,15 @@ class ModelSet:
         except StoreNotFound:
             raise NotFound(f"the model store has no {tag}: register it first (`python -m contract.store ARTIFACT --name {name}`)") from None
 
-    async def load(self, stored, pinned: bool = False) -> tuple[Version, Version]:
+    async def load(self, stored, follow: str | None = None) -> tuple[Version, Version]:
         """Swap `stored`'s name to it: (the old version, the new one). Conflict (one line, old one kept) if it fails.
-        `pinned`: follow() loads it for a pin, which is checked again once the name's lock is held (an admin route may
-        have pinned another version meanwhile)."""
+        `follow`: follow() loads it for a "pin" or a "poll" of the store; the pins are read again once the name's
+        lock is held, since an admin route may have swapped and pinned another version while follow() waited."""
         name, tag = stored.tag.name, str(stored.tag)
         async with self._locks[name]:
             old = await self.current[name].ready()
-            if pinned and self._pins.read().get(name) != tag:
+            pin = self._pins.read().get(name) if follow else None
+            if (follow == "pin" and pin != tag) or (follow == "poll" and pin is not None):
                 return old, old
             if old.tag == tag:
                 self._state_changed()
@@ -293,7 +294,7 @@ class ModelSet:
             self._polled_at = time.monotonic()
         for name, spec in zip(self.names, self.settings.models, strict=True):
             want = self._pins.read().get(name)  # read again for each name: a load of the one before may have taken a while
-            pinned = want is not None
+            why = "pin" if want is not None else "poll"
             if want is None and poll and spec.partition(":")[2] in ("", "latest"):
                 want = await asyncio.to_thread(_latest, name)
             serving = self.current[name]
@@ -301,7 +302,7 @@ class ModelSet:
             if want is None or want == serving.tag or (refused_at is not None and time.monotonic() - refused_at < REFUSED_RETRY_S):
                 continue
             try:
-                await self.load(bentoml.models.get(want), pinned=pinned)
+                await self.load(bentoml.models.get(want), follow=why)
             except (Conflict, StoreNotFound, BentoMLException) as e:
                 self._refused[want] = time.monotonic()
                 logger.warning("following %s: %s", name, str(e).splitlines()[0] if str(e) else type(e).__name__)
