@@ -114,18 +114,18 @@ def test_models_table_sets_each_model_beside_one_model_at_the_same_load():
     assert models_table({"targets": report["targets"][:1]}) == []
 
 
+def _module(module: str, *argv: str) -> subprocess.CompletedProcess:
+    """`python -m module argv...` from the repository, which must succeed."""
+    done = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def test_smoke_models_sweep_reports_each_model(service_artifact, tmp_path):
     """--models 2: both servers swept at the same level; the two-model level's users split, each model's rows add up."""
     out = tmp_path / "report"
     argv = ["--artifact", str(service_artifact), "--models", "2", "--users", "2", "--mix", "1", "--duration", "2", "--warmup", "0"]
-    done = subprocess.run(
-        [sys.executable, "-m", "loadtest.run", *argv, "--ceiling", "none", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _module("loadtest.run", *argv, "--ceiling", "none", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     assert [t["name"] for t in report["targets"]] == ["bentoml", "bentoml-models2"]
     (one,), (lv,) = (t["levels"] for t in report["targets"])
@@ -164,14 +164,7 @@ def test_smoke_swaps_under_load(service_artifact, other_artifact, tmp_path):
     """Two swaps A -> B -> A under 4 clients: both answered 200, nothing failed, every answer's images its version's."""
     out = tmp_path / "swap"
     argv = ["--artifact", str(service_artifact), "--other", str(other_artifact), "--swaps", "2", "--interval", "1.5"]
-    done = subprocess.run(
-        [sys.executable, "-m", "loadtest.swap", *argv, "--warmup", "0.5", "--clients", "4", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _module("loadtest.swap", *argv, "--warmup", "0.5", "--clients", "4", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     a, b = (v["tag"] for v in report["versions_served"])
     assert [(r["from"], r["to"], r["status"]) for r in report["swaps"]] == [(a, b, 200), (b, a, 200)]
