@@ -40,6 +40,7 @@ MAX_INFER_BODY = 1 << 20  # the largest valid body: z for MAX_N images, as JSON 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DTYPES = {"INT64": np.int64, "INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32}
 INT_RANGE = {"INT64": (-(2**63), 2**63 - 1), "INT32": (-(2**31), 2**31 - 1), "UINT64": (0, 2**64 - 1)}
+FP32_MAX = float(np.finfo(np.float32).max)
 MAX_VALUES = MAX_INFER_BODY  # more values than any valid request holds (each takes at least a byte)
 MAX_ABS_Z = 1000.0  # latents are standard normal; far larger ones only overflow the network's activations
 OUTPUT = "images"
@@ -61,7 +62,8 @@ def _parameters(owner: dict, what: str) -> dict:
 
 def _values(data: object, count: int, datatype: str, name: str, shape: list) -> list:
     """The JSON "data" of an input, flattened (the protocol allows nested rows): `count` numbers of `datatype`, each a
-    JSON integer in the type's range for the integer types (not 1.5, true or "1"), any JSON number for FP32."""
+    JSON integer in the type's range for the integer types (not 1.5, true or "1"), a finite number within FP32's range
+    for FP32."""
     flat, pending = [], [data]
     while pending:
         item = pending.pop()
@@ -69,13 +71,13 @@ def _values(data: object, count: int, datatype: str, name: str, shape: list) -> 
             pending.extend(reversed(item))
         else:
             flat.append(item)
-    low, high = INT_RANGE.get(datatype, (None, None))
-    rule = f"{datatype} integers in [{low}, {high}]" if low is not None else "JSON numbers"
+    low, high = INT_RANGE.get(datatype, (-FP32_MAX, FP32_MAX))
+    rule = f"{datatype} integers in [{low}, {high}]" if datatype in INT_RANGE else "finite numbers within FP32's range"
     if not isinstance(data, list) or len(flat) != count:
         got = f"{len(flat)} values" if isinstance(data, list) else json.dumps(data)[:40]
         raise BadInfer(f'input {name!r}: "data" must hold {count} {rule} for shape {shape}, got {got}')
     for value in flat:
-        ok = type(value) is int and low <= value <= high if low is not None else type(value) in (int, float)
+        ok = (type(value) is int or (datatype not in INT_RANGE and type(value) is float)) and low <= value <= high  # NaN fails
         if not ok:
             raise BadInfer(f'input {name!r}: "data" must hold {rule}; {json.dumps(value)[:40]} is not one')
     return flat

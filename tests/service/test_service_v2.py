@@ -108,6 +108,7 @@ def test_raw_latents_go_through_the_same_model(client, service_url):
         ({"inputs": [SEED["inputs"][0], SEED["inputs"][0]]}, "input 'seed' is given twice"),
         ({"inputs": [{"name": "seed", "shape": [10**12, 10**12], "datatype": "INT64", "data": [1]}]}, f"holds {10**24} values"),
         ({"inputs": [{"name": "z", "shape": [1, 100], "datatype": "FP32", "data": [1e30] * 100}]}, "finite values in [-1000, 1000]"),
+        ({"inputs": [{"name": "z", "shape": [1, 100], "datatype": "FP32", "data": [10**400] * 100}]}, "within FP32's range"),
     ],
 )
 def test_bad_requests_get_400_naming_the_problem(service_url, body, fragment):
